@@ -1,0 +1,1 @@
+"""Blocks (``monai_ext.networks.blocks``) and networks (``monai_ext.networks.nets``)."""

@@ -1,0 +1,124 @@
+"""Channel shift along a slice axis (SSH-UNet, after the Temporal Shift Module)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["SliceShift", "shift_along", "slice_shift"]
+
+_PLACEMENTS = ("ends", "leading")
+
+
+def shift_along(x: torch.Tensor, dim: int, step: int) -> torch.Tensor:
+    """Move the content of ``x`` by one position along ``dim``, filling the vacated end with zeros.
+
+    ``step=+1`` gives ``out[s] = x[s - 1]``; ``step=-1`` gives ``out[s] = x[s + 1]``; ``step=0`` returns ``x``.
+    """
+    if step == 0:
+        return x
+    n = x.shape[dim]
+    zeros = torch.zeros_like(x.narrow(dim, 0, 1))
+    if n <= 1:
+        return torch.zeros_like(x)
+    if step > 0:
+        return torch.cat([zeros, x.narrow(dim, 0, n - 1)], dim=dim)
+    return torch.cat([x.narrow(dim, 1, n - 1), zeros], dim=dim)
+
+
+def slice_shift(
+    x: torch.Tensor, slice_dim: int = 2, fold_div: int = 4, placement: str = "ends", directions: tuple[int, int] = (1, -1)
+) -> torch.Tensor:
+    """Functional form of :class:`SliceShift` (see there for the arguments). Returns a new tensor."""
+    channels = x.shape[1]
+    fold = channels // fold_div
+    if fold == 0:
+        return x
+    # the channel axis is cut into three groups; (group size, step along the slice axis) for each
+    if placement == "ends":
+        groups = [(fold, directions[0]), (channels - 2 * fold, 0), (fold, directions[1])]
+    else:
+        groups = [(fold, directions[0]), (fold, directions[1]), (channels - 2 * fold, 0)]
+    parts = []
+    start = 0
+    for size, step in groups:
+        if size > 0:
+            parts.append(shift_along(x.narrow(1, start, size), slice_dim, step))
+        start += size
+    return torch.cat(parts, dim=1)
+
+
+class SliceShift(nn.Module):
+    """Shift a fraction of the channels by one position up or down a slice axis, with zeros at the ends.
+
+    The shift gives 2D (``1 x k x k``) convolutions information from the neighbouring slices at no
+    cost in parameters or FLOPs. It is the core of SSH-UNet (Ugwu et al., "Slice Shift UNet",
+    https://arxiv.org/abs/2307.09148) and comes from the Temporal Shift Module for video
+    (Lin et al., ICCV 2019, https://arxiv.org/abs/1811.08383).
+
+    ``fold = C // fold_div`` channels move each way:
+
+    - ``placement="ends"`` (SSH-UNet release, the default): the first fold takes ``out[s] = x[s-1]``
+      (``directions[0] = +1``), the last fold ``out[s] = x[s+1]`` (``directions[1] = -1``),
+      the middle channels stay.
+    - ``placement="leading"`` with ``fold_div=8, directions=(-1, 1)`` (TSM): the first fold takes
+      ``out[t] = x[t+1]``, the second ``out[t] = x[t-1]``, the rest stay. See :meth:`tsm`.
+
+    Inputs with fewer than ``fold_div`` channels give ``fold = 0`` and pass through unchanged (the
+    SSH-UNet release shifts every channel backwards in that case; we do not copy that bug).
+    The input is never modified in place.
+
+    Args:
+        slice_dim: the slice axis of the input tensor (2 for ``(B, C, S, H, W)``). Negative values count
+            from the end. Must not be the batch (0) or channel (1) axis.
+        fold_div: ``C // fold_div`` channels move in each direction; at least 2.
+        placement: ``"ends"`` (first and last fold move) or ``"leading"`` (first and second fold move).
+        directions: the step along the slice axis of the first and of the second moving fold; each +1 or -1.
+
+    Shapes:
+        input ``(B, C, *spatial)``, output the same shape.
+
+    Raises:
+        ValueError: for a ``slice_dim`` of 0 or 1, ``fold_div < 2``, an unknown ``placement`` or a
+            direction other than +1 / -1; in ``forward``, an input with fewer than 3 dimensions or
+            without the slice axis.
+    """
+
+    def __init__(
+        self, slice_dim: int = 2, fold_div: int = 4, placement: str = "ends", directions: tuple[int, int] = (1, -1)
+    ) -> None:
+        super().__init__()
+        if slice_dim in (0, 1):
+            raise ValueError(
+                f"slice_dim={slice_dim} is the batch or channel axis; give a spatial axis, e.g. 2 for (B, C, S, H, W)."
+            )
+        if int(fold_div) < 2:
+            raise ValueError(f"fold_div must be an integer >= 2 (C // fold_div channels move each way), got {fold_div}.")
+        if placement not in _PLACEMENTS:
+            raise ValueError(f"placement must be one of {_PLACEMENTS}, got {placement!r}.")
+        if len(directions) != 2 or any(d not in (1, -1) for d in directions):
+            raise ValueError(f"directions must be two steps, each +1 or -1, got {directions!r}.")
+        self.slice_dim = int(slice_dim)
+        self.fold_div = int(fold_div)
+        self.placement = placement
+        self.directions = (int(directions[0]), int(directions[1]))
+
+    @classmethod
+    def tsm(cls, slice_dim: int = 2) -> SliceShift:
+        """The Temporal Shift Module's semantics: fold = C // 8, first fold from t+1, second fold from t-1."""
+        return cls(slice_dim=slice_dim, fold_div=8, placement="leading", directions=(-1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dim = self.slice_dim if self.slice_dim >= 0 else x.dim() + self.slice_dim
+        if x.dim() < 3 or dim < 2 or dim >= x.dim():
+            raise ValueError(
+                f"SliceShift(slice_dim={self.slice_dim}) needs an input (B, C, *spatial) that has that spatial axis, "
+                f"got shape {list(x.shape)}."
+            )
+        return slice_shift(x, dim, self.fold_div, self.placement, self.directions)
+
+    def extra_repr(self) -> str:
+        return (
+            f"slice_dim={self.slice_dim}, fold_div={self.fold_div}, placement={self.placement!r}, "
+            f"directions={self.directions}"
+        )
