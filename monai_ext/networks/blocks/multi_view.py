@@ -87,7 +87,9 @@ class MultiViewFuse(nn.Module):
         super().__init__()
         self.num_views = NUM_VIEWS
         if spatial_dims != 3:
-            raise ValueError(f"MultiViewFuse fuses three views of a 3D volume: spatial_dims must be 3, got {spatial_dims}.")
+            raise ValueError(
+                f"MultiViewFuse fuses three views of a 3D volume: spatial_dims must be 3, got {spatial_dims}."
+            )
         self.conv1 = get_conv_layer(
             3, in_channels, in_channels, kernel_size=1, stride=1, dropout=dropout, bias=True, act=None, norm=None,
             conv_only=False,

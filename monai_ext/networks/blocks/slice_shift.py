@@ -27,7 +27,11 @@ def shift_along(x: torch.Tensor, dim: int, step: int) -> torch.Tensor:
 
 
 def slice_shift(
-    x: torch.Tensor, slice_dim: int = 2, fold_div: int = 4, placement: str = "ends", directions: tuple[int, int] = (1, -1)
+    x: torch.Tensor,
+    slice_dim: int = 2,
+    fold_div: int = 4,
+    placement: str = "ends",
+    directions: tuple[int, int] = (1, -1),
 ) -> torch.Tensor:
     """Functional form of :class:`SliceShift` (see there for the arguments). Returns a new tensor."""
     channels = x.shape[1]
@@ -93,7 +97,9 @@ class SliceShift(nn.Module):
                 f"slice_dim={slice_dim} is the batch or channel axis; give a spatial axis, e.g. 2 for (B, C, S, H, W)."
             )
         if int(fold_div) < 2:
-            raise ValueError(f"fold_div must be an integer >= 2 (C // fold_div channels move each way), got {fold_div}.")
+            raise ValueError(
+                f"fold_div must be an integer >= 2 (C // fold_div channels move each way), got {fold_div}."
+            )
         if placement not in _PLACEMENTS:
             raise ValueError(f"placement must be one of {_PLACEMENTS}, got {placement!r}.")
         if len(directions) != 2 or any(d not in (1, -1) for d in directions):

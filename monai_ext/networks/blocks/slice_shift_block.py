@@ -65,13 +65,15 @@ class SliceShiftResBlock(nn.Module):
         if shift_position not in SHIFT_POSITIONS:
             raise ValueError(f"shift_position must be one of {SHIFT_POSITIONS}, got {shift_position!r}.")
         conv = {"act": None, "norm": None, "conv_only": False, "dropout": dropout}
-        self.conv1 = get_conv_layer(spatial_dims, in_channels, out_channels, kernel_size=kernel_size, stride=stride, **conv)
+        self.conv1 = get_conv_layer(
+            spatial_dims, in_channels, out_channels, kernel_size=kernel_size, stride=stride, **conv
+        )
         self.conv2 = get_conv_layer(spatial_dims, out_channels, out_channels, kernel_size=kernel_size, stride=1, **conv)
         self.lrelu = get_act_layer(name=act_name)
         self.norm1 = get_norm_layer(name=norm_name, spatial_dims=spatial_dims, channels=out_channels)
         self.norm2 = get_norm_layer(name=norm_name, spatial_dims=spatial_dims, channels=out_channels)
-        self.conv3: nn.Module | None = None
-        self.norm3: nn.Module | None = None
+        self.conv3 = None
+        self.norm3 = None
         if in_channels != out_channels or not np.all(np.atleast_1d(stride) == 1):
             self.conv3 = get_conv_layer(spatial_dims, in_channels, out_channels, kernel_size=1, stride=stride, **conv)
             self.norm3 = get_norm_layer(name=norm_name, spatial_dims=spatial_dims, channels=out_channels)
@@ -186,7 +188,9 @@ def add_slice_shift(
     replaced = 0
     for name, child in list(network.named_children()):
         if isinstance(child, UnetResBlock):
-            setattr(network, name, SliceShiftResBlock.from_res_block(child, SliceShift(slice_dim, fold_div), shift_position))
+            setattr(
+                network, name, SliceShiftResBlock.from_res_block(child, SliceShift(slice_dim, fold_div), shift_position)
+            )
             replaced += 1
         elif any(isinstance(m, UnetResBlock) for m in child.modules()):
             add_slice_shift(child, slice_dim, fold_div, shift_position)

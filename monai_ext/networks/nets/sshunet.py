@@ -86,7 +86,9 @@ class SSHUNet(DynUNet):
         num_down = len(strides) - 2
         self.shift_levels = sorted(set(range(num_down) if shift_levels is None else shift_levels))
         if any(not 0 <= level < num_down for level in self.shift_levels):
-            raise ValueError(f"shift_levels must lie in [0, {num_down - 1}] for {len(strides)} levels, got {shift_levels}.")
+            raise ValueError(
+                f"shift_levels must lie in [0, {num_down - 1}] for {len(strides)} levels, got {shift_levels}."
+            )
         self.shift_bottleneck = shift_bottleneck
         self.shift_decoder = shift_decoder
         self.fold_div = fold_div
@@ -160,8 +162,17 @@ class SSHUNet(DynUNet):
             shift = self.shift_decoder and (num_down - 1 - j) in self.shift_levels
             blocks.append(
                 SliceShiftUpBlock(
-                    3, in_c, out_c, kernel, up, self.norm_name, self.act_name, self.dropout, trans_bias=True,
-                    shift=self._shift(shift), shift_position=self.shift_position,
+                    3,
+                    in_c,
+                    out_c,
+                    kernel,
+                    up,
+                    self.norm_name,
+                    self.act_name,
+                    self.dropout,
+                    trans_bias=True,
+                    shift=self._shift(shift),
+                    shift_position=self.shift_position,
                 )  # fmt: skip
             )
         return nn.ModuleList(blocks)

@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from monai_ext.networks.blocks import SliceShift, shift_along
+
+
+def test_matches_sshunet_release(golden):
+    g = golden("ssh_unet_slice_shift")
+    assert g["dim"] == 2 and g["channels_fraction"] == 0.25
+    torch.testing.assert_close(SliceShift()(g["x"]), g["y"], atol=0, rtol=0)
+
+
+def test_matches_tsm_release(golden):
+    g = golden("tsm_shift")
+    x, t = g["x"], g["n_segment"]
+    nt, c, h, w = x.shape
+    # TSM folds time into the batch: (N*T, C, H, W) -> (N, C, T, H, W) with T as the slice axis
+    video = x.view(nt // t, t, c, h, w).transpose(1, 2)
+    y = SliceShift.tsm()(video).transpose(1, 2).reshape(nt, c, h, w)
+    torch.testing.assert_close(y, g["y"], atol=0, rtol=0)
+
+
+def test_semantics_on_a_ramp():
+    s = torch.arange(5.0).view(1, 1, 5, 1, 1).expand(1, 8, 5, 2, 2)
+    y = SliceShift(fold_div=4)(s)
+    assert torch.equal(y[0, 0, :, 0, 0], torch.tensor([0.0, 0, 1, 2, 3]))  # first fold: out[s] = x[s-1]
+    assert torch.equal(y[0, 7, :, 0, 0], torch.tensor([1.0, 2, 3, 4, 0]))  # last fold: out[s] = x[s+1]
+    assert torch.equal(y[:, 2:6], s[:, 2:6])
+
+
+@pytest.mark.parametrize("slice_dim", [2, 3, 4, -1])
+def test_any_slice_axis_and_no_in_place(slice_dim):
+    x = torch.randn(2, 8, 4, 5, 6)
+    before = x.clone()
+    y = SliceShift(slice_dim=slice_dim)(x)
+    assert y.shape == x.shape
+    assert torch.equal(x, before)
+    dim = slice_dim % 5
+    assert torch.equal(y[:, :2], shift_along(x[:, :2], dim, 1))
+    assert torch.equal(y[:, -2:], shift_along(x[:, -2:], dim, -1))
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3])
+def test_small_channel_counts_pass_through(channels):
+    # fold = C // 4 = 0: nothing moves (the release would shift every channel backwards here)
+    x = torch.randn(1, channels, 4, 3, 3)
+    assert torch.equal(SliceShift()(x), x)
+
+
+def test_single_slice_gives_zeros_in_moving_channels():
+    x = torch.randn(1, 8, 1, 3, 3)
+    y = SliceShift()(x)
+    assert torch.count_nonzero(y[:, :2]) == 0 and torch.equal(y[:, 2:6], x[:, 2:6])
+
+
+def test_gradient_flows():
+    x = torch.randn(1, 8, 4, 3, 3, requires_grad=True)
+    SliceShift()(x).sum().backward()
+    # the moved slices lose their last (or first) slice: those inputs get no gradient
+    assert x.grad[0, 0, -1].abs().sum() == 0 and x.grad[0, 0, 0].abs().sum() > 0
+
+
+def test_script_and_trace():
+    x = torch.randn(1, 8, 4, 3, 3)
+    ref = SliceShift()(x)
+    torch.testing.assert_close(torch.jit.script(SliceShift())(x), ref)
+    torch.testing.assert_close(torch.jit.trace(SliceShift(), x)(x), ref)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"slice_dim": 1}, "batch or channel axis"),
+        ({"fold_div": 1}, "fold_div must be an integer >= 2"),
+        ({"placement": "middle"}, "placement must be one of"),
+        ({"directions": (1, 2)}, "each \\+1 or -1"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SliceShift(**kwargs)
+
+
+def test_input_without_the_slice_axis():
+    with pytest.raises(ValueError, match="needs an input"):
+        SliceShift(slice_dim=4)(torch.randn(1, 8, 4, 4))
