@@ -1,3 +1,8 @@
 """monai_ext: 3D context for 2D-like segmentation networks, as MONAI blocks, networks and bundles."""
 
 __version__ = "0.1.0"
+
+from monai_ext import data, handlers, networks, transforms, utils  # noqa: E402
+from monai_ext.networks import blocks, nets  # noqa: E402
+
+__all__ = ["__version__", "blocks", "data", "handlers", "nets", "networks", "transforms", "utils"]

@@ -1,0 +1,3 @@
+from monai_ext.handlers.staged_output import StagedOutput
+
+__all__ = ["StagedOutput"]
