@@ -1,0 +1,5 @@
+"""The benchmark harness: the methods beside MONAI's own networks, measured on the same machine in one run."""
+
+from monai_ext.bench.efficiency import NETWORKS, measure, run_efficiency
+
+__all__ = ["NETWORKS", "measure", "run_efficiency"]
