@@ -83,8 +83,16 @@ def test_configs_are_formatted_with_indent_4():
 
 
 def test_net_in_out_and_spatial_shape():
-    ok(run(bundle_cmd("verify_net_in_out", net_id="network_def", meta_file=CONFIGS / "metadata.json",
-                      config_file=CONFIGS / "inference.json")))  # fmt: skip
+    ok(
+        run(
+            bundle_cmd(
+                "verify_net_in_out",
+                net_id="network_def",
+                meta_file=CONFIGS / "metadata.json",
+                config_file=CONFIGS / "inference.json",
+            )
+        )
+    )
     # verify_net_in_out checks only channels and dtype: check the spatial shape here
     from monai.bundle import ConfigParser
 
@@ -105,16 +113,35 @@ def test_train_writes_a_plain_state_dict(trained):
 
 
 def test_evaluate_writes_metrics(trained, dataset):
-    ok(run(bundle_cmd("run", config_file=configs("train.json", "evaluate.json"), bundle_root=trained,
-                      dataset_dir=dataset, **TINY)))  # fmt: skip
+    ok(
+        run(
+            bundle_cmd(
+                "run",
+                config_file=configs("train.json", "evaluate.json"),
+                bundle_root=trained,
+                dataset_dir=dataset,
+                **TINY,
+            )
+        )
+    )
     summary = (trained / "eval" / "metrics.csv").read_text()
     assert "val_mean_dice" in summary
 
 
 def test_inference_writes_labels_on_the_input_grid(trained, dataset, tmp_path):
     out = tmp_path / "pred"
-    ok(run(bundle_cmd("run", config_file=configs("inference.json"), bundle_root=trained, dataset_dir=dataset,
-                      output_dir=out, **TINY)))  # fmt: skip
+    ok(
+        run(
+            bundle_cmd(
+                "run",
+                config_file=configs("inference.json"),
+                bundle_root=trained,
+                dataset_dir=dataset,
+                output_dir=out,
+                **TINY,
+            )
+        )
+    )
     tests = json.loads((dataset / "dataset.json").read_text())["test"]
     written = sorted(p.name for p in out.iterdir())
     assert written == sorted(Path(t).name.replace(".nii.gz", "_seg.nii.gz") for t in tests)
@@ -128,28 +155,57 @@ def test_inference_writes_labels_on_the_input_grid(trained, dataset, tmp_path):
 
 def test_torchscript_and_onnx_export(trained, tmp_path):
     ts = tmp_path / "model.ts"
-    ok(run(bundle_cmd("ckpt_export", "network_def", filepath=ts, ckpt_file=trained / "models" / "model.pt",
-                      meta_file=CONFIGS / "metadata.json", config_file=CONFIGS / "inference.json", **TINY)))  # fmt: skip
+    ok(
+        run(
+            bundle_cmd(
+                "ckpt_export",
+                "network_def",
+                filepath=ts,
+                ckpt_file=trained / "models" / "model.pt",
+                meta_file=CONFIGS / "metadata.json",
+                config_file=CONFIGS / "inference.json",
+                **TINY,
+            )
+        )
+    )
     x = torch.rand(1, 1, 32, 32, 32)
     scripted = torch.jit.load(str(ts))
     onnx_path = tmp_path / "model.onnx"
-    ok(run(bundle_cmd("onnx_export", "network_def", filepath=onnx_path, ckpt_file=trained / "models" / "model.pt",
-                      meta_file=CONFIGS / "metadata.json", config_file=CONFIGS / "inference.json", use_trace=True,
-                      input_shape="[1,1,32,32,32]", converter_kwargs="{'dynamo': False}", **TINY)))  # fmt: skip
+    ok(
+        run(
+            bundle_cmd(
+                "onnx_export",
+                "network_def",
+                filepath=onnx_path,
+                ckpt_file=trained / "models" / "model.pt",
+                meta_file=CONFIGS / "metadata.json",
+                config_file=CONFIGS / "inference.json",
+                use_trace=True,
+                input_shape="[1,1,32,32,32]",
+                converter_kwargs="{'dynamo': False}",
+                **TINY,
+            )
+        )
+    )
     ort = pytest.importorskip("onnxruntime")
     session = ort.InferenceSession(str(onnx_path))
     out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     torch.testing.assert_close(torch.from_numpy(out), scripted(x), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
-                    reason="torchrun not installed")  # fmt: skip
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
+    reason="torchrun not installed",
+)
 def test_two_process_training_on_cpu(dataset, tmp_path):
     torchrun = str(Path(sys.executable).parent / "torchrun")
     cmd = [torchrun, "--standalone", "--nproc_per_node=2"] + bundle_cmd(
-        "run", config_file=configs("train.json", "multi_gpu_train.json"), bundle_root=tmp_path, dataset_dir=dataset,
+        "run",
+        config_file=configs("train.json", "multi_gpu_train.json"),
+        bundle_root=tmp_path,
+        dataset_dir=dataset,
         **TINY,
-    )[1:]  # fmt: skip
+    )[1:]
     ok(run(cmd))
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state)  # saved unwrapped from DistributedDataParallel
