@@ -64,13 +64,16 @@ def _spatial_shape(path: str, num_channels: int | None) -> tuple[int, ...]:
         raise ValueError(
             f"cannot read {path} as a NIfTI volume ({e}); replace the file or remove it from the datalist."
         ) from e
-    if len(shape) == 4 and num_channels is not None and shape[3] == num_channels:
+    if len(shape) == 4 and num_channels is not None and shape[3] != num_channels:
+        raise ValueError(
+            f"{path} has {shape[3]} channels (shape {shape}), the network expects {num_channels}; "
+            "give the modalities the model was trained on, in the order of metadata.json's channel_def."
+        )
+    if len(shape) == 4 and num_channels is not None:
         shape = shape[:3]
     if len(shape) != 3:
         raise ValueError(
-            f"{path} has shape {shape}: a 3D volume (X, Y, Z) is expected"
-            + (f" (or X, Y, Z, {num_channels} channels)" if num_channels and num_channels > 1 else "")
-            + "; 2D images and time series are not supported."
+            f"{path} has shape {shape}: a 3D volume (X, Y, Z) is expected; 2D images and time series are not supported."
         )
     return shape
 

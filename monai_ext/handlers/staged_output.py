@@ -17,16 +17,22 @@ class StagedOutput:
     Point the writers (e.g. ``SaveImaged(output_dir=staging_dir)``) at ``staging_dir``. When the engine starts,
     a stale staging folder is cleared; when it completes, every file is moved into ``output_dir`` (replacing
     files of the same name); when it raises, the staging folder is deleted and the error propagates. So a bad
-    case in the middle of a datalist leaves no partial set of predictions behind.
+    case in the middle of a datalist leaves no partial set of predictions behind. Attach it before handlers
+    that re-raise on ``EXCEPTION_RAISED`` (e.g. ``StatsHandler``), which stop later handlers from running; the
+    staging folder sits beside ``output_dir``, never inside it, so even then ``output_dir`` stays clean.
 
     Args:
         output_dir: where finished outputs go.
-        staging_dir: temporary folder; default ``<output_dir>/.staging``.
+        staging_dir: temporary folder; default ``<output_dir>.partial`` beside ``output_dir``.
     """
 
     def __init__(self, output_dir: str | os.PathLike, staging_dir: str | os.PathLike | None = None) -> None:
         self.output_dir = Path(output_dir)
-        self.staging_dir = Path(staging_dir) if staging_dir is not None else self.output_dir / ".staging"
+        self.staging_dir = (
+            Path(staging_dir)
+            if staging_dir is not None
+            else self.output_dir.with_name(self.output_dir.name + ".partial")
+        )
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.start)
@@ -48,6 +54,4 @@ class StagedOutput:
 
     def abort(self, engine: Engine | None, e: BaseException) -> None:
         shutil.rmtree(self.staging_dir, ignore_errors=True)
-        if self.output_dir.is_dir() and not any(self.output_dir.iterdir()):
-            self.output_dir.rmdir()
         raise e

@@ -209,3 +209,72 @@ def test_two_process_training_on_cpu(dataset, tmp_path):
     ok(run(cmd))
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state)  # saved unwrapped from DistributedDataParallel
+
+
+def _custom_datalist(tmp_path: Path, dataset: Path, key: str, images: dict[str, np.ndarray]) -> Path:
+    """Write images (name -> array) as NIfTI beside a datalist listing them under ``key`` (with real labels)."""
+    affine = nib.load(dataset / "imagesTr" / "case_000.nii.gz").affine
+    entries = []
+    for name, array in images.items():
+        nib.save(nib.Nifti1Image(array, affine), tmp_path / f"{name}.nii.gz")
+        entries.append({"image": f"./{name}.nii.gz", "label": str(dataset / "labelsTr" / "case_000.nii.gz")})
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({key: entries}))
+    return path
+
+
+def _good_image(dataset: Path) -> np.ndarray:
+    return np.asarray(nib.load(dataset / "imagesTr" / "case_000.nii.gz").dataobj).astype(np.float32)
+
+
+def _infer(trained: Path, datalist: Path, out: Path) -> subprocess.CompletedProcess:
+    cmd = bundle_cmd(
+        "run", config_file=configs("inference.json"), bundle_root=trained, datalist=datalist,
+        dataset_dir=datalist.parent, data_list_key="training", output_dir=out, **TINY,
+    )  # fmt: skip
+    return run(cmd)
+
+
+def _fails_with(proc: subprocess.CompletedProcess, message: str) -> None:
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-3000:]
+
+
+def test_missing_datalist_is_reported_and_nothing_written(trained, tmp_path):
+    out = tmp_path / "pred"
+    _fails_with(_infer(trained, tmp_path / "nowhere" / "dataset.json", out), "not found; point the bundle at your data")
+    assert not out.exists()
+
+
+def test_2d_image_is_refused(trained, dataset, tmp_path):
+    datalist = _custom_datalist(tmp_path, dataset, "training", {"flat": _good_image(dataset)[:, :, 0]})
+    _fails_with(_infer(trained, datalist, tmp_path / "pred"), "a 3D volume (X, Y, Z) is expected")
+    assert not (tmp_path / "pred").exists()
+
+
+def test_wrong_channel_count_is_refused(trained, dataset, tmp_path):
+    two = np.stack([_good_image(dataset)] * 2, axis=-1)
+    datalist = _custom_datalist(tmp_path, dataset, "training", {"two_channels": two})
+    _fails_with(_infer(trained, datalist, tmp_path / "pred"), "has 2 channels")
+    assert not (tmp_path / "pred").exists()
+
+
+def test_nan_voxels_fail_and_leave_no_partial_predictions(trained, dataset, tmp_path):
+    bad = _good_image(dataset)
+    bad[3, 4, 5] = np.nan
+    # the good case is processed first: its prediction must not be published when the second case fails
+    datalist = _custom_datalist(tmp_path, dataset, "training", {"a_good": _good_image(dataset), "b_nan": bad})
+    out = tmp_path / "pred"
+    _fails_with(_infer(trained, datalist, out), "1 voxel(s) are NaN or infinite")
+    assert not out.exists() and not (tmp_path / "pred.partial").exists()
+
+
+def test_image_label_size_mismatch_stops_training_before_it_starts(dataset, tmp_path):
+    image = _good_image(dataset)
+    datalist = _custom_datalist(tmp_path, dataset, "training", {f"c{i}": image[:, :, :24] for i in range(3)})
+    cmd = bundle_cmd(
+        "run", config_file=configs("train.json"), bundle_root=tmp_path / "b", datalist=datalist,
+        dataset_dir=tmp_path, **TINY,
+    )  # fmt: skip
+    _fails_with(run(cmd), "image and label sizes differ")
+    assert not (tmp_path / "b" / "models").exists()
