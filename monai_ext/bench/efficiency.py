@@ -79,7 +79,10 @@ def run_efficiency(
                 **measure(build(1, out_channels), shape, device, repeats),
             }
         )
-    ref = next(r for r in rows if r["network"] == "DynUNet 3D")["latency_s"]["median"]
+    refs = [r for r in rows if r["network"] == "DynUNet 3D"]
+    if not refs:
+        raise ValueError(f"NETWORKS needs a 'DynUNet 3D' entry, the reference of every ratio; got {list(NETWORKS)}.")
+    ref = refs[0]["latency_s"]["median"]
     print("\n| network | params (M) | GFLOP | latency median [min, max] (s) | vs DynUNet 3D |")
     print("|---|---|---|---|---|")
     for r in rows:

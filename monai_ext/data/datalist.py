@@ -57,7 +57,7 @@ def load_datalist(
     return items
 
 
-def _spatial_shape(path: str, num_channels: int | None) -> tuple[int, ...]:
+def _spatial_shape(path: str, num_channels: int | None, is_image: bool = True) -> tuple[int, ...]:
     try:
         shape = tuple(int(s) for s in nib.load(path).shape)
     except Exception as e:
@@ -65,10 +65,12 @@ def _spatial_shape(path: str, num_channels: int | None) -> tuple[int, ...]:
             f"cannot read {path} as a NIfTI volume ({e}); replace the file or remove it from the datalist."
         ) from e
     if len(shape) == 4 and num_channels is not None and shape[3] != num_channels:
-        raise ValueError(
-            f"{path} has {shape[3]} channels (shape {shape}), the network expects {num_channels}; "
-            "give the modalities the model was trained on, in the order of metadata.json's channel_def."
+        fix = (
+            "give the modalities the model was trained on, in the order of metadata.json's channel_def"
+            if is_image
+            else "a label is one channel of class indices"
         )
+        raise ValueError(f"{path} has {shape[3]} channels (shape {shape}), {num_channels} expected; {fix}.")
     if len(shape) == 4 and num_channels is not None:
         shape = shape[:3]
     if len(shape) != 3:
@@ -90,7 +92,11 @@ def check_datalist(items: Sequence[dict], keys: Sequence[str] = ("image", "label
         shown = "\n  ".join(missing[:10]) + ("\n  ..." if len(missing) > 10 else "")
         raise FileNotFoundError(f"{len(missing)} file(s) named in the datalist do not exist:\n  {shown}")
     for item in items:
-        shapes = {k: _spatial_shape(str(item[k]), num_channels if k == "image" else 1) for k in keys if k in item}
+        shapes = {
+            k: _spatial_shape(str(item[k]), num_channels if k == "image" else 1, k == "image")
+            for k in keys
+            if k in item
+        }
         if len(set(shapes.values())) > 1:
             raise ValueError(
                 "image and label sizes differ: "

@@ -44,6 +44,9 @@ class StagedOutput:
         self.staging_dir.mkdir(parents=True)
 
     def publish(self, engine: Engine | None = None) -> None:
+        if engine is not None and engine.should_terminate:  # stopped early (e.g. terminate()): not a full run
+            shutil.rmtree(self.staging_dir, ignore_errors=True)
+            return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for path in sorted(self.staging_dir.rglob("*")):
             if path.is_file():

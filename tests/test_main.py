@@ -1,0 +1,99 @@
+"""Tests of the ``python -m monai_ext`` command line and of the bundle lookup it reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import monai
+import pytest
+import torch
+
+import monai_ext
+from monai_ext import __main__ as cli
+from monai_ext.bundles import bundle_dir, list_bundles
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MONAI_EXT_BUNDLES"}
+    env["PAGER"] = "cat"  # fire pages long help on a terminal; never wait for one here
+    return subprocess.run(
+        [sys.executable, "-m", "monai_ext", *args],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_help_lists_every_command(tmp_path):
+    proc = _run_cli("--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout + proc.stderr
+    for command in ("demo", "phantom", "bench", "info"):
+        assert f"\n     {command}\n" in text, text
+    assert "Medical Segmentation Decathlon layout" in text  # the phantom docstring's first line
+
+
+def test_info_prints_versions_and_the_ssh_unet_bundle(monkeypatch, capsys):
+    # in-process (the --help test above already runs the real ``-m`` entry point): saves a 4 s interpreter start
+    monkeypatch.delenv("MONAI_EXT_BUNDLES", raising=False)
+    monkeypatch.setattr(sys, "argv", ["monai_ext", "info"])
+    cli.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"monai_ext {monai_ext.__version__}, monai {monai.__version__}, torch {torch.__version__}"
+    assert any(line.startswith("python ") and "CPU(s)" in line for line in lines)
+    assert any(line.startswith("CUDA devices: ") for line in lines)
+    bundles = next(line for line in lines if line.startswith("bundles: "))
+    assert "ssh_unet" in bundles.removeprefix("bundles: ").split(", ")
+
+
+def test_phantom_command_writes_an_msd_dataset(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "phantom"
+    argv = ["monai_ext", "phantom", str(out), "--num_train", "2", "--num_test", "1", "--size", "32"]
+    monkeypatch.setattr(sys, "argv", argv)
+    cli.main()
+    assert f"wrote 2 training and 1 test cases; datalist: {out / 'dataset.json'}" in capsys.readouterr().out
+    dataset = json.loads((out / "dataset.json").read_text())
+    assert dataset["numTraining"] == 2 and dataset["numTest"] == 1
+    assert dataset["generator"]["shape"] == [32, 32, 32]
+    assert len(list((out / "imagesTr").glob("*.nii.gz"))) == 2
+    assert len(list((out / "imagesTs").glob("*.nii.gz"))) == 1
+
+
+def test_list_bundles_finds_ssh_unet_in_the_checkout(monkeypatch):
+    monkeypatch.delenv("MONAI_EXT_BUNDLES", raising=False)
+    assert "ssh_unet" in list_bundles()
+    path = bundle_dir("ssh_unet")
+    assert path == REPO / "bundles" / "ssh_unet"
+    assert (path / "configs" / "metadata.json").is_file()
+
+
+def test_list_bundles_follows_the_environment_variable(tmp_path, monkeypatch):
+    for name in ("zeta", "alpha"):
+        (tmp_path / name / "configs").mkdir(parents=True)
+        (tmp_path / name / "configs" / "metadata.json").write_text("{}")
+    (tmp_path / "not_a_bundle" / "configs").mkdir(parents=True)  # no metadata.json
+    monkeypatch.setenv("MONAI_EXT_BUNDLES", str(tmp_path))
+    assert list_bundles() == ["alpha", "zeta"]
+    assert bundle_dir("zeta") == tmp_path / "zeta"
+    with pytest.raises(FileNotFoundError, match=r"bundle 'not_a_bundle' not found"):
+        bundle_dir("not_a_bundle")
+
+
+def test_bundle_dir_unknown_name_says_where_it_looked_and_how_to_fix(tmp_path, monkeypatch):
+    monkeypatch.delenv("MONAI_EXT_BUNDLES", raising=False)
+    expected = r"bundle 'nope' not found in .*bundles \(found: \[.*'ssh_unet'.*\]\); set MONAI_EXT_BUNDLES"
+    with pytest.raises(FileNotFoundError, match=expected):
+        bundle_dir("nope")
+    monkeypatch.setenv("MONAI_EXT_BUNDLES", str(tmp_path / "missing"))
+    assert list_bundles() == []
+    with pytest.raises(FileNotFoundError, match=r"not found in .*missing \(found: none\); set MONAI_EXT_BUNDLES"):
+        bundle_dir("nope")
