@@ -81,7 +81,7 @@ def run_bundle(
     log_file = Path(log_file)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with open(log_file, "w") as log:
+    with open(log_file, "w", buffering=1) as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=root)
         for line in proc.stdout:
             log.write(line)

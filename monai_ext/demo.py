@@ -39,7 +39,7 @@ def save_comparison_png(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, 
 
     both = np.minimum((truth == 1).sum(axis=(0, 1)), (truth == 2).sum(axis=(0, 1)))
     z = int(np.argmax(both))
-    y = int(np.argmax((truth == 1).sum(axis=(0, 2)) + (truth == 2).sum(axis=(0, 2))))
+    y = int(np.argmax(np.minimum((truth == 1).sum(axis=(0, 2)), (truth == 2).sum(axis=(0, 2)))))
     cmap = ListedColormap([(0, 0, 0, 0), (0.9, 0.2, 0.2, 0.8), (0.2, 0.6, 1.0, 0.8)])
     views = [(f"axial z={z}", lambda a: a[:, :, z].T), (f"coronal y={y}", lambda a: a[:, y, :].T)]
     fig, axes = plt.subplots(2, 3, figsize=(10, 7))
