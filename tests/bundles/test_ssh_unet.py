@@ -154,39 +154,18 @@ def test_inference_writes_labels_on_the_input_grid(trained, dataset, tmp_path):
 
 
 def test_torchscript_and_onnx_export(trained, tmp_path):
-    ts = tmp_path / "model.ts"
-    ok(
-        run(
-            bundle_cmd(
-                "ckpt_export",
-                "network_def",
-                filepath=ts,
-                ckpt_file=trained / "models" / "model.pt",
-                meta_file=CONFIGS / "metadata.json",
-                config_file=CONFIGS / "inference.json",
-                **TINY,
-            )
-        )
-    )
+    common = {
+        "ckpt_file": trained / "models" / "model.pt",
+        "meta_file": CONFIGS / "metadata.json",
+        "config_file": CONFIGS / "inference.json",
+        **TINY,
+    }
+    ts, onnx_path = tmp_path / "model.ts", tmp_path / "model.onnx"
+    ok(run(bundle_cmd("ckpt_export", "network_def", filepath=ts, **common)))
+    onnx = {"use_trace": True, "input_shape": "[1,1,32,32,32]", "converter_kwargs": "{'dynamo': False}"}
+    ok(run(bundle_cmd("onnx_export", "network_def", filepath=onnx_path, **onnx, **common)))
     x = torch.rand(1, 1, 32, 32, 32)
     scripted = torch.jit.load(str(ts))
-    onnx_path = tmp_path / "model.onnx"
-    ok(
-        run(
-            bundle_cmd(
-                "onnx_export",
-                "network_def",
-                filepath=onnx_path,
-                ckpt_file=trained / "models" / "model.pt",
-                meta_file=CONFIGS / "metadata.json",
-                config_file=CONFIGS / "inference.json",
-                use_trace=True,
-                input_shape="[1,1,32,32,32]",
-                converter_kwargs="{'dynamo': False}",
-                **TINY,
-            )
-        )
-    )
     ort = pytest.importorskip("onnxruntime")
     session = ort.InferenceSession(str(onnx_path))
     out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
