@@ -10,6 +10,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
+# In-process tests use small tensors: one thread avoids OpenMP threads spinning against each other when the
+# machine's other core is busy (it made small ops hundreds of times slower here). Bundle runs are subprocesses
+# and keep torch's default.
+torch.set_num_threads(1)
+
 
 @pytest.fixture
 def golden():

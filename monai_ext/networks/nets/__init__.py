@@ -1,3 +1,4 @@
+from monai_ext.networks.nets.rsanet import RSANet
 from monai_ext.networks.nets.sshunet import SliceShiftUNet, SSHUNet
 
-__all__ = ["SSHUNet", "SliceShiftUNet"]
+__all__ = ["RSANet", "SSHUNet", "SliceShiftUNet"]

@@ -1,0 +1,3 @@
+from monai_ext.metrics.overlap import OverlapMetric
+
+__all__ = ["OverlapMetric"]

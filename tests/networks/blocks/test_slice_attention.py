@@ -1,0 +1,197 @@
+import itertools
+import math
+
+import pytest
+import torch
+from monai.networks.nets import DynUNet
+from monai.networks.nets.dynunet import DynUNetSkipLayer
+from torch import nn
+
+from monai_ext.networks.blocks import RSA, RecurrentSliceAttention, SliceAttention, slice_attention
+
+RELEASE_DIMS = (3, 4, 2)  # H, W, D of the release's (N, C, D, H, W)
+
+
+def _randomise(block: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-zero betas (and fresh conv weights) so that the attention actually changes the input."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+    return block
+
+
+def _naive_slice_attention(q, k, v, dim, scale=1.0):
+    """Loop over slice pairs: logits[i, j] = <q slice i, k slice j> over all channels and other positions."""
+    s = q.shape[dim]
+    out = torch.zeros_like(v)
+    for n in range(q.shape[0]):
+        logits = torch.stack(
+            [
+                torch.stack([(q[n].select(dim - 1, i) * k[n].select(dim - 1, j)).sum() for j in range(s)])
+                for i in range(s)
+            ]
+        )
+        weights = torch.softmax(logits * scale, dim=-1)
+        for i in range(s):
+            mixed = sum(weights[i, j] * v[n].select(dim - 1, j) for j in range(s))
+            out[n].select(dim - 1, i).copy_(mixed)
+    return out
+
+
+def test_matches_rsanet_release_block(golden):
+    g = golden("rsanet_rsa_block")
+    block = RecurrentSliceAttention(3, 16)
+    block.load_state_dict(g["state_dict"])  # identical parameter names: no key mapping needed
+    torch.testing.assert_close(block(g["x"]), g["y"], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dims", [p for p in itertools.permutations((2, 3, 4)) if p != RELEASE_DIMS])
+def test_other_direction_orders_do_not_match_release(golden, dims):
+    g = golden("rsanet_rsa_block")
+    block = RecurrentSliceAttention(3, 16, dims=dims)
+    block.load_state_dict(g["state_dict"])
+    assert (block(g["x"]) - g["y"]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("dim", [2, 3, 4, -1])
+def test_slice_attention_matches_naive_loop(dim):
+    q, k, v = (torch.randn(2, 3, 4, 3, 5) * 0.3 for _ in range(3))
+    torch.testing.assert_close(slice_attention(q, k, v, dim), _naive_slice_attention(q, k, v, dim % 5))
+
+
+def test_scaled_divides_logits_by_sqrt_of_slice_length():
+    q, k, v = (torch.randn(1, 4, 3, 5, 6) for _ in range(3))
+    length = 4 * 5 * 6  # C * H * W for slices along dim 2
+    expected = _naive_slice_attention(q, k, v, 2, scale=1 / math.sqrt(length))
+    torch.testing.assert_close(slice_attention(q, k, v, 2, scaled=True), expected)
+    assert not torch.allclose(slice_attention(q, k, v, 2), expected)
+
+
+def test_scaled_option_in_block():
+    x = torch.randn(1, 8, 4, 5, 6)
+    plain = _randomise(RecurrentSliceAttention(3, 8))
+    scaled = RecurrentSliceAttention(3, 8, scaled=True)
+    scaled.load_state_dict(plain.state_dict())
+    assert scaled.scaled and not plain.scaled
+    assert not torch.allclose(plain(x), scaled(x))
+
+
+@pytest.mark.parametrize("block", [RecurrentSliceAttention(3, 6), SliceAttention(3, 6, dim=2), RSA(2, 6)])
+def test_identity_at_initialisation(block):
+    x = torch.randn(2, 6, 4, 5, 3)[..., 0] if block.spatial_dims == 2 else torch.randn(2, 6, 4, 5, 3)
+    assert not torch.stack(list(block.betas)).detach().any()
+    assert torch.equal(block(x), x)
+
+
+def test_defaults_and_parameter_names():
+    block = RSA(3, 8)
+    assert RSA is RecurrentSliceAttention
+    assert block.dims == list(RELEASE_DIMS)
+    assert RSA(2, 8).dims == [2, 3]
+    assert sorted(block.state_dict()) == sorted(
+        [f"{n}_conv.{p}" for n in ("theta", "phi", "g") for p in ("weight", "bias")] + ["betas.0", "betas.1", "betas.2"]
+    )
+    assert block.theta_conv.weight.shape == (8, 8, 1, 1, 1)
+    assert sum(p.numel() for p in block.parameters()) == 3 * (8 * 8 + 8) + 3
+
+
+def test_recurrence_recomputes_projections_on_updated_input():
+    block = _randomise(RSA(3, 4, dims=(2, 4)))
+    x = torch.randn(1, 4, 3, 4, 5)
+
+    def step(t, beta, dim):
+        return t + beta * slice_attention(block.theta_conv(t), block.phi_conv(t), block.g_conv(t), dim)
+
+    expected = step(step(x, block.betas[0], 2), block.betas[1], 4)
+    torch.testing.assert_close(block(x), expected)
+
+
+def test_single_direction_is_rsa_with_one_dim():
+    sa = _randomise(SliceAttention(3, 4, dim=3))
+    rsa = RSA(3, 4, dims=[3])
+    rsa.load_state_dict(sa.state_dict())
+    x = torch.randn(2, 4, 3, 4, 5)
+    torch.testing.assert_close(sa(x), rsa(x))
+
+
+@pytest.mark.parametrize("dims", [None, (3, 2), (-1,)])
+def test_2d_inputs(dims):
+    block = _randomise(RSA(2, 5, dims=dims))
+    assert isinstance(block.g_conv, nn.Conv2d)
+    x = torch.randn(2, 5, 6, 7)
+    y = block(x)
+    assert y.shape == x.shape
+    t = x
+    for beta, dim in zip(block.betas, block.dims):
+        t = t + beta * slice_attention(block.theta_conv(t), block.phi_conv(t), block.g_conv(t), dim)
+    torch.testing.assert_close(y, t)
+
+
+def test_gradients_reach_every_parameter_and_the_input():
+    block = _randomise(RSA(3, 4))
+    x = torch.randn(1, 4, 3, 4, 5, requires_grad=True)
+    block(x).square().mean().backward()
+    for name, p in block.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_betas_learn_from_identity_start():
+    block = RSA(3, 4)
+    block(torch.randn(1, 4, 3, 4, 5)).square().mean().backward()
+    assert all(beta.grad is not None and beta.grad.abs() > 0 for beta in block.betas)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_torchscript(spatial_dims):
+    block = _randomise(RSA(spatial_dims, 4, scaled=True))
+    x = torch.randn((1, 4) + (3, 4, 5)[:spatial_dims])
+    scripted = torch.jit.script(block)
+    traced = torch.jit.trace(block, x)
+    torch.testing.assert_close(scripted(x), block(x))
+    torch.testing.assert_close(traced(x), block(x))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"spatial_dims": 1, "in_channels": 4}, "spatial_dims must be 2 or 3, got 1"),
+        ({"spatial_dims": 3, "in_channels": 0}, "in_channels must be a positive integer, got 0"),
+        ({"spatial_dims": 3, "in_channels": 4, "dims": []}, r"dims must be distinct .* got \[\]"),
+        ({"spatial_dims": 3, "in_channels": 4, "dims": [1, 2]}, r"taken from \[2, 3, 4\] .* got \[1, 2\]"),
+        ({"spatial_dims": 2, "in_channels": 4, "dims": [4]}, r"taken from \[2, 3\] .* got \[4\]"),
+        ({"spatial_dims": 3, "in_channels": 4, "dims": [3, -2]}, r"dims must be distinct .* got \[3, -2\]"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RecurrentSliceAttention(**kwargs)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 4, 4, 4), (1, 4, 4, 4), (4, 4, 4, 4, 4, 4)])
+def test_bad_input_shapes(shape):
+    with pytest.raises(ValueError, match=r"expects an input \(N, 4, \*spatial\) with 3 spatial axes, got shape"):
+        RSA(3, 4)(torch.randn(shape))
+
+
+def test_dropped_into_dynunet_bottleneck():
+    net = DynUNet(3, 1, 2, kernel_size=[3, 3, 3], strides=[1, 2, 2], upsample_kernel_size=[2, 2], filters=[4, 8, 16])
+    net.eval()
+    x = torch.randn(1, 1, 8, 8, 8)
+    before = net(x)
+    # DynUNet reaches its bottleneck through nested skip layers: wrap it where the innermost one calls it
+    layer = net.skip_layers
+    while isinstance(layer.next_layer, DynUNetSkipLayer):
+        layer = layer.next_layer
+    rsa = RSA(3, 16)
+    layer.next_layer = net.bottleneck = nn.Sequential(net.bottleneck, rsa)
+    torch.testing.assert_close(net(x), before)  # betas start at 0: the network is unchanged
+    with torch.no_grad():
+        for beta in rsa.betas:
+            beta.fill_(0.5)
+    after = net(x)
+    assert not torch.allclose(after, before)
+    after.sum().backward()
+    assert rsa.g_conv.weight.grad is not None and rsa.g_conv.weight.grad.abs().sum() > 0
+    torch.testing.assert_close(torch.jit.script(net)(x), net(x))
