@@ -16,12 +16,28 @@ def demo(output_dir: str = "demo_output", num_train: int = 8, num_test: int = 4,
     run_demo(output_dir, num_train, num_test, size, seed, epochs, fast_allocator)
 
 
-def phantom(output_dir: str, num_train: int = 8, num_test: int = 4, size: int = 64, spacing: float = 1.5,
-            seed: int = 0, overwrite: bool = False) -> str:  # fmt: skip
-    """Write the synthetic vessel/nodule CT dataset in the Medical Segmentation Decathlon layout."""
+def phantom(
+    output_dir: str,
+    num_train: int = 8,
+    num_test: int = 4,
+    size: int | None = None,
+    spacing: float | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    task: str = "vessels",
+) -> str:
+    """Write a synthetic dataset in the Medical Segmentation Decathlon layout.
+
+    ``task="vessels"``: CT with vessels and nodules that only 3D context tells apart (cubes of 64, 1.5 mm).
+    ``task="lesions"``: T1/T2/FLAIR brain MRI with MS-like lesions (64 x 64 x 32 at 1 x 1 x 3 mm).
+    ``size`` and ``spacing`` replace the task's defaults on every axis.
+    """
     from monai_ext.data import write_msd_dataset
 
-    path = write_msd_dataset(output_dir, num_train, num_test, (size,) * 3, (spacing,) * 3, seed, overwrite)
+    shape = (size,) * 3 if size else None
+    path = write_msd_dataset(
+        output_dir, num_train, num_test, shape, (spacing,) * 3 if spacing else None, seed, overwrite, task=task
+    )
     return f"wrote {num_train} training and {num_test} test cases; datalist: {path}"
 
 

@@ -10,6 +10,8 @@ Both draw their radius from the same range and their intensity from the same dis
 of either is a bright disk of similar size; in 3D one is a tube and the other a ball.
 
 Arrays are indexed ``(x, y, z)`` as NIfTI stores them; z is the axial slice axis.
+
+:func:`write_msd_dataset` also writes the multi-channel brain-MRI lesion task of :mod:`monai_ext.data.lesions`.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ import math
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-__all__ = ["LABELS", "make_phantom", "write_msd_dataset"]
+__all__ = ["LABELS", "TASKS", "make_phantom", "write_msd_dataset"]
 
 LABELS: dict[int, str] = {0: "background", 1: "vessel", 2: "nodule"}
 
@@ -373,10 +376,64 @@ def _to_nifti(array: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
 
 
 def _write_case(image_path: Path, label_path: Path, image: np.ndarray, label: np.ndarray, affine: np.ndarray) -> None:
-    """Write one case: the image as int16 HU, the label as uint8."""
-    hu = np.clip(np.rint(image), -1024, 3071).astype(np.int16)
-    nib.save(_to_nifti(hu, affine), str(image_path))
+    """Write one case: the image with its dtype and shape as given (3D, or 4D channels last), the label as uint8."""
+    nib.save(_to_nifti(image, affine), str(image_path))
     nib.save(_to_nifti(label.astype(np.uint8), affine), str(label_path))
+
+
+@dataclass(frozen=True)
+class _TaskSpec:
+    """What :func:`write_msd_dataset` needs to know about one task.
+
+    ``make_case(shape, seed, index)`` returns ``(image, label, note)`` for case ``index`` of a dataset with base seed
+    ``seed``: the image as it is stored (dtype included), the label, and a short note for the progress line.
+    ``header`` holds the leading ``dataset.json`` keys (``name`` to ``labels``); ``shape`` and ``spacing`` are the
+    defaults used when the caller passes None.
+    """
+
+    make_case: Callable[[tuple[int, int, int], int, int], tuple[np.ndarray, np.ndarray, str]]
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    header: dict
+
+
+def _vessel_case(shape: tuple[int, int, int], seed: int, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """One case of the MSD vessel task: 2-4 vessels and 2-4 nodules (see :func:`_fitting_phantom`), int16 HU."""
+    case_seed = _case_seed(seed, index)
+    counts = np.random.default_rng(_case_seed(seed, index, stream=1)).integers(2, 5, size=2)
+    image, label, counts = _fitting_phantom(shape, case_seed, int(counts[0]), int(counts[1]))
+    hu = np.clip(np.rint(image), -1024, 3071).astype(np.int16)
+    return hu, label, f"{counts[0]} vessels, {counts[1]} nodules"
+
+
+_VESSEL_TASK = _TaskSpec(
+    make_case=_vessel_case,
+    shape=(64, 64, 64),
+    spacing=(1.5, 1.5, 1.5),
+    header={
+        "name": "SyntheticVesselNodule",
+        "description": "Synthetic CT-like phantoms: tubular vessels and spherical nodules of matching size and "
+        "intensity, only separable with 3D context. labelsTs (not in MSD) holds the test ground truth.",
+        "reference": "monai_ext.data.synthetic (generated data, no patient data)",
+        "licence": "CC0-1.0",
+        "release": "1.0",
+        "tensorImageSize": "3D",
+        "modality": {"0": "CT"},
+        "labels": {str(k): v for k, v in LABELS.items()},
+    },
+)
+
+TASKS = ("vessels", "lesions")
+
+
+def _task_spec(task: str) -> _TaskSpec:
+    if task == "vessels":
+        return _VESSEL_TASK
+    if task == "lesions":
+        from .lesions import _MSD_TASK  # lesions imports this module's helpers: import it when needed, not on top
+
+        return _MSD_TASK
+    raise ValueError(f"task must be one of {', '.join(map(repr, TASKS))}, got {task!r}.")
 
 
 def _move_into_place(src: Path, dst: Path) -> None:
@@ -402,13 +459,24 @@ def write_msd_dataset(
     output_dir: str | os.PathLike,
     num_train: int = 8,
     num_test: int = 4,
-    shape: Sequence[int] = (64, 64, 64),
-    spacing: Sequence[float] = (1.5, 1.5, 1.5),
+    shape: Sequence[int] | None = None,
+    spacing: Sequence[float] | None = None,
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = False,
+    task: str = "vessels",
 ) -> Path:
-    """Write a synthetic vessel/nodule CT dataset in the Medical Segmentation Decathlon (MSD) layout.
+    """Write a synthetic dataset in the Medical Segmentation Decathlon (MSD) layout.
+
+    Two tasks:
+
+    - ``"vessels"``: CT-like vessel/nodule volumes (:func:`make_phantom`), labels ``LABELS``, ``modality``
+      ``{"0": "CT"}``; default shape ``(64, 64, 64)``, spacing 1.5 mm.
+    - ``"lesions"``: brain-MRI-like volumes with MS-like lesions (:func:`monai_ext.data.lesions.make_lesion_phantom`),
+      4D images ``(X, Y, Z, 3)`` (float32 in [0, 1], channels last, ``tensorImageSize`` ``"4D"``), ``modality``
+      ``{"0": "T1", "1": "T2", "2": "FLAIR"}``, labels ``{"0": "background", "1": "lesion"}``; default shape
+      ``(64, 64, 32)``, spacing ``(1.0, 1.0, 3.0)`` mm (thick slices). ``generator`` in ``dataset.json`` records
+      ``"task": "lesions"``.
 
     Layout under ``output_dir``::
 
@@ -418,11 +486,11 @@ def write_msd_dataset(
 
     ``labelsTs`` is not part of MSD: it holds the ground truth of the test cases for evaluation, listed in the extra
     ``dataset.json`` key ``test_labeled`` (``[{"image": ..., "label": ...}]``); ``test`` lists image paths only, as in
-    MSD. Cases are numbered consecutively, training first. Each case is a :func:`make_phantom` volume with 2-4 vessels
-    and 2-4 nodules (fewer, but at least one of each, when they do not fit: small shapes), its seed derived from
-    ``seed`` and the case index. Images are stored as int16 HU (rounded),
-    labels as uint8; the affine is RAS with ``spacing`` on the diagonal and the origin at the volume centre
-    (``-(shape - 1) * spacing / 2``), qform and sform codes 1 (scanner).
+    MSD. Cases are numbered consecutively, training first, each with a seed derived from ``seed`` and the case index.
+    Vessel cases are :func:`make_phantom` volumes with 2-4 vessels and 2-4 nodules (fewer, but at least one of each,
+    when they do not fit: small shapes), stored as int16 HU (rounded); lesion cases have 4-8 lesions (fewer, at least
+    one, when they do not fit). Labels are stored as uint8; the affine is RAS with ``spacing`` on the diagonal and the
+    origin at the volume centre (``-(shape - 1) * spacing / 2``), qform and sform codes 1 (scanner).
 
     The dataset is written into a temporary sibling directory and renamed into place, so a failure leaves no partial
     dataset behind.
@@ -431,11 +499,13 @@ def write_msd_dataset(
         output_dir: dataset directory to create (parents are created as needed).
         num_train: number of training cases, >= 0.
         num_test: number of test cases, >= 0; ``num_train + num_test`` must be >= 1.
-        shape: spatial size ``(X, Y, Z)`` of every volume, each >= 24; z is the axial slice axis.
-        spacing: voxel size in mm along ``(x, y, z)``, positive.
+        shape: spatial size ``(X, Y, Z)`` of every volume, each >= 24; z is the axial slice axis. None: the task's
+            default.
+        spacing: voxel size in mm along ``(x, y, z)``, positive. None: the task's default.
         seed: base seed; the same arguments give identical arrays and an identical ``dataset.json``.
         overwrite: replace ``output_dir`` if it exists and is not empty.
         progress: print one line per written case.
+        task: ``"vessels"`` or ``"lesions"``.
 
     Returns:
         Path of the written ``dataset.json``.
@@ -448,8 +518,9 @@ def write_msd_dataset(
     num_test = _check_count("num_test", num_test)
     if num_train + num_test < 1:
         raise ValueError(f"num_train + num_test must be >= 1, got num_train={num_train}, num_test={num_test}.")
-    shape_ = _check_shape(shape)
-    spacing_ = _check_spacing(spacing)
+    spec = _task_spec(task)
+    shape_ = spec.shape if shape is None else _check_shape(shape)
+    spacing_ = spec.spacing if spacing is None else _check_spacing(spacing)
     seed = _check_seed(seed)
 
     out = Path(output_dir).expanduser().absolute()
@@ -473,9 +544,7 @@ def write_msd_dataset(
         for index in range(total):
             name = f"case_{index:03d}.nii.gz"
             images, labels = ("imagesTr", "labelsTr") if index < num_train else ("imagesTs", "labelsTs")
-            case_seed = _case_seed(seed, index)
-            counts = np.random.default_rng(_case_seed(seed, index, stream=1)).integers(2, 5, size=2)
-            image, label, counts = _fitting_phantom(shape_, case_seed, int(counts[0]), int(counts[1]))
+            image, label, note = spec.make_case(shape_, seed, index)
             _write_case(tmp / images / name, tmp / labels / name, image, label, affine)
             pair = {"image": f"./{images}/{name}", "label": f"./{labels}/{name}"}
             if index < num_train:
@@ -484,24 +553,19 @@ def write_msd_dataset(
                 test.append(pair["image"])
                 test_labeled.append(pair)
             if progress:
-                print(f"[{index + 1}/{total}] {pair['image']} ({counts[0]} vessels, {counts[1]} nodules)")
+                print(f"[{index + 1}/{total}] {pair['image']} ({note})")
 
+        generator = {"seed": seed, "shape": list(shape_), "spacing": list(spacing_)}
+        if task != "vessels":  # the vessel dataset.json predates tasks and stays as it was
+            generator = {"task": task, **generator}
         dataset = {
-            "name": "SyntheticVesselNodule",
-            "description": "Synthetic CT-like phantoms: tubular vessels and spherical nodules of matching size and "
-            "intensity, only separable with 3D context. labelsTs (not in MSD) holds the test ground truth.",
-            "reference": "monai_ext.data.synthetic (generated data, no patient data)",
-            "licence": "CC0-1.0",
-            "release": "1.0",
-            "tensorImageSize": "3D",
-            "modality": {"0": "CT"},
-            "labels": {str(k): v for k, v in LABELS.items()},
+            **spec.header,
             "numTraining": num_train,
             "numTest": num_test,
             "training": training,
             "test": test,
             "test_labeled": test_labeled,
-            "generator": {"seed": seed, "shape": list(shape_), "spacing": list(spacing_)},
+            "generator": generator,
         }
         json_path = tmp / "dataset.json"
         json_path.write_text(json.dumps(dataset, indent=4) + "\n", encoding="utf-8")
