@@ -70,6 +70,22 @@ CASES = [
             "val_fraction": 0.5,
         },
     ),
+    Case(
+        "rsanet",
+        {
+            "roi_size": "[32,32,16]",
+            "network_def#filters": "[8,16,32,64,128]",
+            "epochs": 1,
+            "val_interval": 1,
+            "batch_size": 1,
+            "num_workers": 0,
+            "val_fraction": 0.5,
+        },
+        data={"task": "lesions"},
+        in_channels=3,
+        num_classes=2,
+        trace_export=True,
+    ),
 ]
 
 
@@ -122,7 +138,7 @@ def test_configs_are_formatted_with_indent_4(case):
     "files, ids",
     [
         (["inference.json", "demo.json"], ["network_def", "preprocessing", "inferer", "postprocessing"]),
-        (["train.json", "demo.json"], ["network_def", "train#preprocessing", "validate#preprocessing", "loss"]),
+        (["train.json", "demo.json"], ["network_def", "train#preprocessing", "validate#preprocessing", "optimizer"]),
         (["train.json", "evaluate.json"], ["validate#preprocessing", "validate#key_metric"]),
     ],
 )
@@ -293,7 +309,7 @@ def test_wrong_channel_count_is_refused(case, trained, dataset, tmp_path):
 
 def test_nan_voxels_fail_and_leave_no_partial_predictions(case, trained, dataset, tmp_path):
     bad = _good_image(dataset)
-    bad[3, 4, 5] = np.nan
+    bad[(3, 4, 5) + (0,) * (bad.ndim - 3)] = np.nan  # one voxel of one channel
     # the good case is processed first: its prediction must not be published when the second case fails
     datalist = _custom_datalist(tmp_path, dataset, {"a_good": _good_image(dataset), "b_nan": bad})
     out = tmp_path / "pred"
