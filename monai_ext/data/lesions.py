@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .synthetic import _case_seed, _check_count, _check_seed, _check_shape, _TaskSpec
+from .synthetic import _case_seed, _check_count, _check_noise, _check_seed, _check_shape, _grid, _TaskSpec
 
 __all__ = ["LESION_LABELS", "MODALITIES", "make_lesion_phantom"]
 
@@ -185,15 +185,11 @@ def _lesion_phantom(
     shape_ = _check_shape(shape)
     seed = _check_seed(seed)
     num_lesions = _check_count("num_lesions", num_lesions)
-    bad_type = isinstance(noise_std, bool) or not isinstance(noise_std, (int, float, np.number))
-    if bad_type or not math.isfinite(noise_std) or noise_std < 0:
-        raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std!r}.")
+    _check_noise(noise_std)
 
     rng = np.random.default_rng(seed)
     nx, ny, nz = shape_
-    x = np.arange(nx, dtype=float)[:, None, None]
-    y = np.arange(ny, dtype=float)[None, :, None]
-    z = np.arange(nz, dtype=float)[None, None, :]
+    x, y, z = _grid(shape_)
 
     # head geometry (voxels): an ellipsoid filling most of the volume
     centre = (np.asarray(shape_, dtype=float) - 1) / 2 + rng.uniform(-0.5, 0.5, size=3)

@@ -72,6 +72,22 @@ def _check_seed(seed: int) -> int:
     return int(seed)
 
 
+def _check_noise(noise_std: float, unit: str = "") -> None:
+    bad_type = isinstance(noise_std, bool) or not isinstance(noise_std, (int, float, np.number))
+    if bad_type or not math.isfinite(noise_std) or noise_std < 0:
+        raise ValueError(f"noise_std must be a finite number >= 0{unit}, got {noise_std!r}.")
+
+
+def _grid(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Broadcastable voxel coordinates ``x (X,1,1)``, ``y (1,Y,1)``, ``z (1,1,Z)``."""
+    nx, ny, nz = shape
+    return (
+        np.arange(nx, dtype=float)[:, None, None],
+        np.arange(ny, dtype=float)[None, :, None],
+        np.arange(nz, dtype=float)[None, None, :],
+    )
+
+
 def _check_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
     msg = f"spacing must be a sequence of 3 positive finite numbers (mm), got {spacing!r}."
     try:
@@ -297,15 +313,11 @@ def make_phantom(
     seed = _check_seed(seed)
     num_vessels = _check_count("num_vessels", num_vessels)
     num_nodules = _check_count("num_nodules", num_nodules)
-    bad_type = isinstance(noise_std, bool) or not isinstance(noise_std, (int, float, np.number))
-    if bad_type or not math.isfinite(noise_std) or noise_std < 0:
-        raise ValueError(f"noise_std must be a finite number >= 0 (HU), got {noise_std!r}.")
+    _check_noise(noise_std, " (HU)")
 
     rng = np.random.default_rng(seed)
     nx, ny, nz = shape_
-    x = np.arange(nx, dtype=float)[:, None, None]
-    y = np.arange(ny, dtype=float)[None, :, None]
-    z = np.arange(nz, dtype=float)[None, None, :]
+    x, y, z = _grid(shape_)
 
     body = _Body(shape_, rng)
     vessels, nodules = _place_objects(shape_, body, num_vessels, num_nodules, rng)

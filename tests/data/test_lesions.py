@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from monai_ext.data import LESION_LABELS, MODALITIES, lesions, make_lesion_phantom, synthetic, write_msd_dataset
+from monai_ext.data import LESION_LABELS, MODALITIES, lesions, make_lesion_phantom, write_msd_dataset
 
 SHAPE = (64, 64, 32)  # the default
 
@@ -166,21 +166,6 @@ def test_msd_explicit_shape_spacing_deterministic(tmp_path):
         np.testing.assert_array_equal(np.asarray(x.dataobj), np.asarray(y.dataobj))
         np.testing.assert_allclose(x.affine, _expected_affine((48, 44, 24), (0.9, 0.8, 2.5)), atol=1e-5)
     assert nib.load(a.parent / "imagesTr/case_000.nii.gz").shape == (48, 44, 24, 3)
-
-
-def test_msd_no_partial_output(tmp_path, monkeypatch):
-    real_write, calls = synthetic._write_case, []
-
-    def failing_write(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise OSError("disk full")
-        real_write(*args, **kwargs)
-
-    monkeypatch.setattr(synthetic, "_write_case", failing_write)
-    with pytest.raises(OSError, match="disk full"):
-        write_msd_dataset(tmp_path / "ds", num_train=2, num_test=0, shape=(40, 40, 24), task="lesions")
-    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(
