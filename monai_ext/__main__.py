@@ -41,11 +41,22 @@ def phantom(
     return f"wrote {num_train} training and {num_test} test cases; datalist: {path}"
 
 
-def bench(device: str = "cpu", quick: bool = False, output_dir: str = "bench_output") -> None:
-    """Parameters, FLOPs and forward latency of each network beside MONAI's DynUNet 3D, in one run."""
-    from monai_ext.bench import run_efficiency
+def bench(device: str = "cpu", quick: bool = False, output_dir: str = "bench_output", suite: str = "all") -> None:
+    """Network efficiency beside MONAI's DynUNet 3D, and slice-wise against non-local attention, in one run.
 
-    run_efficiency(device=device, quick=quick, output_dir=output_dir)
+    ``--suite efficiency``: parameters, FLOPs and forward latency per network; ``--suite attention``: memory,
+    FLOPs and time of RSA against a naive and an sdpa non-local block (on the CPU); ``all`` (default): both.
+    """
+    from monai_ext.bench import run_attention, run_efficiency
+
+    if suite not in ("efficiency", "attention", "all"):
+        raise ValueError(f"suite must be 'efficiency', 'attention' or 'all', got {suite!r}.")
+    if suite in ("efficiency", "all"):
+        run_efficiency(device=device, quick=quick, output_dir=output_dir)
+    if suite in ("attention", "all"):
+        if device != "cpu":
+            print(f"the attention suite measures on the CPU (peak resident memory), not on {device}")
+        run_attention(quick=quick, output_dir=output_dir)
 
 
 def info() -> None:
