@@ -245,7 +245,15 @@ def test_two_process_training_on_cpu(case, dataset, tmp_path):
         "dataset_dir": dataset,
         **case.tiny,
     }
-    ok(run_in(case.root, cmd, overrides))
+    proc = run_in(case.root, cmd, overrides)
+    exit_abort = "terminate called without an active exception" in proc.stdout + proc.stderr
+    if proc.returncode != 0 and exit_abort and (tmp_path / "models" / "model.pt").is_file():
+        # Known and intermittent: one gloo rank can abort while its interpreter exits, after training has
+        # finished and the checkpoint is saved. Seen in about half of full-suite runs, never in isolation
+        # (0 of 12). Retry once; a second failure is a real one.
+        shutil.rmtree(tmp_path / "models")
+        proc = run_in(case.root, cmd, overrides)
+    ok(proc)
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state)  # saved unwrapped from DistributedDataParallel
 
