@@ -74,7 +74,8 @@ def run_demo(
         output_dir: everything goes here (``data/``, ``bundle/models``, ``predictions/``, logs, PNG,
             ``results.json``); it is replaced.
         num_train, num_test, size, seed: the synthetic dataset (cubes of ``size`` voxels at 1.5 mm).
-        epochs: override the training length of ``configs/demo.json``.
+        epochs: override the training length of ``configs/demo.json``; validation (which saves the model) then
+            runs once, at the end.
         fast_allocator: run the bundle processes with the glibc allocator settings of
             :data:`monai_ext.bundles.ALLOCATOR_ENV`.
 
@@ -92,10 +93,10 @@ def run_demo(
     common = {"bundle_root": out / "bundle", "dataset_dir": out / "data"}
 
     print("[2/4] training SSH-UNet: python -m monai.bundle run with configs/train.json + configs/demo.json")
+    schedule = {"epochs": epochs, "val_interval": epochs} if epochs else {}
     train = run_bundle(
-        "ssh_unet", ["train.json", "demo.json"], {**common, **({"epochs": epochs} if epochs else {})},
-        out / "train.log", fast_allocator,
-    )  # fmt: skip
+        "ssh_unet", ["train.json", "demo.json"], {**common, **schedule}, out / "train.log", fast_allocator
+    )
     if train.returncode != 0:
         raise RuntimeError(f"training failed (exit {train.returncode}); see {train.log_file}")
 
@@ -109,24 +110,19 @@ def run_demo(
 
     print("[4/4] scoring against the held-out labels")
     dataset = json.loads((out / "data" / "dataset.json").read_text())
-    per_case, chance = [], []
+    per_case, chance, pictured = [], [], None
     for case in dataset["test_labeled"]:
-        truth_path = out / "data" / case["label"]
-        pred_path = out / "predictions" / Path(case["image"]).name.replace(".nii.gz", "_seg.nii.gz")
-        truth = np.asarray(nib.load(truth_path).dataobj)
-        pred = np.asarray(nib.load(pred_path).dataobj)
+        truth = np.asarray(nib.load(out / "data" / case["label"]).dataobj)
+        pred_name = Path(case["image"]).name.replace(".nii.gz", "_seg.nii.gz")  # SaveImaged's output_postfix
+        pred = np.asarray(nib.load(out / "predictions" / pred_name).dataobj)
         per_case.append(dice_per_class(pred, truth, LABELS))
         # a predictor that finds every object voxel but draws its class at random, in the true proportions,
         # scores the class's share of the foreground: the chance level for telling vessels from nodules
         fg = truth > 0
         chance.append({name: float((truth[fg] == v).mean()) for v, name in LABELS.items() if v})
-    first = dataset["test_labeled"][0]
-    png = save_comparison_png(
-        np.asarray(nib.load(out / "data" / first["image"]).dataobj),
-        np.asarray(nib.load(out / "data" / first["label"]).dataobj),
-        np.asarray(nib.load(out / "predictions" / Path(first["image"]).name.replace(".nii.gz", "_seg.nii.gz")).dataobj),
-        out / "demo.png",
-    )
+        if pictured is None:
+            pictured = (np.asarray(nib.load(out / "data" / case["image"]).dataobj), truth, pred)
+    png = save_comparison_png(*pictured, out / "demo.png")
     classes = [name for v, name in LABELS.items() if v]
     results = {
         "dice": {c: float(np.nanmean([d[c] for d in per_case])) for c in classes},

@@ -48,8 +48,9 @@ class ValidateImage(Transform):
                 f"{name}: got {img.shape[0]} channel(s), the network expects {self.num_channels}; "
                 "stack the modalities the model was trained on, in the order of metadata.json's channel_def."
             )
-        if self.check_finite and torch.is_floating_point(torch.as_tensor(img)):
-            bad = int((~torch.isfinite(torch.as_tensor(img))).sum())
+        values = torch.as_tensor(img)
+        if self.check_finite and torch.is_floating_point(values):
+            bad = int((~torch.isfinite(values)).sum())
             if bad:
                 raise ValueError(f"{name}: {bad} voxel(s) are NaN or infinite; repair or mask them before use.")
         return img
