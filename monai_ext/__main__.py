@@ -41,22 +41,44 @@ def phantom(
     return f"wrote {num_train} training and {num_test} test cases; datalist: {path}"
 
 
-def bench(device: str = "cpu", quick: bool = False, output_dir: str = "bench_output", suite: str = "all") -> None:
-    """Network efficiency beside MONAI's DynUNet 3D, and slice-wise against non-local attention, in one run.
+def bench(
+    suite: str = "all",
+    device: str = "cpu",
+    quick: bool = False,
+    output_dir: str = "bench_output",
+    networks: str | None = None,
+    seeds: str = "0,1",
+    budget_s: float = 120.0,
+    threads: int | None = None,
+) -> None:
+    """Measure the methods beside MONAI's own networks, on this machine, in one run.
 
-    ``--suite efficiency``: parameters, FLOPs and forward latency per network; ``--suite attention``: memory,
-    FLOPs and time of RSA against a naive and an sdpa non-local block (on the CPU); ``all`` (default): both.
+    SUITE: ``efficiency`` (parameters, FLOPs, forward / whole-volume / training-step time, peak memory, share of
+    the matmul peak; every row in a fresh process, with glibc's default allocator and with the tuned one),
+    ``attention`` (RSA against a naive and an sdpa non-local block, on the CPU), ``accuracy`` (every row trained
+    for ``--budget_s`` s of CPU time per seed on the demo data, held-out Dice), or ``all`` (default: efficiency
+    and attention; accuracy takes long and runs only when asked). ``--networks "DynUNet 3D,SSH-UNet"`` picks rows.
+    When ``output_dir`` holds both efficiency.json and accuracy.json, ``flops_vs_dice.png`` is drawn.
     """
-    from monai_ext.bench import run_attention, run_efficiency
+    from monai_ext.bench import run_accuracy, run_attention, run_efficiency
+    from monai_ext.bench.report import plot_from_dir
 
-    if suite not in ("efficiency", "attention", "all"):
-        raise ValueError(f"suite must be 'efficiency', 'attention' or 'all', got {suite!r}.")
+    suites = {"efficiency", "attention", "accuracy", "all"}
+    if suite not in suites:
+        raise ValueError(f"suite must be one of {sorted(suites)}, got {suite!r}.")
+    rows = [n.strip() for n in networks.split(",")] if networks else None
     if suite in ("efficiency", "all"):
-        run_efficiency(device=device, quick=quick, output_dir=output_dir)
+        run_efficiency(device=device, quick=quick, output_dir=output_dir, networks=rows, threads=threads)
     if suite in ("attention", "all"):
         if device != "cpu":
             print(f"the attention suite measures on the CPU (peak resident memory), not on {device}")
         run_attention(quick=quick, output_dir=output_dir)
+    if suite == "accuracy":
+        seed_list = [int(s) for s in str(seeds).split(",")]
+        run_accuracy(output_dir, rows, seed_list, budget_s, quick, device, threads)
+    plot = plot_from_dir(output_dir)
+    if plot is not None:
+        print(f"wrote {plot}")
 
 
 def info() -> None:

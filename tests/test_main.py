@@ -97,3 +97,25 @@ def test_bundle_dir_unknown_name_says_where_it_looked_and_how_to_fix(tmp_path, m
     assert list_bundles() == []
     with pytest.raises(FileNotFoundError, match=r"not found in .*missing \(found: none\); set MONAI_EXT_BUNDLES"):
         bundle_dir("nope")
+
+
+def test_cli_bench_runs_the_chosen_suites(monkeypatch, tmp_path):
+    import monai_ext.bench
+
+    calls = []
+    for name in ("efficiency", "attention", "accuracy"):
+        monkeypatch.setattr(monai_ext.bench, f"run_{name}", lambda *a, _n=name, **kw: calls.append((_n, a, kw)))
+    out = str(tmp_path)
+    cli.bench(quick=True, output_dir=out)
+    assert calls == [
+        ("efficiency", (), {"device": "cpu", "quick": True, "output_dir": out, "networks": None, "threads": None}),
+        ("attention", (), {"quick": True, "output_dir": out}),
+    ]
+    calls.clear()
+    cli.bench("accuracy", networks="DynUNet 3D, SSH-UNet", seeds="3,4", budget_s=5, output_dir=out)
+    assert calls == [("accuracy", (out, ["DynUNet 3D", "SSH-UNet"], [3, 4], 5, False, "cpu", None), {})]
+    calls.clear()
+    cli.bench(suite="efficiency", device="cuda")
+    assert [name for name, _, _ in calls] == ["efficiency"]
+    with pytest.raises(ValueError, match="suite must be one of"):
+        cli.bench(suite="speed")

@@ -16,8 +16,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from monai_ext.bench.process import peak_bytes, reset_peak, run_fresh
 from monai_ext.networks.blocks.slice_attention import RecurrentSliceAttention
 from monai_ext.networks.nets.rsanet import RSANet
 
@@ -150,32 +149,6 @@ def count_flops(module: nn.Module, x: torch.Tensor) -> dict[str, int]:
     return {"total": total, "attention": total - conv}
 
 
-def _reset_peak() -> bool:
-    """Reset the kernel's high-water mark of this process's resident memory to its current size (Linux)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_bytes() -> tuple[int, str]:
-    """Peak resident memory of this process, and where it was read: ``VmHWM`` from ``/proc/self/status``, else
-    ``ru_maxrss``. The latter is no good in a child on Linux: it starts at the parent's resident size at the
-    fork (the kernel carries it across ``exec``), so it hides any growth below that."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024, "VmHWM"
-    except OSError:
-        pass
-    import resource  # POSIX only
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "ru_maxrss"  # kilobytes on Linux
-
-
 def peak_growth(variant: str, shape: Sequence[int], threads: int | None = None) -> dict:
     """Peak resident memory growth of one forward pass, measured in this process.
 
@@ -192,26 +165,11 @@ def peak_growth(variant: str, shape: Sequence[int], threads: int | None = None) 
     with torch.inference_mode():
         module(torch.randn(*shape[:2], *(min(s, 2) for s in shape[2:])))
         gc.collect()
-        reset = _reset_peak()
-        before, source = _peak_bytes()
+        reset = reset_peak()
+        before, source = peak_bytes()
         module(x)
-        after, _ = _peak_bytes()
+        after, _ = peak_bytes()
     return {"before_mib": before / _MIB, "growth_mib": (after - before) / _MIB, "source": source, "reset": reset}
-
-
-def _peak_growth_fresh(variant: str, shape: Sequence[int], threads: int) -> dict:
-    """:func:`peak_growth` in a new Python process (same interpreter and environment)."""
-    spec = json.dumps({"variant": variant, "shape": list(shape), "threads": threads})
-    code = (
-        "import json, sys\nfrom monai_ext.bench.attention import peak_growth\n"
-        "s = json.loads(sys.argv[1])\nprint(json.dumps(peak_growth(s['variant'], s['shape'], s['threads'])))"
-    )
-    root = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
-    proc = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory measurement of {variant} on {list(shape)} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _time_interleaved(modules: dict[str, nn.Module], x: torch.Tensor, repeats: int) -> dict[str, list[float]]:
@@ -285,7 +243,14 @@ def run_attention(quick: bool = False, output_dir: str | None = None, fresh_proc
         del modules, x
         gc.collect()
         for variant in VARIANTS:
-            memory = _peak_growth_fresh(variant, shape, threads) if fresh_process else peak_growth(variant, shape)
+            memory = (
+                run_fresh(
+                    "monai_ext.bench.attention:peak_growth",
+                    {"variant": variant, "shape": list(shape), "threads": threads},
+                )
+                if fresh_process
+                else peak_growth(variant, shape)
+            )
             rows.append(
                 {
                     "input": label,

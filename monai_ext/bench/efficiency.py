@@ -1,4 +1,9 @@
-"""Parameters, FLOPs and forward latency of networks on one machine, measured in one run."""
+"""Efficiency of every benchmark row on one machine in one run: size, FLOPs, latency, memory, share of the peak.
+
+Each row is measured in a fresh process (:func:`measure_row`), once with glibc's default allocator and once with
+:data:`monai_ext.bundles.ALLOCATOR_ENV`; the machine's fp32 matmul rate is measured the same way
+(:func:`matmul_peak`). Ratios to DynUNet 3D are taken within one allocator setting of one run.
+"""
 
 from __future__ import annotations
 
@@ -6,94 +11,235 @@ import json
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from monai.networks.nets import DynUNet
+from monai.losses import DiceCELoss
 from torch.utils.flop_counter import FlopCounterMode
 
-from monai_ext.networks.nets import SSHUNet
+from monai_ext.bench import protocol
+from monai_ext.bench.process import peak_bytes, run_fresh
+from monai_ext.bench.registry import NETWORKS
+from monai_ext.bundles import ALLOCATOR_ENV
 
-__all__ = ["NETWORKS", "measure", "run_efficiency"]
+__all__ = ["ALLOCATORS", "REFERENCE", "machine_info", "matmul_peak", "measure", "measure_row", "run_efficiency"]
 
-# name -> builder(in_channels, out_channels); the anchors are MONAI's own networks
-NETWORKS: dict[str, Callable[[int, int], torch.nn.Module]] = {
-    "SSH-UNet": lambda i, o: SSHUNet(in_channels=i, out_channels=o),
-    "DynUNet 3D": lambda i, o: DynUNet(
-        3,
-        i,
-        o,
-        kernel_size=[3] * 5,
-        strides=[1, 2, 2, 2, 2],
-        upsample_kernel_size=[2] * 4,
-        filters=[32, 64, 128, 256, 320],
-    ),
-}
+REFERENCE = "DynUNet 3D"
+ALLOCATORS = {"default": {}, "tuned": ALLOCATOR_ENV}
+_GIB = 2**30
 
 
-def measure(net: torch.nn.Module, shape: tuple[int, ...], device: str, repeats: int) -> dict:
-    """Count parameters and FLOPs (2 x multiply-adds) and time ``repeats`` forward passes after one warm-up."""
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed(fn: Callable[[], object], device: str) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _stats(times: Sequence[float]) -> dict[str, float]:
+    return {"median": statistics.median(times), "min": min(times), "max": max(times)}
+
+
+def measure(
+    net: torch.nn.Module,
+    shape: tuple[int, ...],
+    device: str,
+    repeats: int,
+    forward: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] | None = None,
+) -> dict:
+    """Count parameters and FLOPs (2 x multiply-adds) and time ``repeats`` forward passes after one warm-up.
+
+    ``forward(net, x)`` (default ``net(x)``) is how the network consumes the ``shape`` input, e.g. slice by slice.
+    """
+    forward = forward or (lambda n, t: n(t))
     net = net.to(device).eval()
     x = torch.randn(*shape, device=device)
     with torch.inference_mode():
         with FlopCounterMode(display=False) as counter:
-            net(x)
-        times = []
-        for _ in range(repeats):
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            net(x)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
+            forward(net, x)
+        times = [_timed(lambda: forward(net, x), device) for _ in range(repeats)]
     return {
         "params": sum(p.numel() for p in net.parameters()),
         "gflop": counter.get_total_flops() / 1e9,
-        "latency_s": {"median": statistics.median(times), "min": min(times), "max": max(times)},
+        "latency_s": _stats(times),
     }
 
 
-def run_efficiency(
-    device: str = "cpu", quick: bool = False, out_channels: int = 14, output_dir: str | None = None
-) -> list[dict]:
-    """Measure every network of :data:`NETWORKS` on one ``1 x 1 x S^3`` patch (S = 96, or 32 with ``quick``).
+def _flops(net: torch.nn.Module, forward: Callable, shape: tuple[int, ...], device: str) -> float:
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        forward(net.to(device).eval(), torch.randn(*shape, device=device))
+    return counter.get_total_flops() / 1e9
 
-    Prints a Markdown table with each latency relative to DynUNet 3D, and writes ``efficiency.json`` to
-    ``output_dir`` when given.
+
+def _sizes(quick: bool) -> dict:
+    if quick:
+        return {"patch": (64, 64, 32), "volume": (96, 96, 32), "repeats": 2, "steps": 1}
+    return {"patch": (96, 96, 96), "volume": (192, 192, 96), "repeats": 5, "steps": 2}
+
+
+def measure_row(
+    name: str, device: str = "cpu", quick: bool = False, threads: int | None = None, out_channels: int = 14
+) -> dict:
+    """Every efficiency figure of row ``name`` of :data:`~monai_ext.bench.registry.NETWORKS`, in this process.
+
+    - ``params``; ``gflop``: one forward pass on a ``1 x 1 x P^3`` patch (96^3, 64 x 64 x 32 with ``quick``);
+      ``gflop_own_patch``: on the method's paper patch (not with ``quick``);
+    - ``latency_s``: median, min and max of 5 forward passes (2 with ``quick``) after a warm-up;
+      ``gflops_achieved``: ``gflop / latency median``;
+    - ``volume_s``: whole-volume inference of ``1 x 1 x 192 x 192 x 96`` (96 x 96 x 32 with ``quick``) with the
+      row's own inferer, after one warm-up run;
+    - ``train_step_s``: median of 2 Adam steps (1 with ``quick``) with Dice + CE on the patch, after a warm-up;
+    - ``peak_memory_gib``: the process's peak resident memory (VmHWM) on the CPU, max allocated on CUDA.
     """
+    if threads is not None:
+        torch.set_num_threads(threads)
+    entry = NETWORKS[name]
+    size = _sizes(quick)
+    torch.manual_seed(0)
+    net = entry.build(1, out_channels, size["patch"]).to(device)
+    forward = lambda n, t: protocol.forward(entry, n, t)  # noqa: E731
+    row = measure(net, (1, 1, *size["patch"]), device, size["repeats"], forward)
+    row["gflops_achieved"] = row["gflop"] / row["latency_s"]["median"]
+    row["gflop_own_patch"] = None
+    if not quick:
+        own = entry.build(1, out_channels, entry.patch)
+        row["gflop_own_patch"] = _flops(own, forward, (1, 1, *entry.patch), device)
+        del own
+
+    volume = torch.randn(1, 1, *size["volume"], device=device)
+    with torch.inference_mode():
+        infer = lambda: protocol.infer_volume(entry, net, volume, size["patch"])  # noqa: E731
+        infer()
+        row["volume_s"] = _timed(infer, device)
+
+    net.train()
+    optimizer = torch.optim.Adam(net.parameters(), 1e-4)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    image = torch.randn(1, 1, *size["patch"], device=device)
+    label = torch.randint(0, out_channels, (1, 1, *size["patch"]), device=device).float()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        protocol.training_loss(entry, net, image, label, loss_fn).backward()
+        optimizer.step()
+
+    step()
+    row["train_step_s"] = statistics.median(_timed(step, device) for _ in range(size["steps"]))
+    if device.startswith("cuda"):
+        row["peak_memory_gib"], row["peak_memory_source"] = torch.cuda.max_memory_allocated() / _GIB, "cuda"
+    else:
+        peak, source = peak_bytes()
+        row["peak_memory_gib"], row["peak_memory_source"] = peak / _GIB, source
+    return row
+
+
+def matmul_peak(device: str = "cpu", quick: bool = False, threads: int | None = None) -> dict:
+    """The machine's fp32 matmul rate: best of 5 ``n x n`` products (n = 2048, 1024 with ``quick``), in GFLOP/s."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    n = 1024 if quick else 2048
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    best = min(_timed(lambda: a @ b, device) for _ in range(5))
+    return {"n": n, "gflops": 2 * n**3 / best / 1e9}
+
+
+def machine_info(device: str, threads: int) -> dict:
+    """Versions and machine facts recorded with every measurement."""
+    import monai
+
+    import monai_ext
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else cpu,
+        "threads": threads,
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "monai_ext": monai_ext.__version__,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def _ratio(value: float, reference: float | None) -> float | None:
+    return value / reference if reference else None
+
+
+def run_efficiency(
+    device: str = "cpu",
+    quick: bool = False,
+    output_dir: str | None = None,
+    networks: Sequence[str] | None = None,
+    allocators: Sequence[str] = ("default", "tuned"),
+    threads: int | None = None,
+    fresh_process: bool = True,
+) -> list[dict]:
+    """Measure every row (or ``networks``) under each allocator setting, each in a fresh process.
+
+    Returns one record per (network, allocator) with :func:`measure_row`'s figures, the allocator, the machine
+    (:func:`machine_info`), ratios to DynUNet 3D in the same setting (``*_vs_reference``) and the share of the
+    measured matmul rate (``peak_fraction``). Prints a Markdown table per setting; with ``output_dir``, writes
+    ``efficiency.json`` and ``efficiency.md`` there. ``fresh_process=False`` measures in this process (for tests:
+    the allocator settings then only label the records, they cannot take effect).
+    """
+    from monai_ext.bench.report import efficiency_table
+
     if device.startswith("cuda") and not torch.cuda.is_available():
         print("CUDA is not available: measuring on the CPU")
         device = "cpu"
-    size, repeats = (32, 2) if quick else (96, 5)
-    shape = (1, 1, size, size, size)
-    rows = []
-    for name, build in NETWORKS.items():
-        print(f"measuring {name} on {shape} ({device}) ...", flush=True)
-        rows.append(
-            {
-                "network": name,
-                "input": list(shape),
-                "device": device,
-                **measure(build(1, out_channels), shape, device, repeats),
-            }
+    names = list(networks or NETWORKS)
+    unknown = [n for n in names if n not in NETWORKS]
+    bad_alloc = [a for a in allocators if a not in ALLOCATORS]
+    if unknown or bad_alloc:
+        raise ValueError(
+            f"unknown networks {unknown} (known: {list(NETWORKS)}) or allocators {bad_alloc} "
+            f"(known: {list(ALLOCATORS)})."
         )
-    refs = [r for r in rows if r["network"] == "DynUNet 3D"]
-    if not refs:
-        raise ValueError(f"NETWORKS needs a 'DynUNet 3D' entry, the reference of every ratio; got {list(NETWORKS)}.")
-    ref = refs[0]["latency_s"]["median"]
-    print("\n| network | params (M) | GFLOP | latency median [min, max] (s) | vs DynUNet 3D |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        lat = r["latency_s"]
-        r["latency_vs_dynunet3d"] = lat["median"] / ref
-        print(
-            f"| {r['network']} | {r['params'] / 1e6:.2f} | {r['gflop']:.1f} | "
-            f"{lat['median']:.3f} [{lat['min']:.3f}, {lat['max']:.3f}] | {r['latency_vs_dynunet3d']:.2f}x |"
-        )
+    threads = threads or torch.get_num_threads()
+    info = machine_info(device, threads)
+
+    def call(target: str, kwargs: dict, allocator: str):
+        if fresh_process:
+            return run_fresh(f"monai_ext.bench.efficiency:{target}", kwargs, env=ALLOCATORS[allocator])
+        return globals()[target](**kwargs)
+
+    peaks = {a: call("matmul_peak", {"device": device, "quick": quick, "threads": threads}, a) for a in allocators}
+    records = []
+    for name in names:  # the settings interleave per network, so drifting machine load hits both alike
+        for allocator in allocators:
+            print(f"measuring {name} ({allocator} allocator, {device}, {threads} threads) ...", flush=True)
+            row = call("measure_row", {"name": name, "device": device, "quick": quick, "threads": threads}, allocator)
+            row["peak_fraction"] = row["gflops_achieved"] / peaks[allocator]["gflops"]
+            records.append(
+                {"network": name, "family": NETWORKS[name].family, "kind": NETWORKS[name].kind, "allocator": allocator}
+                | row
+                | {"matmul_gflops": peaks[allocator]["gflops"], "machine": info}
+            )
+    for allocator in allocators:
+        ref = next((r for r in records if r["network"] == REFERENCE and r["allocator"] == allocator), None)
+        for r in (r for r in records if r["allocator"] == allocator):
+            r["latency_vs_reference"] = _ratio(r["latency_s"]["median"], ref and ref["latency_s"]["median"])
+            r["volume_vs_reference"] = _ratio(r["volume_s"], ref and ref["volume_s"])
+            r["train_step_vs_reference"] = _ratio(r["train_step_s"], ref and ref["train_step_s"])
+    table = efficiency_table(records)
+    print(table)
     if output_dir is not None:
-        meta = {"torch": torch.__version__, "machine": platform.machine(), "threads": torch.get_num_threads()}
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(output_dir) / "efficiency.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=4) + "\n")
-    return rows
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "efficiency.json").write_text(json.dumps(records, indent=4) + "\n")
+        (out / "efficiency.md").write_text(table)
+    return records

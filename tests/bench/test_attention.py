@@ -7,17 +7,16 @@ import json
 import pytest
 import torch
 
-from monai_ext import __main__ as cli
 from monai_ext.bench import NonLocalBlock, attention, run_attention
 from monai_ext.bench.attention import (
     VARIANTS,
-    _peak_growth_fresh,
     build_variant,
     count_flops,
     map_bytes,
     peak_growth,
     rsanet_bottleneck_shape,
 )
+from monai_ext.bench.process import run_fresh
 from monai_ext.networks.nets import RSANet
 
 SHAPE = (1, 4, 2, 3, 4)  # N = 24 voxels, C = 4, inner channels 2; RSA attends along sizes 3, 4 then 2
@@ -97,7 +96,9 @@ def test_bottleneck_shape_matches_rsanet():
 
 def test_peak_growth_fresh_process_sees_the_naive_map():
     shape = (1, 8, 16, 16, 16)  # N = 4096: a 64 MiB map (and as much again for its softmax)
-    naive = _peak_growth_fresh("non-local naive", shape, threads=1)
+    naive = run_fresh(
+        "monai_ext.bench.attention:peak_growth", {"variant": "non-local naive", "shape": list(shape), "threads": 1}
+    )
     assert naive["source"] == "VmHWM"
     assert naive["growth_mib"] >= map_bytes("non-local naive", shape) / 2**20
     sdpa = peak_growth("non-local sdpa", shape, threads=1)  # in this process: an upper bound is still one
@@ -134,24 +135,3 @@ def test_run_attention_quick_writes_json_with_ratios(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "| input | variant | stored map | peak growth (MiB) |" in table
     assert "| 1x16x8x8x8 (feature map) | non-local naive | 1 MiB |" in table
-
-
-def test_cli_bench_suites(monkeypatch):
-    import monai_ext.bench
-
-    calls = []
-    monkeypatch.setattr(monai_ext.bench, "run_efficiency", lambda **kw: calls.append(("efficiency", kw)))
-    monkeypatch.setattr(monai_ext.bench, "run_attention", lambda **kw: calls.append(("attention", kw)))
-    cli.bench(quick=True, output_dir="o")
-    assert calls == [
-        ("efficiency", {"device": "cpu", "quick": True, "output_dir": "o"}),
-        ("attention", {"quick": True, "output_dir": "o"}),
-    ]
-    calls.clear()
-    cli.bench(suite="attention")
-    assert [name for name, _ in calls] == ["attention"]
-    calls.clear()
-    cli.bench(suite="efficiency", device="cuda")
-    assert [name for name, _ in calls] == ["efficiency"]
-    with pytest.raises(ValueError, match="suite must be"):
-        cli.bench(suite="speed")

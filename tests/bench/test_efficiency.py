@@ -1,4 +1,4 @@
-"""Tests of the efficiency harness: parameter and FLOP counts against hand-computed values, latency, the JSON report."""
+"""Tests of the efficiency suite: parameter and FLOP counts against hand-computed values, latency, records, reports."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from monai_ext.bench import efficiency, measure, run_efficiency
+from monai_ext.bench.registry import BenchNetwork
 
 
 def _tiny_net() -> torch.nn.Module:
@@ -46,56 +47,70 @@ def test_measure_latency_keys_ordering_and_forward_count():
     assert not net.training  # measured in eval mode
 
 
+def test_measure_counts_what_the_forward_function_runs():
+    conv2d = torch.nn.Conv2d(1, 2, 3, padding=1)
+    slice_wise = lambda n, x: n(x.permute(0, 4, 1, 2, 3).reshape(-1, 1, 4, 4))  # noqa: E731
+    r = measure(conv2d, (1, 1, 4, 4, 6), "cpu", repeats=1, forward=slice_wise)
+    assert r["gflop"] == pytest.approx(2 * (2 * 16 * 9) * 6 / 1e9, rel=1e-12)  # 6 slices of 2 x 4^2 outputs
+
+
+def _tiny3d(i, o, roi):
+    return torch.nn.Sequential(torch.nn.Conv3d(i, 4, 3, padding=1), torch.nn.Conv3d(4, o, 1))
+
+
 @pytest.fixture
-def tiny_networks(monkeypatch):
-    nets = {
-        "Tiny A": lambda i, o: torch.nn.Conv3d(i, o, 1),
-        "DynUNet 3D": lambda i, o: torch.nn.Sequential(torch.nn.Conv3d(i, 4, 3, padding=1), torch.nn.Conv3d(4, o, 1)),
+def tiny_rows(monkeypatch):
+    rows = {
+        "Tiny 2D": BenchNetwork("Tiny 2D", lambda i, o, roi: torch.nn.Conv2d(i, o, 1), "2d", (8, 8, 1)),
+        "DynUNet 3D": BenchNetwork("DynUNet 3D", _tiny3d, "3d", family="monai"),
     }
-    monkeypatch.setattr(efficiency, "NETWORKS", nets)
-    return nets
+    monkeypatch.setattr(efficiency, "NETWORKS", rows)
+    return rows
 
 
-def test_run_efficiency_quick_writes_json_with_ratio_to_dynunet(tiny_networks, tmp_path, capsys):
+def test_run_efficiency_records_ratios_and_reports(tiny_rows, tmp_path, capsys):
     out = tmp_path / "bench" / "nested"
-    rows = run_efficiency(quick=True, out_channels=3, output_dir=str(out))
-    report = json.loads((out / "efficiency.json").read_text())
-    assert report["rows"] == rows
-    assert set(report["meta"]) == {"torch", "machine", "threads"}
-    assert report["meta"]["torch"] == torch.__version__
-    assert [r["network"] for r in rows] == ["Tiny A", "DynUNet 3D"]
-    voxels = 32**3
-    for r in rows:
-        assert r["input"] == [1, 1, 32, 32, 32] and r["device"] == "cpu"
-        lat = r["latency_s"]
-        assert lat["min"] <= lat["median"] <= lat["max"]
-    tiny, ref = rows
-    assert tiny["params"] == 1 * 3 + 3
-    assert tiny["gflop"] == pytest.approx(2 * voxels * 3 / 1e9)
-    assert ref["params"] == (4 * 27 + 4) + (4 * 3 + 3)
-    assert ref["gflop"] == pytest.approx(2 * voxels * (4 * 27 + 3 * 4) / 1e9)
-    assert ref["latency_vs_dynunet3d"] == 1.0
-    assert tiny["latency_vs_dynunet3d"] == pytest.approx(tiny["latency_s"]["median"] / ref["latency_s"]["median"])
-    table = capsys.readouterr().out
-    assert "| network | params (M) | GFLOP | latency median [min, max] (s) | vs DynUNet 3D |" in table
-    assert "| DynUNet 3D | 0.00 | 0.0 |" in table and "| 1.00x |" in table
-    assert f"| {tiny['latency_vs_dynunet3d']:.2f}x |" in table
+    records = run_efficiency(quick=True, output_dir=str(out), threads=1, fresh_process=False)
+    assert json.loads((out / "efficiency.json").read_text()) == records
+    assert (out / "efficiency.md").read_text() in capsys.readouterr().out
+    assert [(r["network"], r["allocator"]) for r in records] == [
+        ("Tiny 2D", "default"),
+        ("Tiny 2D", "tuned"),
+        ("DynUNet 3D", "default"),
+        ("DynUNet 3D", "tuned"),
+    ]
+    voxels = 64 * 64 * 32
+    for r in records:
+        assert r["machine"]["torch"] == torch.__version__ and r["machine"]["threads"] == 1
+        assert r["volume_s"] > 0 and r["train_step_s"] > 0 and r["peak_memory_gib"] > 0
+        assert r["gflops_achieved"] == pytest.approx(r["gflop"] / r["latency_s"]["median"])
+        assert r["peak_fraction"] == pytest.approx(r["gflops_achieved"] / r["matmul_gflops"])
+        assert r["gflop_own_patch"] is None  # quick mode skips the paper patch
+        ref = next(x for x in records if x["network"] == "DynUNet 3D" and x["allocator"] == r["allocator"])
+        assert r["latency_vs_reference"] == pytest.approx(r["latency_s"]["median"] / ref["latency_s"]["median"])
+        assert r["volume_vs_reference"] == pytest.approx(r["volume_s"] / ref["volume_s"])
+    assert records[0]["params"] == 1 * 14 + 14 and records[0]["gflop"] == pytest.approx(2 * voxels * 14 / 1e9)
+    assert records[2]["params"] == (4 * 27 + 4) + (4 * 14 + 14)
+    assert records[2]["latency_vs_reference"] == 1.0
 
 
-def test_run_efficiency_without_output_dir_writes_nothing(tiny_networks, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    rows = run_efficiency(quick=True, out_channels=2)
-    assert len(rows) == 2 and list(tmp_path.iterdir()) == []
+def test_run_efficiency_refuses_unknown_rows_and_settings(tiny_rows):
+    with pytest.raises(ValueError, match=r"unknown networks \['nope'\]"):
+        run_efficiency(networks=["nope"], fresh_process=False)
+    with pytest.raises(ValueError, match=r"allocators \['fast'\]"):
+        run_efficiency(allocators=["fast"], fresh_process=False)
 
 
-def test_run_efficiency_falls_back_to_cpu_without_cuda(tiny_networks, monkeypatch, capsys):
+def test_run_efficiency_falls_back_to_cpu_without_cuda(tiny_rows, monkeypatch, capsys):
     monkeypatch.setattr(efficiency.torch.cuda, "is_available", lambda: False)
-    rows = run_efficiency(device="cuda", quick=True, out_channels=2)
+    kw = {"networks": ["Tiny 2D"], "allocators": ["default"], "fresh_process": False}
+    records = run_efficiency(device="cuda", quick=True, **kw)
     assert "CUDA is not available: measuring on the CPU" in capsys.readouterr().out
-    assert {r["device"] for r in rows} == {"cpu"}
+    assert records[0]["machine"]["device"] == "cpu"
+    assert records[0]["latency_vs_reference"] is None  # no DynUNet 3D row in this run
 
 
-def test_run_efficiency_needs_the_dynunet_reference(monkeypatch):
-    monkeypatch.setattr(efficiency, "NETWORKS", {"tiny": lambda i, o: torch.nn.Conv3d(i, o, 1)})
-    with pytest.raises(ValueError, match="needs a 'DynUNet 3D' entry"):
-        efficiency.run_efficiency(quick=True)
+def test_a_real_row_in_a_fresh_process_with_the_tuned_allocator():
+    (r,) = run_efficiency(quick=True, networks=["DynUNet 2D"], allocators=["tuned"], threads=1)
+    assert r["params"] == 10_705_134 and r["allocator"] == "tuned"
+    assert r["peak_memory_source"] == "VmHWM" and 0.1 < r["peak_memory_gib"] < 8

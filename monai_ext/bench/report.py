@@ -1,0 +1,126 @@
+"""Markdown tables and the FLOPs-versus-Dice plot of the benchmark records."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["accuracy_summary", "accuracy_table", "efficiency_table", "plot_flops_vs_dice", "plot_from_dir"]
+
+
+def _x(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def efficiency_table(records: Sequence[dict]) -> str:
+    """One Markdown table per allocator setting; ratios are to DynUNet 3D in the same setting."""
+    lines = []
+    for allocator in dict.fromkeys(r["allocator"] for r in records):
+        rows = [r for r in records if r["allocator"] == allocator]
+        lines += [
+            f"\n{allocator} allocator, {rows[0]['machine']['device']} ({rows[0]['machine']['threads']} threads), "
+            f"matmul {rows[0]['matmul_gflops']:.0f} GFLOP/s",
+            "",
+            "| network | params (M) | GFLOP (patch) | GFLOP (own patch) | forward s, median [min, max] | vs DynUNet 3D "
+            "| % of matmul | whole volume s | vs DynUNet 3D | train step s | vs DynUNet 3D | peak memory (GiB) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            lat, own = r["latency_s"], r["gflop_own_patch"]
+            lines.append(
+                f"| {r['network']} | {r['params'] / 1e6:.2f} | {r['gflop']:.1f} | "
+                f"{'n/a' if own is None else f'{own:.1f}'} | {lat['median']:.3f} [{lat['min']:.3f}, {lat['max']:.3f}] "
+                f"| {_x(r['latency_vs_reference'])} | {100 * r['peak_fraction']:.0f} % | {r['volume_s']:.2f} "
+                f"| {_x(r['volume_vs_reference'])} | {r['train_step_s']:.2f} | {_x(r['train_step_vs_reference'])} "
+                f"| {r['peak_memory_gib']:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def accuracy_summary(records: Sequence[dict]) -> list[dict]:
+    """Per network: mean, min and max over seeds of each class's Dice and of their mean."""
+    out = []
+    for name in dict.fromkeys(r["network"] for r in records):
+        runs = [r for r in records if r["network"] == name]
+        classes = list(runs[0]["dice"])
+        per_class = {c: [r["dice"][c] for r in runs] for c in classes}
+        means = [statistics.mean(r["dice"].values()) for r in runs]
+        out.append(
+            {
+                "network": name,
+                "seeds": [r["seed"] for r in runs],
+                "steps": statistics.mean(r["steps"] for r in runs),
+                "dice": {c: {"mean": statistics.mean(v), "min": min(v), "max": max(v)} for c, v in per_class.items()},
+                "mean_dice": {"mean": statistics.mean(means), "min": min(means), "max": max(means)},
+                "infer_s": statistics.mean(r["infer_s"] for r in runs),
+            }
+        )
+    return out
+
+
+def accuracy_table(summary: Sequence[dict], budget_s: float) -> str:
+    classes = list(summary[0]["dice"]) if summary else []
+    head = " | ".join(f"Dice {c}, mean [min, max]" for c in classes)
+    lines = [
+        f"\nHeld-out Dice after {budget_s:.0f} s of training CPU time per run",
+        "",
+        f"| network | seeds | training steps | {head} | mean Dice | inference s (held-out set) |",
+        "|---|---|---|" + "---|" * len(classes) + "---|---|",
+    ]
+    for s in summary:
+        dice = " | ".join(f"{d['mean']:.3f} [{d['min']:.3f}, {d['max']:.3f}]" for d in s["dice"].values())
+        lines.append(
+            f"| {s['network']} | {len(s['seeds'])} | {s['steps']:.0f} | {dice} | {s['mean_dice']['mean']:.3f} "
+            f"| {s['infer_s']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_flops_vs_dice(efficiency: Sequence[dict], summary: Sequence[dict], path: str | Path) -> Path:
+    """Scatter of GFLOP per patch against mean held-out Dice, marker area proportional to parameters."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = {r["network"]: (r["gflop"], r["params"]) for r in efficiency}
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for s in summary:
+        if s["network"] not in size:
+            continue
+        gflop, params = size[s["network"]]
+        dice = s["mean_dice"]
+        ax.errorbar(
+            gflop,
+            dice["mean"],
+            yerr=[[dice["mean"] - dice["min"]], [dice["max"] - dice["mean"]]],
+            fmt="none",
+            ecolor="grey",
+        )
+        ax.scatter(gflop, dice["mean"], s=max(params / 1e5, 10), alpha=0.6)
+        ax.annotate(s["network"], (gflop, dice["mean"]), textcoords="offset points", xytext=(6, 6), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("GFLOP per forward pass (1 x 1 x patch)")
+    ax.set_ylabel("mean held-out Dice (demo data)")
+    ax.set_title("Cost against accuracy; marker area ~ parameters")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_from_dir(output_dir: str | Path) -> Path | None:
+    """Draw ``flops_vs_dice.png`` from ``efficiency.json`` and ``accuracy.json`` in ``output_dir``, when both exist.
+
+    FLOPs and parameters do not depend on the allocator setting, so either record of a network will do.
+    """
+    out = Path(output_dir)
+    if not ((out / "efficiency.json").is_file() and (out / "accuracy.json").is_file()):
+        return None
+    efficiency = json.loads((out / "efficiency.json").read_text())
+    summary = accuracy_summary(json.loads((out / "accuracy.json").read_text()))
+    return plot_flops_vs_dice(efficiency, summary, out / "flops_vs_dice.png")

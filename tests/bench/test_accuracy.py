@@ -1,0 +1,57 @@
+import json
+
+import pytest
+import torch
+
+from monai_ext.bench import accuracy
+from monai_ext.bench.accuracy import dice_per_class, load_cases, run_accuracy, train_and_score
+from monai_ext.bench.registry import BenchNetwork
+from monai_ext.data import write_msd_dataset
+
+
+def test_dice_per_class_by_hand():
+    pred = torch.tensor([0, 1, 1, 2, 0])
+    label = torch.tensor([0, 1, 0, 0, 0])
+    assert dice_per_class(pred, label, 3) == [2 * 1 / 3, 0.0]  # class 2 predicted once, absent from the truth
+    assert dice_per_class(torch.zeros(4), torch.zeros(4), 2) == [1.0]  # both empty
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("acc") / "data"
+    write_msd_dataset(root, num_train=2, num_test=1, shape=(24, 24, 24), seed=3)
+    return root
+
+
+@pytest.fixture
+def tiny_row(monkeypatch):
+    row = BenchNetwork("Tiny", lambda i, o, roi: torch.nn.Conv3d(i, o, 3, padding=1), "3d")
+    monkeypatch.setattr(accuracy, "NETWORKS", {"Tiny": row})
+    return row
+
+
+def test_cases_are_z_scored_with_their_labels(data):
+    cases = load_cases(data, "test_labeled")
+    ((image, label),) = cases
+    assert image.shape == label.shape == (1, 24, 24, 24)
+    assert abs(float(image.mean())) < 1e-4 and abs(float(image.std()) - 1) < 1e-2
+    assert set(label.unique().tolist()) <= {0.0, 1.0, 2.0}
+
+
+def test_train_and_score_spends_the_budget_and_scores_each_class(tiny_row, data):
+    r = train_and_score("Tiny", str(data), seed=0, budget_s=0.5, roi=(24, 24, 24), threads=1)
+    assert r["steps"] >= 1 and r["train_cpu_s"] >= 0.5
+    assert set(r["dice"]) == {"vessel", "nodule"} and len(r["dice_per_case"]) == 1
+    assert all(0.0 <= d <= 1.0 for d in r["dice"].values())
+    again = train_and_score("Tiny", str(data), seed=0, budget_s=0.0, roi=(24, 24, 24), threads=1)
+    assert again["steps"] == 0  # no budget, no step: the untrained network is scored
+
+
+def test_run_accuracy_writes_records_and_a_table(tiny_row, tmp_path, capsys):
+    records = run_accuracy(str(tmp_path), seeds=(0, 1), budget_s=0.2, quick=True, threads=1, fresh_process=False)
+    assert [(r["network"], r["seed"]) for r in records] == [("Tiny", 0), ("Tiny", 1)]
+    assert json.loads((tmp_path / "accuracy.json").read_text()) == records
+    table = (tmp_path / "accuracy.md").read_text()
+    assert "| Tiny | 2 |" in table and table in capsys.readouterr().out
+    with pytest.raises(ValueError, match="unknown networks"):
+        run_accuracy(str(tmp_path), networks=["nope"], fresh_process=False)
