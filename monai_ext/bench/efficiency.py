@@ -80,8 +80,8 @@ def _flops(net: torch.nn.Module, forward: Callable, shape: tuple[int, ...], devi
 
 def _sizes(quick: bool) -> dict:
     if quick:
-        return {"patch": (64, 64, 32), "volume": (96, 96, 32), "repeats": 2, "steps": 1}
-    return {"patch": (96, 96, 96), "volume": (192, 192, 96), "repeats": 5, "steps": 2}
+        return {"patch": (64, 64, 32), "volume": (96, 96, 32), "repeats": 2}
+    return {"patch": (96, 96, 96), "volume": (192, 192, 96), "repeats": 5}
 
 
 def measure_row(
@@ -94,8 +94,8 @@ def measure_row(
     - ``latency_s``: median, min and max of 5 forward passes (2 with ``quick``) after a warm-up;
       ``gflops_achieved``: ``gflop / latency median``;
     - ``volume_s``: whole-volume inference of ``1 x 1 x 192 x 192 x 96`` (96 x 96 x 32 with ``quick``) with the
-      row's own inferer, after one warm-up run;
-    - ``train_step_s``: median of 2 Adam steps (1 with ``quick``) with Dice + CE on the patch, after a warm-up;
+      row's own inferer, once (the network is warm from the forward timings);
+    - ``train_step_s``: one Adam step with Dice + CE on the patch, after a warm-up step;
     - ``peak_memory_gib``: the process's peak resident memory (VmHWM) on the CPU, max allocated on CUDA.
     """
     if threads is not None:
@@ -115,9 +115,8 @@ def measure_row(
 
     volume = torch.randn(1, 1, *size["volume"], device=device)
     with torch.inference_mode():
-        infer = lambda: protocol.infer_volume(entry, net, volume, size["patch"])  # noqa: E731
-        infer()
-        row["volume_s"] = _timed(infer, device)
+        # the network is warm from the forward timings; one run of a whole volume is long enough to time
+        row["volume_s"] = _timed(lambda: protocol.infer_volume(entry, net, volume, size["patch"]), device)
 
     net.train()
     optimizer = torch.optim.Adam(net.parameters(), 1e-4)
@@ -130,8 +129,8 @@ def measure_row(
         protocol.training_loss(entry, net, image, label, loss_fn).backward()
         optimizer.step()
 
-    step()
-    row["train_step_s"] = statistics.median(_timed(step, device) for _ in range(size["steps"]))
+    step()  # warm-up: optimizer state, allocator
+    row["train_step_s"] = _timed(step, device)
     if device.startswith("cuda"):
         row["peak_memory_gib"], row["peak_memory_source"] = torch.cuda.max_memory_allocated() / _GIB, "cuda"
     else:
