@@ -5,6 +5,11 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(subst =,_,$(subst ==,-,$(TORCH)))
+# MONAI Label (the label extra) needs a torchvision matched to torch and numpy<2, so its tests run in a
+# second environment inside .venv; PyPI's torchvision for torch 2.13 does not import beside the CPU wheel
+LABEL_VENV ?= $(VENV)/label
+LABEL_TORCH ?= torch==2.14.1 torchvision==0.29.1
+LABEL_STAMP := $(LABEL_VENV)/.installed-label
 
 .PHONY: demo test bench lint clean
 
@@ -15,13 +20,20 @@ $(STAMP): setup.cfg pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
+$(LABEL_STAMP): setup.cfg pyproject.toml | $(STAMP)
+	test -x $(LABEL_VENV)/bin/python || $(PYTHON) -m venv $(LABEL_VENV)
+	$(LABEL_VENV)/bin/python -m pip install --disable-pip-version-check -q $(LABEL_TORCH)
+	$(LABEL_VENV)/bin/python -m pip install --disable-pip-version-check -q -e ".[dev,label]" $(LABEL_TORCH)
+	touch $(LABEL_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/python -m monai_ext demo
 
-test: $(STAMP)
+test: $(STAMP) $(LABEL_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --ignore=tests/label
+	MONAI_EXT_REQUIRE_LABEL=1 $(LABEL_VENV)/bin/python -m pytest tests/label
 
 bench: $(STAMP)
 	$(BIN)/python -m monai_ext bench

@@ -51,34 +51,61 @@ def bench(
     budget_s: float = 120.0,
     threads: int | None = None,
 ) -> None:
-    """Measure the methods beside MONAI's own networks, on this machine, in one run.
+    """Measure the methods beside MONAI's own networks, on this machine, in one run (docs/benchmarks.md).
 
-    SUITE: ``efficiency`` (parameters, FLOPs, forward / whole-volume / training-step time, peak memory, share of
-    the matmul peak; every row in a fresh process, with glibc's default allocator and with the tuned one),
-    ``attention`` (RSA against a naive and an sdpa non-local block, on the CPU), ``accuracy`` (every row trained
-    for ``--budget_s`` s of CPU time per seed on the demo data, held-out Dice), or ``all`` (default: efficiency
-    and attention; accuracy takes long and runs only when asked). ``--networks "DynUNet 3D,SSH-UNet"`` picks rows.
-    When ``output_dir`` holds both efficiency.json and accuracy.json, ``flops_vs_dice.png`` is drawn.
+    SUITE:
+    ``efficiency``: every registered network: parameters, FLOPs, forward / whole-volume / training-step time, peak
+    memory, share of the matmul peak; each in a fresh process, with glibc's default and the tuned allocator;
+    ``attention``: RSA against a naive and an sdpa non-local block (CPU);
+    ``deformable``: CoTr's sampling core against grid_sample, DeTrans against a dense encoder (CPU);
+    ``slice_groups``: thickened 2D whole-volume inference, one and three views, beside DynUNet 3D (CPU);
+    ``whole_volume``: SCAA training and inference on a 1x1x128x256x256 volume beside DynUNet 3D;
+    ``accuracy``: every network trained for ``--budget_s`` s of CPU time per seed on the demo data, held-out Dice;
+    ``all`` (default): efficiency, attention, deformable, slice_groups and whole_volume (accuracy takes long and
+    runs only when asked). ``--networks "DynUNet 3D,SSH-UNet"`` picks efficiency / accuracy rows. When
+    ``output_dir`` holds both efficiency.json and accuracy.json, ``flops_vs_dice.png`` is drawn.
     """
-    from monai_ext.bench import run_accuracy, run_attention, run_efficiency
+    import monai_ext.bench as b
     from monai_ext.bench.report import plot_from_dir
 
-    suites = {"efficiency", "attention", "accuracy", "all"}
+    cpu_only = ("attention", "deformable", "slice_groups")
+    suites = {"efficiency", "accuracy", "whole_volume", "all", *cpu_only}
     if suite not in suites:
         raise ValueError(f"suite must be one of {sorted(suites)}, got {suite!r}.")
     rows = [n.strip() for n in networks.split(",")] if networks else None
     if suite in ("efficiency", "all"):
-        run_efficiency(device=device, quick=quick, output_dir=output_dir, networks=rows, threads=threads)
-    if suite in ("attention", "all"):
-        if device != "cpu":
-            print(f"the attention suite measures on the CPU (peak resident memory), not on {device}")
-        run_attention(quick=quick, output_dir=output_dir)
+        b.run_efficiency(device=device, quick=quick, output_dir=output_dir, networks=rows, threads=threads)
+    for name in cpu_only:
+        if suite in (name, "all"):
+            if device != "cpu":
+                print(f"the {name} suite measures on the CPU, not on {device}")
+            getattr(b, f"run_{name}")(quick=quick, output_dir=output_dir)
+    if suite in ("whole_volume", "all"):
+        b.run_whole_volume(device=device, quick=quick, output_dir=output_dir)
     if suite == "accuracy":
         seed_list = [int(s) for s in str(seeds).split(",")]
-        run_accuracy(output_dir, rows, seed_list, budget_s, quick, device, threads)
+        b.run_accuracy(output_dir, rows, seed_list, budget_s, quick, device, threads)
     plot = plot_from_dir(output_dir)
     if plot is not None:
         print(f"wrote {plot}")
+
+
+def label(
+    studies: str,
+    bundles: str | None = None,
+    port: int = 8000,
+    host: str = "127.0.0.1",
+    overrides: str | None = None,
+    workdir: str | None = None,
+) -> None:
+    """Serve every monai_ext bundle (infer and train) with MONAI Label on HOST:PORT (docs/label.md).
+
+    Needs ``pip install "monai-ext[label]"``. ``--bundles ssh_unet,rsanet`` picks bundles; ``--overrides`` is JSON
+    text or a file of per-bundle config overrides.
+    """
+    from monai_ext.label import serve
+
+    serve(studies, bundles, port, host, overrides, workdir)
 
 
 def info() -> None:
@@ -98,7 +125,7 @@ def info() -> None:
 
 
 def main() -> None:
-    fire.Fire({"demo": demo, "phantom": phantom, "bench": bench, "info": info})
+    fire.Fire({"demo": demo, "phantom": phantom, "bench": bench, "label": label, "info": info})
 
 
 if __name__ == "__main__":

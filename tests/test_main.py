@@ -37,7 +37,7 @@ def test_help_lists_every_command(tmp_path):
     proc = _run_cli("--help", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout + proc.stderr
-    for command in ("demo", "phantom", "bench", "info"):
+    for command in ("demo", "phantom", "bench", "label", "info"):
         assert f"\n     {command}\n" in text, text
     assert "Medical Segmentation Decathlon layout" in text  # the phantom docstring's first line
 
@@ -103,19 +103,22 @@ def test_cli_bench_runs_the_chosen_suites(monkeypatch, tmp_path):
     import monai_ext.bench
 
     calls = []
-    for name in ("efficiency", "attention", "accuracy"):
+    for name in ("efficiency", "attention", "deformable", "slice_groups", "whole_volume", "accuracy"):
         monkeypatch.setattr(monai_ext.bench, f"run_{name}", lambda *a, _n=name, **kw: calls.append((_n, a, kw)))
     out = str(tmp_path)
     cli.bench(quick=True, output_dir=out)
     assert calls == [
         ("efficiency", (), {"device": "cpu", "quick": True, "output_dir": out, "networks": None, "threads": None}),
         ("attention", (), {"quick": True, "output_dir": out}),
+        ("deformable", (), {"quick": True, "output_dir": out}),
+        ("slice_groups", (), {"quick": True, "output_dir": out}),
+        ("whole_volume", (), {"device": "cpu", "quick": True, "output_dir": out}),
     ]
     calls.clear()
     cli.bench("accuracy", networks="DynUNet 3D, SSH-UNet", seeds="3,4", budget_s=5, output_dir=out)
     assert calls == [("accuracy", (out, ["DynUNet 3D", "SSH-UNet"], [3, 4], 5, False, "cpu", None), {})]
     calls.clear()
-    cli.bench(suite="efficiency", device="cuda")
-    assert [name for name, _, _ in calls] == ["efficiency"]
+    cli.bench(suite="deformable", device="cuda")
+    assert [name for name, _, _ in calls] == ["deformable"]
     with pytest.raises(ValueError, match="suite must be one of"):
         cli.bench(suite="speed")

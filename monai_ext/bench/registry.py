@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 from monai.networks.nets import UNETR, DynUNet, SwinUNETR
 
-from monai_ext.networks.nets import RSANet, SSHUNet
+from monai_ext.bench.whole_volume import infer_scaa, train_loss_scaa
+from monai_ext.networks.nets import SCAA, CoTr, RSANet, SSHUNet, Thickened2DNet
 
 __all__ = ["KINDS", "NETWORKS", "BenchNetwork", "register"]
 
@@ -62,6 +63,25 @@ def register(entry: BenchNetwork) -> BenchNetwork:
     """Add (or replace) a row; rows are measured in the order they were registered."""
     NETWORKS[entry.name] = entry
     return entry
+
+
+def _infer_whole(net: torch.nn.Module, volume: torch.Tensor, roi=None) -> torch.Tensor:
+    """Networks that take a whole volume themselves (thickened 2D slides its k-slice groups inside)."""
+    return net(volume)
+
+
+def _train_loss_slice_groups(net: Thickened2DNet, image: torch.Tensor, label: torch.Tensor, loss_fn) -> torch.Tensor:
+    """The patch's slices cut into consecutive k-slice groups, one batch of groups (the same voxels as a 3D step)."""
+    k = net.num_slices
+    depth = image.shape[-1] // k * k
+    if depth == 0:
+        raise ValueError(f"the patch has {image.shape[-1]} slices, fewer than one group of {k}.")
+
+    def groups(t: torch.Tensor) -> torch.Tensor:  # (B, C, H, W, n*k) -> (B*n, C, H, W, k)
+        b, c, h, w, _ = t.shape
+        return t[..., :depth].reshape(b, c, h, w, -1, k).permute(0, 4, 1, 2, 3, 5).reshape(-1, c, h, w, k)
+
+    return loss_fn(net.forward_group(groups(image)), groups(label))
 
 
 def _dynunet(spatial_dims: int, in_channels: int, out_channels: int, filters: Sequence[int]) -> DynUNet:
@@ -133,5 +153,36 @@ register(
         "3d",
         (128, 128, 32),
         note="released configuration, RSA at the bottleneck (RSA-010)",
+    )
+)
+register(
+    BenchNetwork(
+        "CoTr",
+        lambda i, o, roi: CoTr(i, o, stem_stride=(2, 2, 1)),
+        "3d",
+        (192, 192, 48),
+        note="released configuration (41.87 M at 14 classes), slices last as in the bundle",
+    )
+)
+register(
+    BenchNetwork(
+        "SCAA",
+        lambda i, o, roi: SCAA(i, o),
+        "custom",
+        (256, 256, 128),
+        infer=infer_scaa,
+        train_loss=train_loss_scaa,
+        note="SCAA* (our reading; no public code): whole volume in, 16 random slices per training step",
+    )
+)
+register(
+    BenchNetwork(
+        "Thickened 2D",
+        lambda i, o, roi: Thickened2DNet(i, o, num_slices=12, config="esm_ssa"),
+        "custom",
+        (512, 512, 12),
+        infer=_infer_whole,
+        train_loss=_train_loss_slice_groups,
+        note="ESM + SSA on ResNet-50, k = 12 (our reading; no public code), groups slid with stride 1",
     )
 )

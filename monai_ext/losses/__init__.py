@@ -3,5 +3,6 @@ from monai_ext.losses.exp_weighted_ce import (
     exponential_class_weights,
     lesion_fraction,
 )
+from monai_ext.losses.scaa_loss import SCAALoss
 
-__all__ = ["ExponentialWeightedCrossEntropyLoss", "exponential_class_weights", "lesion_fraction"]
+__all__ = ["ExponentialWeightedCrossEntropyLoss", "exponential_class_weights", "lesion_fraction", "SCAALoss"]

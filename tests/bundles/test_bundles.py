@@ -57,6 +57,26 @@ def run_in(cwd: Path, cmd: list[str], overrides: dict, timeout: int = 600) -> su
 
 CASES = [
     Case(
+        "cotr",
+        {
+            "num_classes": 3,
+            "pixdim": "[1.5,1.5,1.5]",
+            "roi_size": "[32,32,32]",
+            "network_def#encoder_channels": "[8,16,24,24]",
+            "network_def#encoder_blocks": "[1,1,1]",
+            "network_def#num_layers": 1,
+            "network_def#mlp_dim": 32,
+            "network_def#num_heads": 2,
+            "network_def#num_points": 2,
+            "epochs": 1,
+            "val_interval": 1,
+            "batch_size": 1,
+            "num_workers": 0,
+            "val_fraction": 0.5,
+        },
+        trace_export=True,
+    ),
+    Case(
         "ssh_unet",
         {
             "num_classes": 3,
@@ -85,6 +105,38 @@ CASES = [
         in_channels=3,
         num_classes=2,
         trace_export=True,
+    ),
+    Case(
+        "scaa",
+        {
+            "num_classes": 3,
+            "network_def#filters": "[4,8,8,16,16]",
+            "network_def#context_channels": "[4,4,8,8]",
+            "network_def#pool_sizes": "[4,2,2,2]",
+            "num_slices": 4,
+            "epochs": 1,
+            "val_interval": 1,
+            "num_workers": 0,
+            "val_fraction": 0.5,
+        },
+        trace_export=True,
+    ),
+    Case(
+        "thick2d",
+        {
+            "num_classes": 3,
+            "num_slices": 6,
+            "slice_size": "[32,32]",
+            "network_def#layers": "[1,1,1,1]",
+            "network_def#block_inplanes": "[8,16,32,64]",
+            "network_def#decoder_channels": 16,
+            "network_def#low_level_channels": 8,
+            "epochs": 1,
+            "val_interval": 1,
+            "batch_size": 1,
+            "num_workers": 0,
+            "val_fraction": 0.5,
+        },
     ),
 ]
 

@@ -1,20 +1,59 @@
+from monai_ext.networks.blocks.context_encoder import ContextEncoder3D, GlobalDescriptor
+from monai_ext.networks.blocks.deformable_attention import (
+    MSDeformableAttention,
+    deformable_attention_core,
+    deformable_attention_grid_sample,
+    deformable_reference_points,
+)
+from monai_ext.networks.blocks.detrans import DeTransEncoder, DeTransLayer, SinePositionEncoding, sine_position_encoding
+from monai_ext.networks.blocks.msfa import MSFA, MultiSliceFeatureAggregation, aggregate_slices
 from monai_ext.networks.blocks.multi_view import MultiViewFuse, MultiViewStack, from_view, to_view, views_stackable
+from monai_ext.networks.blocks.multiplexing import ESM, EarlyStageMultiplexing
 from monai_ext.networks.blocks.slice_attention import RSA, RecurrentSliceAttention, SliceAttention, slice_attention
+from monai_ext.networks.blocks.slice_sensitive_attention import (
+    SSA,
+    ConcatLink,
+    DotLink,
+    SliceSensitiveAttention,
+    SwitchableNorm,
+    channel_attention,
+)
 from monai_ext.networks.blocks.slice_shift import SliceShift, shift_along, slice_shift
 from monai_ext.networks.blocks.slice_shift_block import SliceShiftResBlock, SliceShiftUpBlock, add_slice_shift
 
 __all__ = [
+    "ConcatLink",
+    "ContextEncoder3D",
+    "DeTransEncoder",
+    "DeTransLayer",
+    "DotLink",
+    "ESM",
+    "EarlyStageMultiplexing",
+    "GlobalDescriptor",
+    "MSDeformableAttention",
+    "MSFA",
+    "MultiSliceFeatureAggregation",
     "MultiViewFuse",
     "MultiViewStack",
     "RSA",
     "RecurrentSliceAttention",
+    "SSA",
+    "SinePositionEncoding",
     "SliceAttention",
+    "SliceSensitiveAttention",
     "SliceShift",
     "SliceShiftResBlock",
     "SliceShiftUpBlock",
+    "SwitchableNorm",
     "add_slice_shift",
+    "aggregate_slices",
+    "channel_attention",
+    "deformable_attention_core",
+    "deformable_attention_grid_sample",
+    "deformable_reference_points",
     "from_view",
     "shift_along",
+    "sine_position_encoding",
     "slice_attention",
     "slice_shift",
     "to_view",

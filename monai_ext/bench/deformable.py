@@ -1,0 +1,263 @@
+"""Time and memory of CoTr's deformable attention: our gather core against the grid_sample core, the DeTrans
+encoder against a dense Transformer encoder, and CoTr against MONAI's DynUNet, at CoTr's sizes.
+
+Three groups are measured, each on the levels CoTr sees for one ``48 x 192 x 192`` patch (``12 x 24 x 24`` and
+``6 x 12 x 12`` tokens, d = 384, 6 heads, 4 points):
+
+- ``core``: the sampling step alone, :func:`~monai_ext.networks.blocks.deformable_attention_core` against
+  :func:`~monai_ext.networks.blocks.deformable_attention_grid_sample`;
+- ``encoder``: the 6-layer DeTrans encoder with either core, and :class:`torch.nn.TransformerEncoder` (same width,
+  heads, FFN and depth) over the same 7,776 tokens with dense attention;
+- ``network``: CoTr and a DynUNet 3D (filters 32..320) on one ``1 x 1 x 48 x 192 x 192`` patch, forward only.
+
+Times (forward in inference mode; forward + backward of a scalar loss) are interleaved over the contenders of a
+group within one process with ``torch.set_num_threads`` fixed, once per thread count; the peak resident-memory
+growth of each contender is measured in a fresh process. Ratios are ``reference / contender`` within one group and
+thread count (how many times faster or smaller).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from monai.networks.nets import DynUNet
+from torch import nn
+
+from monai_ext.bench.process import peak_bytes, reset_peak, run_fresh
+from monai_ext.networks.blocks.deformable_attention import CORES, deformable_reference_points
+from monai_ext.networks.blocks.detrans import DeTransEncoder
+from monai_ext.networks.nets.cotr import CoTr
+
+__all__ = ["GROUPS", "REFERENCES", "build_contender", "measure_group", "peak_growth", "run_deformable", "sizes"]
+
+GROUPS = {
+    "core": ("fast core", "grid_sample core"),
+    "encoder": ("DeTrans fast", "DeTrans grid_sample", "dense TransformerEncoder"),
+    "network": ("CoTr", "DynUNet 3D"),
+}
+"""Contenders per group; the first of each group is ours."""
+REFERENCES = {"core": ("grid_sample core",), "encoder": ("dense TransformerEncoder", "DeTrans grid_sample"),
+              "network": ("DynUNet 3D",)}  # fmt: skip
+"""Contenders every ratio of a group is taken against."""
+_MIB = 2**20
+
+
+def sizes(quick: bool = False) -> dict:
+    """The measured sizes: CoTr's (full) or tiny ones for a smoke run (``quick``)."""
+    if quick:
+        return {"patch": (16, 32, 32), "levels": [(4, 4, 4), (2, 2, 2)], "d": 24, "heads": 2, "points": 2,
+                "layers": 1, "ffn": 48, "cotr": {"encoder_channels": (8, 16, 24, 24), "num_layers": 1, "mlp_dim": 48,
+                "num_heads": 2, "num_points": 2}, "dynunet_filters": (8, 16, 24, 32, 32)}  # fmt: skip
+    return {"patch": (48, 192, 192), "levels": [(12, 24, 24), (6, 12, 12)], "d": 384, "heads": 6, "points": 4,
+            "layers": 6, "ffn": 1536, "cotr": {}, "dynunet_filters": (32, 64, 128, 256, 320, 320)}  # fmt: skip
+
+
+def _dynunet(filters: Sequence[int]) -> DynUNet:
+    """nnU-Net-like DynUNet 3D for a (D, H, W) patch with D 4x thinner: stride 1 along D in the last two levels."""
+    n = len(filters)
+    strides = [(1, 1, 1)] + [(2, 2, 2)] * (n - 3) + [(1, 2, 2)] * 2
+    return DynUNet(3, 1, 14, [3] * n, strides, strides[1:], filters=list(filters))
+
+
+def build_contender(name: str, quick: bool = False) -> tuple[Callable[[], torch.Tensor], list[torch.Tensor]]:
+    """``(run, leaves)``: ``run()`` computes the contender's output once (a scalar-reducible tensor) from fixed
+    random inputs; ``leaves`` are the tensors and parameters a backward pass reaches (for zeroing)."""
+    s = sizes(quick)
+    torch.manual_seed(0)
+    levels, d, heads, points = s["levels"], s["d"], s["heads"], s["points"]
+    tokens = sum(math.prod(shape) for shape in levels)
+    if name in ("fast core", "grid_sample core"):
+        core = CORES["fast" if name == "fast core" else "grid_sample"]
+        value = torch.randn(1, tokens, heads, d // heads)
+        reference = deformable_reference_points(levels)[None, :, None, None, None, :]  # (1, S, 1, 1, 1, 3)
+        spread = torch.tensor([1.0 / shape[0] for shape in levels]).view(1, 1, 1, -1, 1, 1)  # a few voxels
+        loc = reference + 2 * spread * torch.randn(1, tokens, heads, len(levels), points, 3)
+        weights = torch.randn(1, tokens, heads, len(levels) * points).softmax(-1).view(loc.shape[:-1])
+        leaves = [t.requires_grad_() for t in (value, loc, weights)]
+        return (lambda: core(value, levels, loc, weights)), leaves
+    if name.startswith("DeTrans"):
+        core = name.split()[-1]
+        net = DeTransEncoder(d, len(levels), s["layers"], s["ffn"], heads, points, dropout_rate=0.0, core=core)
+        with torch.no_grad():  # trained-looking offsets and attention weights (the release starts at 0)
+            for layer in net.layers:
+                layer.self_attn.sampling_offsets.weight.normal_(0, 0.01)
+                layer.self_attn.attention_weights.weight.normal_(0, 0.01)
+        feats = [torch.randn(1, d, *shape) for shape in levels]
+        return (lambda: torch.cat([f.flatten() for f in net(feats)])), list(net.parameters())
+    if name == "dense TransformerEncoder":
+        layer = nn.TransformerEncoderLayer(d, heads, s["ffn"], dropout=0.0, activation="gelu", batch_first=True)
+        net = nn.TransformerEncoder(layer, s["layers"], enable_nested_tensor=False)
+        x = torch.randn(1, tokens, d)
+        return (lambda: net(x)), list(net.parameters())
+    if name == "CoTr":
+        net = CoTr(**s["cotr"]).eval()
+    elif name == "DynUNet 3D":
+        net = _dynunet(s["dynunet_filters"]).eval()
+    else:
+        raise ValueError(f"unknown contender {name!r}; choose from {[c for g in GROUPS.values() for c in g]}.")
+    x = torch.randn(1, 1, *s["patch"])
+    return (lambda: net(x)), list(net.parameters())
+
+
+def _step(run: Callable[[], torch.Tensor], leaves: list[torch.Tensor]) -> None:
+    for t in leaves:
+        t.grad = None
+    run().float().square().mean().backward()
+
+
+def _stats(times: Sequence[float]) -> dict[str, float]:
+    return {"median": statistics.median(times), "min": min(times), "max": max(times)}
+
+
+def measure_group(group: str, quick: bool = False, threads: int = 1, repeats: int = 3, backward: bool = True) -> dict:
+    """Forward (inference mode) and forward + backward times of every contender of ``group`` in this process:
+    one warm-up each, then ``repeats`` rounds with the contenders interleaved within a round. Returns
+    ``{contender: {"forward_s": stats, "train_s": stats or None}}``."""
+    torch.set_num_threads(threads)
+    built = {name: build_contender(name, quick) for name in GROUPS[group]}
+    forward = {name: [] for name in built}
+    train = {name: [] for name in built}
+    for round_ in range(repeats + 1):
+        for name, (run, leaves) in built.items():
+            with torch.inference_mode():
+                start = time.perf_counter()
+                run()
+                elapsed = time.perf_counter() - start
+            if round_:
+                forward[name].append(elapsed)
+            if backward:
+                start = time.perf_counter()
+                _step(run, leaves)
+                elapsed = time.perf_counter() - start
+                if round_:
+                    train[name].append(elapsed)
+    return {n: {"forward_s": _stats(forward[n]), "train_s": _stats(train[n]) if backward else None} for n in built}
+
+
+def peak_growth(name: str, quick: bool = False, threads: int = 1, backward: bool = True) -> dict:
+    """Peak resident-memory growth (MiB) of one forward pass (inference mode) and, with ``backward``, of one
+    forward + backward pass of contender ``name``, in this process (run it in a fresh one)."""
+    torch.set_num_threads(threads)
+    run, leaves = build_contender(name, quick)
+    gc.collect()
+    out = {}
+    for mode in ("forward", "train") if backward else ("forward",):
+        reset_peak()
+        before, source = peak_bytes()
+        if mode == "forward":
+            with torch.inference_mode():
+                run()
+        else:
+            _step(run, leaves)
+        out[f"peak_{mode}_mib"] = (peak_bytes()[0] - before) / _MIB
+        out["source"] = source
+        gc.collect()
+    return out
+
+
+def _ratio(reference: float | None, value: float | None) -> float | None:
+    return None if reference is None or not value else reference / value
+
+
+def run_deformable(
+    quick: bool = False,
+    output_dir: str | None = None,
+    threads: Sequence[int] = (1, 2),
+    repeats: int | None = None,
+    groups: Sequence[str] = tuple(GROUPS),
+    fresh_process: bool = True,
+) -> list[dict]:
+    """Measure every group of :data:`GROUPS` at CoTr's sizes (tiny ones with ``quick``), once per thread count.
+
+    Per contender and thread count a record holds ``forward_s`` and ``train_s`` (forward + backward; None for the
+    ``network`` group) as median/min/max over ``repeats`` interleaved rounds (3, or 2 with ``quick``), the peak
+    memory growth of one forward and one forward + backward pass (``peak_forward_mib``, ``peak_train_mib``,
+    measured at the first thread count, in a fresh process per contender unless ``fresh_process=False``), and
+    ``vs``: ``{reference: {"forward": x, "train": x, "peak_forward": x, "peak_train": x}}`` with
+    ``reference / contender`` ratios. Prints a Markdown table; writes ``deformable.json`` to ``output_dir``.
+    """
+    repeats = repeats or (2 if quick else 3)
+    unknown = set(groups) - set(GROUPS)
+    if unknown:
+        raise ValueError(f"groups must be taken from {list(GROUPS)}, got {sorted(unknown)}.")
+    rows: list[dict] = []
+    for group in groups:
+        backward = group != "network"
+        memory = {}
+        for name in GROUPS[group]:
+            print(f"memory of {name} ...", flush=True)
+            kwargs = {"name": name, "quick": quick, "threads": threads[0], "backward": backward}
+            memory[name] = (
+                run_fresh("monai_ext.bench.deformable:peak_growth", kwargs) if fresh_process else peak_growth(**kwargs)
+            )
+        for n_threads in threads:
+            print(f"timing {group} with {n_threads} thread(s) ...", flush=True)
+            kwargs = {"group": group, "quick": quick, "threads": n_threads, "repeats": repeats, "backward": backward}
+            times = run_fresh("monai_ext.bench.deformable:measure_group", kwargs) if fresh_process else (
+                measure_group(**kwargs))  # fmt: skip
+            group_rows = []
+            for name in GROUPS[group]:
+                group_rows.append(
+                    {
+                        "group": group,
+                        "contender": name,
+                        "threads": n_threads,
+                        "forward_s": times[name]["forward_s"],
+                        "train_s": times[name]["train_s"],
+                        "peak_forward_mib": memory[name]["peak_forward_mib"],
+                        "peak_train_mib": memory[name].get("peak_train_mib"),
+                    }
+                )
+            by_name = {r["contender"]: r for r in group_rows}
+            for r in group_rows:
+                r["vs"] = {}
+                for ref_name in REFERENCES[group]:
+                    ref = by_name[ref_name]
+                    r["vs"][ref_name] = {
+                        "forward": _ratio(ref["forward_s"]["median"], r["forward_s"]["median"]),
+                        "train": _ratio((ref["train_s"] or {}).get("median"), (r["train_s"] or {}).get("median")),
+                        "peak_forward": _ratio(ref["peak_forward_mib"], r["peak_forward_mib"]),
+                        "peak_train": _ratio(ref["peak_train_mib"], r["peak_train_mib"]),
+                    }
+            rows += group_rows
+    _print_table(rows)
+    if output_dir is not None:
+        meta = {"torch": torch.__version__, "machine": platform.machine(), "threads": list(threads),
+                "repeats": repeats, "quick": quick, "sizes": sizes(quick), "fresh_process": fresh_process}  # fmt: skip
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "deformable.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=4) + "\n")
+    return rows
+
+
+def _fmt(stats: dict | None) -> str:
+    return "-" if stats is None else f"{stats['median']:.4g} [{stats['min']:.4g}, {stats['max']:.4g}]"
+
+
+def _fmt_ratio(r: float | None) -> str:
+    return "-" if r is None else f"{r:.3g}x"
+
+
+def _print_table(rows: list[dict]) -> None:
+    print("\nTimes in s, median [min, max]; peak memory growth in MiB; ratios are reference / contender.")
+    print("\n| group | contender | threads | forward | forward + backward | peak fwd | peak fwd+bwd | ratios vs "
+          "reference: forward, fwd+bwd, peak fwd, peak fwd+bwd |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ratios = "; ".join(
+            f"{ref}: " + ", ".join(_fmt_ratio(v[k]) for k in ("forward", "train", "peak_forward", "peak_train"))
+            for ref, v in r["vs"].items()
+            if ref != r["contender"]
+        )
+        peak_train = "-" if r["peak_train_mib"] is None else f"{r['peak_train_mib']:.1f}"
+        print(
+            f"| {r['group']} | {r['contender']} | {r['threads']} | {_fmt(r['forward_s'])} | {_fmt(r['train_s'])} | "
+            f"{r['peak_forward_mib']:.1f} | {peak_train} | {ratios or '-'} |"
+        )

@@ -1,0 +1,185 @@
+"""Multi-slice feature aggregation (MSFA): a 2D slice's features attend over the depth slices of a 3D feature map."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from monai.networks.blocks.dynunet_block import UnetBasicBlock
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["MSFA", "MultiSliceFeatureAggregation", "aggregate_slices"]
+
+_MODES = ("attention", "center")
+
+
+def aggregate_slices(attention: torch.Tensor, volume: torch.Tensor) -> torch.Tensor:
+    """Weighted sums of a 3D feature map's depth slices (pure function).
+
+    Args:
+        attention: ``(B, S, M, d)`` weights: for each of ``S`` 2D slices of volume ``b`` and head ``m``, one weight per
+            depth slice of ``volume[b]``.
+        volume: ``(B, C, d, h, w)``.
+
+    Returns:
+        ``(B * S, M * C, h, w)``: the ``M`` aggregated maps of each 2D slice, heads stacked on the channels
+        (head-major), the 2D slices of volume ``b`` at rows ``b * S .. b * S + S - 1``.
+    """
+    b, s, m, _ = attention.shape
+    agg = torch.einsum("bsmd,bcdhw->bsmchw", attention, volume)  # (B, S, M, C, h, w)
+    return agg.reshape(b * s, m * volume.shape[1], volume.shape[3], volume.shape[4])
+
+
+def _pool_in_plane(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Average-pool the last two axes to ``size x size``: a plain average pool where they divide evenly (exportable
+    to ONNX), else adaptive pooling."""
+    h, w = int(x.shape[-2]), int(x.shape[-1])  # constants when traced: the pooled size is fixed per input size
+    if h % size == 0 and w % size == 0:
+        kernel = (h // size, w // size)
+        return F.avg_pool2d(x, kernel) if x.dim() == 4 else F.avg_pool3d(x, (1, *kernel))
+    return F.adaptive_avg_pool2d(x, size) if x.dim() == 4 else F.adaptive_avg_pool3d(x, (x.shape[2], size, size))
+
+
+class MultiSliceFeatureAggregation(nn.Module):
+    """Multi-slice feature aggregation (MSFA): fuse a 2D slice's features with an attention-weighted sum of a 3D
+    feature map's depth slices.
+
+    From Tang et al., "Spatial Context-Aware Self-Attention Model For Multi-Organ Segmentation", WACV 2021
+    (https://arxiv.org/abs/2012.09279). No public code exists: the details below marked *our reading* are not fixed
+    by the paper (see ``docs/scaa.md``).
+
+    With ``mode="attention"`` (SCAA), for every 2D slice ``n`` of volume ``b`` and head ``m``:
+
+    - query ``q = W_q(x2d)`` (``1 x 1`` conv2d, ``in_channels_2d -> num_heads * embed_channels``), keys
+      ``k = W_k(x3d)`` (``1 x 1 x 1`` conv3d, ``in_channels_3d -> num_heads * embed_channels``);
+    - ``q`` and every depth slice of ``k`` adaptively average-pooled to ``pool_size x pool_size`` and flattened per
+      head to vectors of length ``L = embed_channels * pool_size ** 2``;
+    - ``a = softmax_d(q . k_d / sqrt(L))`` over the ``d`` depth slices of ``x3d``;
+    - ``F_agg_m = sum_d a_d * x3d[b, :, d]`` (the 3D map itself is the value, *our reading*);
+    - heads concatenated and merged by a ``1 x 1`` conv (``num_heads * in_channels_3d -> in_channels_3d``);
+    - output ``fusion(concat(x2d, F_agg))``: two (conv ``3 x 3`` + norm + act) blocks,
+      ``in_channels_2d + in_channels_3d -> out_channels``.
+
+    With ``mode="center"`` (the paper's C-CA ablation) ``F_agg`` is the depth slice of ``x3d`` at ``positions``
+    (the 3D slice that holds the 2D slice), with no query, key or head merge; the returned attention is one-hot.
+
+    ``F_agg`` is resized (bilinear) to the 2D map's size when the 3D map's in-plane size differs.
+
+    Args:
+        in_channels_2d: channels of ``x2d``.
+        in_channels_3d: channels of ``x3d``.
+        out_channels: output channels; default ``in_channels_2d``.
+        num_heads: heads ``m`` (paper: 2, 2, 4, 4 at scales 2..5).
+        embed_channels: query/key channels per head (paper: 2, 2, 4, 4).
+        pool_size: side of the pooled query/key maps (paper: 16, 8, 4, 4).
+        mode: ``"attention"`` (MSFA) or ``"center"`` (C-CA).
+        norm_name: normalisation of the fusion blocks, MONAI factory name and arguments.
+        act_name: activation of the fusion blocks.
+
+    Shapes:
+        ``x2d``: ``(B * S, in_channels_2d, h, w)``, the ``S`` slices of volume ``b`` at rows ``b * S ..``;
+        ``x3d``: ``(B, in_channels_3d, d, h3, w3)``; ``positions``: ``(B, S)`` integer depth indices into ``x3d``
+        (required for ``mode="center"``, ignored otherwise). Output ``(B * S, out_channels, h, w)``, and with
+        ``return_attention=True`` also the weights ``(B * S, num_heads, d)`` (``(B * S, 1, d)`` for C-CA), each row
+        summing to 1.
+
+    Raises:
+        ValueError: for non-positive sizes or an unknown ``mode``; in ``forward`` for inputs of the wrong rank or
+            channels, a 2D batch that is not a multiple of the 3D batch, or missing / out-of-range ``positions``.
+    """
+
+    def __init__(
+        self,
+        in_channels_2d: int,
+        in_channels_3d: int,
+        out_channels: int | None = None,
+        num_heads: int = 2,
+        embed_channels: int = 2,
+        pool_size: int = 16,
+        mode: str = "attention",
+        norm_name: tuple | str = "instance",
+        act_name: tuple | str = ("relu", {"inplace": True}),
+    ) -> None:
+        super().__init__()
+        out_channels = in_channels_2d if out_channels is None else out_channels
+        sizes = {
+            "in_channels_2d": in_channels_2d,
+            "in_channels_3d": in_channels_3d,
+            "out_channels": out_channels,
+            "num_heads": num_heads,
+            "embed_channels": embed_channels,
+            "pool_size": pool_size,
+        }
+        bad = {k: v for k, v in sizes.items() if not isinstance(v, int) or v < 1}
+        if bad:
+            raise ValueError(f"MultiSliceFeatureAggregation needs positive integers, got {bad}.")
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES} ('center' is the paper's C-CA), got {mode!r}.")
+        self.in_channels_2d = in_channels_2d
+        self.in_channels_3d = in_channels_3d
+        self.num_heads = num_heads if mode == "attention" else 1
+        self.embed_channels = embed_channels
+        self.pool_size = pool_size
+        self.mode = mode
+        if mode == "attention":
+            self.query = nn.Conv2d(in_channels_2d, num_heads * embed_channels, kernel_size=1)
+            self.key = nn.Conv3d(in_channels_3d, num_heads * embed_channels, kernel_size=1)
+            self.merge = nn.Conv2d(num_heads * in_channels_3d, in_channels_3d, kernel_size=1)
+        self.fusion = UnetBasicBlock(
+            2, in_channels_2d + in_channels_3d, out_channels, kernel_size=3, stride=1, norm_name=norm_name,
+            act_name=act_name,
+        )  # fmt: skip
+
+    def attention(self, x2d: torch.Tensor, x3d: torch.Tensor) -> torch.Tensor:
+        """Softmax weights ``(B, S, num_heads, d)`` of the 2D slices over the depth slices of ``x3d``."""
+        b, d = x3d.shape[0], x3d.shape[2]
+        s, m, p = x2d.shape[0] // b, self.num_heads, self.pool_size
+        q = _pool_in_plane(self.query(x2d), p)  # (B * S, M * E, p, p)
+        q = q.reshape(b, s, m, -1)  # (B, S, M, L), L = E * p * p
+        k = _pool_in_plane(self.key(x3d), p)  # (B, M * E, d, p, p): every depth slice pooled
+        k = k.reshape(b, m, self.embed_channels, d, p * p).permute(0, 1, 3, 2, 4).reshape(b, m, d, -1)  # (B, M, d, L)
+        logits = torch.einsum("bsml,bmdl->bsmd", q, k) / math.sqrt(q.shape[-1])  # (B, S, M, d)
+        return torch.softmax(logits, dim=-1)
+
+    def forward(
+        self,
+        x2d: torch.Tensor,
+        x3d: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        return_attention: bool = False,
+    ):
+        if x2d.dim() != 4 or x2d.shape[1] != self.in_channels_2d:
+            raise ValueError(
+                f"MultiSliceFeatureAggregation expects x2d (B * S, {self.in_channels_2d}, h, w), got {list(x2d.shape)}."
+            )
+        if x3d.dim() != 5 or x3d.shape[1] != self.in_channels_3d:
+            raise ValueError(
+                f"MultiSliceFeatureAggregation expects x3d (B, {self.in_channels_3d}, d, h, w), got {list(x3d.shape)}."
+            )
+        b, d = x3d.shape[0], x3d.shape[2]
+        if x2d.shape[0] % b != 0:
+            raise ValueError(
+                f"x2d holds {x2d.shape[0]} slices, not a multiple of the {b} volumes of x3d: give S slices per volume."
+            )
+        s = x2d.shape[0] // b
+        if self.mode == "attention":
+            weights = self.attention(x2d, x3d)  # (B, S, M, d)
+            agg = self.merge(aggregate_slices(weights, x3d))  # (B * S, C3, h3, w3)
+        else:
+            if positions is None or tuple(positions.shape) != (b, s):
+                got = None if positions is None else list(positions.shape)
+                raise ValueError(f"mode='center' (C-CA) needs positions of shape {[b, s]} (depth indices), got {got}.")
+            if positions.numel() > 0 and (int(positions.min()) < 0 or int(positions.max()) >= d):
+                raise ValueError(f"positions must index the {d} depth slices of x3d, got {positions.tolist()}.")
+            weights = F.one_hot(positions.long(), d).to(x3d.dtype).unsqueeze(2)  # (B, S, 1, d)
+            agg = aggregate_slices(weights, x3d)  # (B * S, C3, h3, w3): the picked slices
+        if agg.shape[2:] != x2d.shape[2:]:
+            agg = F.interpolate(agg, size=x2d.shape[2:], mode="bilinear", align_corners=False)
+        out = self.fusion(torch.cat([x2d, agg], dim=1))
+        if return_attention:
+            return out, weights.reshape(b * s, weights.shape[2], d)
+        return out
+
+
+MSFA = MultiSliceFeatureAggregation

@@ -1,0 +1,297 @@
+"""The thickened 2D network: a 2D ResNet-50 + DeepLabV3+-style decoder segmenting k slices given as channels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.blocks import Convolution
+from monai.networks.nets import ResNet
+from torch import nn
+from torch.nn.functional import interpolate
+
+from monai_ext.inferers.slice_group import slice_group_starts
+from monai_ext.networks.blocks.multiplexing import EarlyStageMultiplexing
+from monai_ext.networks.blocks.slice_sensitive_attention import ConcatLink, DotLink, SliceSensitiveAttention
+
+__all__ = ["CONFIGS", "Thick2DNet", "Thickened2DNet", "load_torchvision_resnet"]
+
+# the paper's Table 3 rows: plain thick input, + ESM, + ESM + SSA, and two alternatives to SSA
+CONFIGS = ("plain", "esm", "esm_ssa", "esm_concat", "esm_dot")
+
+
+class _EarlyStage(nn.Module):
+    """The stem and first stage on the whole thickened input (no multiplexing): ``(fused, fused[:, None])``."""
+
+    def __init__(self, early: nn.Module) -> None:
+        super().__init__()
+        self.early = early
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.early(x)
+        return y, y.unsqueeze(1)
+
+
+class Thickened2DNet(nn.Module):
+    """Thickened 2D network (Yu et al., "Thickened 2D Networks for Efficient 3D Medical Image Segmentation", 2019,
+    https://arxiv.org/abs/1904.01150): a 2D network that segments ``k`` consecutive slices fed as channels.
+
+    No code was published; the layout is our reading of the paper (docs/thick2d.md lists each choice):
+
+    - backbone: MONAI's 2D :class:`~monai.networks.nets.ResNet` (bottleneck blocks, ``layers`` (3, 4, 6, 3) and
+      ``block_inplanes`` (64, 128, 256, 512) = ResNet-50), 7x7 stride-2 stem and max pool; with
+      ``output_stride=16`` the last stage is dilated instead of strided, as torchvision's
+      ``replace_stride_with_dilation=[False, False, True]`` (DeepLabV3+); 32 keeps it strided;
+    - early stage (stem + first stage): on the whole thickened input (``"plain"``), or, with early-stage
+      multiplexing (``"esm*"``, :class:`~monai_ext.networks.blocks.EarlyStageMultiplexing`), on each mini-group of
+      ``group_size`` slices with shared weights, the outputs concatenated and compressed to half, then to the
+      first stage's width (256 for ResNet-50: the rest of the backbone runs once on the fused map);
+    - decoder (DeepLabV3+ without ASPP): the last stage projected to ``decoder_channels`` by a 1x1 conv (where
+      ASPP was), upsampled to the early-stage resolution (1/4), concatenated with the early-stage map projected to
+      ``low_level_channels`` (48), two 3x3 convs to ``decoder_channels``;
+    - head: a 1x1 conv to ``k * out_channels`` (``"plain"``, ``"esm"``); with a link block (``"esm_ssa"``:
+      :class:`~monai_ext.networks.blocks.SliceSensitiveAttention`, ``"esm_concat"``, ``"esm_dot"``), the decoder
+      map is linked to each mini-group's pre-fusion map and a head shared by the mini-groups predicts that
+      mini-group's ``group_size`` slices; the logits are upsampled bilinearly to the input size.
+
+    All convolutions have norm ``norm_name`` and activation ``act_name`` except the heads. Pretrained weights:
+    ``pretrained_path`` names a torchvision-format ResNet state dict (``conv1.weight``, ``layer1.0.conv1.weight``,
+    ...), see :func:`load_torchvision_resnet`; nothing is downloaded.
+
+    Slab layout: the network takes ``(B, in_channels, H, W, D)`` (MONAI's layout, slices on the last axis) and
+    returns ``(B, out_channels, H, W, D)``. ``D == num_slices`` is one forward pass; any other ``D`` (a whole
+    volume) is covered by groups ``stride`` slices apart (:func:`~monai_ext.inferers.slice_group_starts`; shorter
+    volumes are padded by repeating the last slice) and every slice's logits are averaged, as
+    :class:`~monai_ext.inferers.SliceGroupInferer` does with batching and any axis.
+
+    Args:
+        in_channels: channels per slice (1 for CT).
+        out_channels: classes, background included.
+        num_slices: ``k``, slices per group (12 or 15 in the paper); a multiple of ``group_size`` with ESM.
+        config: one of :data:`CONFIGS`.
+        group_size: slices per mini-group (3: one RGB stem input).
+        layers, block_inplanes: ResNet stages (ResNet-50 by default; smaller for tests and demos).
+        output_stride: 16 (dilated last stage, DeepLabV3+) or 32.
+        decoder_channels: channels of the decoder (and of the link blocks).
+        low_level_channels: channels of the projected early-stage map in the decoder.
+        norm_name, act_name: MONAI norm and activation of the backbone-external convolutions (the ResNet itself
+            uses batch norm and ReLU).
+        link_norm_name: output norm of the link block: ``"switchable"`` (the paper) or a MONAI norm name.
+        ssa_pool_size: pooled size of the SSA affinity (32).
+        stride: slices between groups when ``D != num_slices``.
+        pretrained_path: optional torchvision ResNet state dict file to initialise the backbone from.
+
+    Shapes:
+        input ``(B, in_channels, H, W, D)``; output ``(B, out_channels, H, W, D)`` (logits). ``H, W >= 32``.
+
+    Raises:
+        ValueError: for an unknown ``config``, non-positive sizes, ``num_slices`` not a multiple of ``group_size``
+            with ESM, ``output_stride`` not 16 or 32; in ``forward`` for an input of the wrong rank, channel
+            count, or slices smaller than 32 x 32.
+    """
+
+    __constants__ = ["use_link"]
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 2,
+        num_slices: int = 12,
+        config: str = "esm_ssa",
+        group_size: int = 3,
+        layers: Sequence[int] = (3, 4, 6, 3),
+        block_inplanes: Sequence[int] = (64, 128, 256, 512),
+        output_stride: int = 16,
+        decoder_channels: int = 256,
+        low_level_channels: int = 48,
+        norm_name: tuple | str = "batch",
+        act_name: tuple | str = ("relu", {"inplace": True}),
+        link_norm_name: tuple | str = "switchable",
+        ssa_pool_size: int = 32,
+        stride: int = 1,
+        pretrained_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        if config not in CONFIGS:
+            raise ValueError(f"config must be one of {CONFIGS}, got {config!r}.")
+        sizes = [in_channels, out_channels, num_slices, group_size, decoder_channels]
+        if min(sizes + [low_level_channels, stride]) < 1:
+            raise ValueError(
+                "in_channels, out_channels, num_slices, group_size, decoder_channels, "
+                f"low_level_channels and stride must be positive, got {sizes + [low_level_channels, stride]}."
+            )
+        esm = config != "plain"
+        if esm and num_slices % group_size:
+            raise ValueError(
+                f"num_slices ({num_slices}) must be a multiple of group_size ({group_size}) with early-stage "
+                f"multiplexing (config {config!r}); the paper uses 12 or 15 slices in mini-groups of 3."
+            )
+        if stride > num_slices:
+            raise ValueError(
+                f"stride ({stride}) must be at most num_slices ({num_slices}): larger strides skip slices."
+            )
+        if output_stride not in (16, 32):
+            raise ValueError(f"output_stride must be 16 (dilated last stage) or 32, got {output_stride}.")
+        if len(layers) != 4 or len(block_inplanes) != 4:
+            raise ValueError(
+                f"layers and block_inplanes need 4 stages each, got {list(layers)}, {list(block_inplanes)}."
+            )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.num_slices = num_slices
+        self.config = config
+        self.group_size = group_size
+        self.num_groups = num_slices // group_size if esm else 1
+        self.slices_per_head = group_size if config in ("esm_ssa", "esm_concat", "esm_dot") else num_slices
+        self.use_link = config in ("esm_ssa", "esm_concat", "esm_dot")
+        self.stride = stride
+
+        stem_in = (group_size if esm else num_slices) * in_channels
+        resnet = ResNet(
+            "bottleneck",
+            list(layers),
+            list(block_inplanes),
+            spatial_dims=2,
+            n_input_channels=stem_in,
+            conv1_t_size=7,
+            conv1_t_stride=2,
+            feed_forward=False,
+            bias_downsample=False,
+        )
+        if output_stride == 16:
+            _dilate_last_stage(resnet.layer4)
+        early = nn.Sequential(resnet.conv1, resnet.bn1, resnet.act, resnet.maxpool, resnet.layer1)
+        early_channels = 4 * block_inplanes[0]  # bottleneck expansion 4
+        if esm:
+            self.early_stage: nn.Module = EarlyStageMultiplexing(
+                early, num_slices * in_channels, self.num_groups, early_channels, early_channels, 2, norm_name, act_name
+            )
+        else:
+            self.early_stage = _EarlyStage(early)
+        self.layer2, self.layer3, self.layer4 = resnet.layer2, resnet.layer3, resnet.layer4
+
+        def conv(i: int, o: int, kernel_size: int) -> Convolution:
+            return Convolution(2, i, o, kernel_size=kernel_size, norm=norm_name, act=act_name, bias=False)
+
+        self.high_proj = conv(4 * block_inplanes[3], decoder_channels, 1)  # in place of ASPP
+        self.low_proj = conv(early_channels, low_level_channels, 1)
+        self.decoder = nn.Sequential(
+            conv(decoder_channels + low_level_channels, decoder_channels, 3),
+            conv(decoder_channels, decoder_channels, 3),
+        )
+        link: nn.Module = nn.Identity()
+        group_proj: nn.Module = nn.Identity()
+        if config == "esm_ssa":
+            link = SliceSensitiveAttention(2, decoder_channels, ssa_pool_size, link_norm_name)
+        elif config == "esm_concat":
+            link = ConcatLink(2, decoder_channels, link_norm_name)
+        elif config == "esm_dot":
+            link = DotLink(2, decoder_channels, link_norm_name)
+        if self.use_link and early_channels != decoder_channels:
+            group_proj = conv(early_channels, decoder_channels, 1)
+        self.link = link
+        self.group_proj = group_proj
+        self.head = nn.Conv2d(decoder_channels, self.slices_per_head * out_channels, kernel_size=1)
+        if pretrained_path is not None:
+            load_torchvision_resnet(self, pretrained_path)
+
+    def torchvision_modules(self) -> dict[str, nn.Module]:
+        """This network's modules under torchvision's ResNet names (``conv1``, ``bn1``, ``layer1`` ... ``layer4``)."""
+        early = self.early_stage.early
+        return {
+            "conv1": early[0],
+            "bn1": early[1],
+            "layer1": early[4],
+            "layer2": self.layer2,
+            "layer3": self.layer3,
+            "layer4": self.layer4,
+        }
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"Thickened2DNet expects slabs (B, {self.in_channels}, H, W, D), slices on the last axis, got shape "
+                f"{list(x.shape)}."
+            )
+        if min(x.shape[2], x.shape[3]) < 32:
+            raise ValueError(
+                f"slices must be at least 32 x 32 (the backbone downsamples 32 times), got {list(x.shape)}."
+            )
+        depth = x.shape[4]
+        if depth == self.num_slices:
+            return self.forward_group(x)
+        if depth < self.num_slices:  # repeat the last slice, crop back below
+            x = torch.cat([x, x[:, :, :, :, -1:].expand(-1, -1, -1, -1, self.num_slices - depth)], dim=4)
+        starts = slice_group_starts(x.shape[4], self.num_slices, self.stride)
+        total = torch.zeros(0)
+        count = torch.zeros(x.shape[4], device=x.device, dtype=x.dtype)
+        for i, s in enumerate(starts):
+            out = self.forward_group(x[:, :, :, :, s : s + self.num_slices])
+            if i == 0:
+                total = torch.zeros(out.shape[0], out.shape[1], out.shape[2], out.shape[3], x.shape[4]).to(out)
+            total[:, :, :, :, s : s + self.num_slices] += out
+            count[s : s + self.num_slices] += 1
+        return (total / count)[:, :, :, :, :depth]
+
+    def forward_group(self, x: torch.Tensor) -> torch.Tensor:
+        """One group: ``(B, in_channels, H, W, num_slices)`` to logits ``(B, out_channels, H, W, num_slices)``."""
+        b, c, h, w, k = x.shape
+        t = x.permute(0, 4, 1, 2, 3).reshape(b, k * c, h, w)  # (B, k*C, H, W): channel s*C + c is slice s
+        fused, groups = self.early_stage(t)  # (B, F, H/4, W/4), (B, G, E, H/4, W/4)
+        high = self.high_proj(self.layer4(self.layer3(self.layer2(fused))))  # (B, D, H/16 or H/32, ...)
+        high = interpolate(high, size=fused.shape[2:], mode="bilinear", align_corners=False)
+        feat = self.decoder(torch.cat([high, self.low_proj(fused)], dim=1))  # (B, D, H/4, W/4)
+        if self.use_link:
+            heads = [self.head(self.link(feat, self.group_proj(groups[:, g]))) for g in range(self.num_groups)]
+            logits = torch.cat(heads, dim=1)  # (B, k*O, H/4, W/4), mini-group-major
+        else:
+            logits = self.head(feat)  # (B, k*O, H/4, W/4)
+        logits = interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        return logits.reshape(b, k, self.out_channels, h, w).permute(0, 2, 3, 4, 1)  # (B, O, H, W, k)
+
+
+def _dilate_last_stage(stage: nn.Sequential) -> None:
+    """Replace the stride 2 of a bottleneck stage by dilation 2 in the 3x3 convolutions after its first block."""
+    for i, block in enumerate(stage):
+        if i == 0:
+            block.conv2.stride = (1, 1)
+            block.downsample[0].stride = (1, 1)
+        else:
+            block.conv2.dilation = (2, 2)
+            block.conv2.padding = (2, 2)
+
+
+def load_torchvision_resnet(net: Thickened2DNet, path: str) -> None:
+    """Initialise ``net``'s ResNet from a torchvision-format ResNet state dict saved with ``torch.save``.
+
+    Keys ``conv1.*``, ``bn1.*``, ``layer1.*`` ... ``layer4.*`` are loaded (strictly, so the stage sizes must match
+    the network's ``layers`` and ``block_inplanes``); ``fc.*`` is ignored. The stem convolution takes
+    ``group_size * in_channels`` channels with ESM (3 for CT: the RGB weights as they are) or
+    ``num_slices * in_channels`` without; when this is not 3 the RGB kernels are averaged and repeated, scaled by
+    ``3 / channels`` so the response to a constant input is kept.
+
+    Raises:
+        ValueError: when the file holds no ``conv1.weight`` or a stage does not match.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if "conv1.weight" not in state:
+        raise ValueError(f"{path} is not a torchvision ResNet state dict (no 'conv1.weight'); keys: {list(state)[:5]}.")
+    modules = net.torchvision_modules()
+    for name, module in modules.items():
+        sub = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
+        if name == "conv1":
+            weight = sub["weight"]  # (64, 3, 7, 7) for RGB
+            channels = module.weight.shape[1]
+            if weight.shape[1] != channels:
+                weight = weight.mean(1, keepdim=True).repeat(1, channels, 1, 1) * (weight.shape[1] / channels)
+            sub["weight"] = weight
+        try:
+            module.load_state_dict(sub, strict=True)
+        except RuntimeError as e:
+            raise ValueError(
+                f"{path}: stage {name!r} does not match the network (layers / block_inplanes must be ResNet-50's to "
+                f"load ResNet-50 weights): {e}"
+            ) from e
+
+
+Thick2DNet = Thickened2DNet

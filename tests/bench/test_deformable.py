@@ -1,0 +1,54 @@
+"""Smoke tests of the deformable-attention benchmark at tiny sizes: it runs and its records hold the fields."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from monai_ext.bench.deformable import GROUPS, REFERENCES, build_contender, peak_growth, run_deformable, sizes
+
+
+def test_cotr_sizes():
+    s = sizes()
+    assert s["levels"] == [(12, 24, 24), (6, 12, 12)]
+    assert sum(d * h * w for d, h, w in s["levels"]) == 7776  # the tokens of one 48 x 192 x 192 patch
+    assert (s["d"], s["heads"], s["points"], s["layers"], s["ffn"]) == (384, 6, 4, 6, 1536)
+
+
+@pytest.mark.parametrize("group", ["core", "encoder"])
+def test_contenders_of_a_group_agree_where_they_should(group):
+    fast, reference = (build_contender(name, quick=True)[0] for name in GROUPS[group][:2])
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(), reference())  # same seed and weights: the two cores give one result
+
+
+def test_run_records_hold_the_fields(tmp_path):
+    rows = run_deformable(quick=True, output_dir=str(tmp_path), threads=(1,), repeats=1, fresh_process=False)
+    assert [(r["group"], r["contender"]) for r in rows] == [(g, c) for g, names in GROUPS.items() for c in names]
+    for r in rows:
+        assert r["threads"] == 1 and r["forward_s"]["min"] > 0 and r["peak_forward_mib"] is not None
+        assert set(r["vs"]) == set(REFERENCES[r["group"]])
+        if r["group"] == "network":
+            assert r["train_s"] is None and r["peak_train_mib"] is None
+        else:
+            assert r["train_s"]["median"] > 0 and r["vs"][REFERENCES[r["group"]][0]]["train"] > 0
+        own = r["vs"].get(r["contender"])
+        if own is not None:  # a reference against itself
+            assert own["forward"] == pytest.approx(1.0)
+    saved = json.loads((tmp_path / "deformable.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(rows)) and saved["meta"]["quick"] is True
+
+
+def test_peak_growth_fields():
+    out = peak_growth("fast core", quick=True)
+    assert set(out) == {"peak_forward_mib", "peak_train_mib", "source"} and out["peak_train_mib"] >= 0
+    assert set(peak_growth("fast core", quick=True, backward=False)) == {"peak_forward_mib", "source"}
+
+
+def test_unknown_inputs_raise():
+    with pytest.raises(ValueError, match="unknown contender"):
+        build_contender("nope", quick=True)
+    with pytest.raises(ValueError, match="groups must be taken"):
+        run_deformable(quick=True, groups=("cores",))

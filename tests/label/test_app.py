@@ -1,0 +1,269 @@
+"""The real MONAI Label server with the monai_ext app, on 127.0.0.1: info, inference, upload, concurrency, training
+and bad requests. Needs the label extra: skipped without MONAI Label, except under ``make test``
+(``MONAI_EXT_REQUIRE_LABEL=1``), where a missing MONAI Label is an error."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+if os.environ.get("MONAI_EXT_REQUIRE_LABEL") == "1":
+    import monailabel  # noqa: F401
+    import requests
+else:
+    pytest.importorskip("monailabel")
+    requests = pytest.importorskip("requests")
+
+from monai_ext.bundles import bundle_dir  # noqa: E402
+from monai_ext.data import write_msd_dataset  # noqa: E402
+from monai_ext.label import server_command  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+# tiny networks and one short epoch, as in tests/bundles/test_bundles.py
+TINY = {
+    "ssh_unet": {
+        "num_classes": 3,
+        "pixdim": [1.5, 1.5, 1.5],
+        "roi_size": [32, 32, 32],
+        "network_def#filters": [8, 16, 32, 64, 128],
+        "epochs": 1,
+        "warmup_epochs": 0,  # the LR warm-up starts at 0: a 1-epoch run would not change the weights
+        "val_interval": 1,
+        "batch_size": 1,
+        "num_workers": 0,
+    },
+    "rsanet": {
+        "roi_size": [32, 32, 16],
+        "network_def#filters": [8, 16, 32, 64, 128],
+        "epochs": 1,
+        "warmup_epochs": 0,  # the LR warm-up starts at 0: a 1-epoch run would not change the weights
+        "val_interval": 1,
+        "batch_size": 1,
+        "num_workers": 0,
+    },
+}
+TINY |= {
+    "cotr": {
+        "num_classes": 3,
+        "pixdim": [1.5, 1.5, 1.5],
+        "roi_size": [32, 32, 32],
+        "network_def#encoder_channels": [8, 16, 24, 24],
+        "network_def#encoder_blocks": [1, 1, 1],
+        "network_def#num_layers": 1,
+        "network_def#mlp_dim": 32,
+        "network_def#num_heads": 2,
+        "network_def#num_points": 2,
+        "epochs": 1,
+        "num_workers": 0,
+    },
+    "scaa": {
+        "num_classes": 3,
+        "network_def#filters": [4, 8, 8, 16, 16],
+        "network_def#context_channels": [4, 4, 8, 8],
+        "network_def#pool_sizes": [4, 2, 2, 2],
+        "num_slices": 4,
+        "epochs": 1,
+        "num_workers": 0,
+    },
+    "thick2d": {
+        "num_classes": 3,
+        "num_slices": 6,
+        "slice_size": [32, 32],
+        "network_def#layers": [1, 1, 1, 1],
+        "network_def#block_inplanes": [8, 16, 32, 64],
+        "network_def#decoder_channels": 16,
+        "network_def#low_level_channels": 8,
+        "epochs": 1,
+        "batch_size": 1,
+        "num_workers": 0,
+    },
+}
+NUM_CLASSES = {"ssh_unet": 3, "rsanet": 2, "cotr": 3, "scaa": 3, "thick2d": 3}
+IMAGE = {"ssh_unet": "ct_000", "rsanet": "mri_000", "cotr": "ct_000", "scaa": "ct_000", "thick2d": "ct_000"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("label")
+    # bundles root: the real bundles plus a half-written one
+    root = tmp / "bundles"
+    root.mkdir()
+    for name in TINY:
+        (root / name).symlink_to(bundle_dir(name))
+    broken = root / "half_written" / "configs"
+    broken.mkdir(parents=True)
+    shutil.copy2(bundle_dir("ssh_unet") / "configs" / "metadata.json", broken / "metadata.json")
+    (broken / "inference.json").write_text('{"network_def": {"_target_": "monai_ext.networks')  # cut short
+    # studies: two small CT volumes with labels (for training) and one 3-channel MRI volume
+    studies = tmp / "studies"
+    studies.mkdir()
+    ct = write_msd_dataset(tmp / "ct", num_train=2, num_test=0, shape=(32, 32, 32), seed=1).parent
+    cases = sorted((ct / "imagesTr").glob("*.nii.gz"))
+    assert len(cases) == 2
+    for i, path in enumerate(cases):
+        shutil.copy2(path, studies / f"ct_{i:03d}.nii.gz")
+        shutil.copy2(ct / "labelsTr" / path.name, tmp / f"ct_{i:03d}_label.nii.gz")
+    mri = write_msd_dataset(tmp / "mri", num_train=1, num_test=0, shape=(32, 32, 24), seed=2, task="lesions").parent
+    shutil.copy2(next((mri / "imagesTr").glob("*.nii.gz")), studies / "mri_000.nii.gz")
+
+    port = _free_port()
+    workdir = tmp / "work"
+    cmd = server_command(studies, ",".join([*TINY, "half_written"]), port=port, overrides=TINY, workdir=workdir)
+    env = dict(os.environ, MONAI_EXT_BUNDLES=str(root), OMP_NUM_THREADS="1")
+    log_path = tmp / "server.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, f"server exited ({proc.returncode}):\n{log_path.read_text()[-4000:]}"
+            assert time.monotonic() < deadline, f"server not up after 240 s:\n{log_path.read_text()[-4000:]}"
+            try:
+                if requests.get(f"{url}/info/", timeout=5).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(1)
+        yield {"url": url, "tmp": tmp, "studies": studies, "workdir": workdir, "log": log_path, "proc": proc}
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+        # nothing of the server's process group is left
+        with pytest.raises(ProcessLookupError):
+            os.killpg(proc.pid, 0)
+
+
+def _infer(server, model, image=None, file=None, timeout=180):
+    params = {"output": "image"}
+    if image:
+        params["image"] = image
+    files = {"file": file} if file else None
+    return requests.post(f"{server['url']}/infer/{model}", params=params, files=files, timeout=timeout)
+
+
+def _load(content: bytes) -> nib.Nifti1Image:
+    return nib.Nifti1Image.from_bytes(gzip.decompress(content) if content[:2] == b"\x1f\x8b" else content)
+
+
+def _check_label(server, model, image_id, content):
+    src = nib.load(server["studies"] / f"{image_id}.nii.gz")
+    out = _load(content)
+    values = np.unique(np.asarray(out.dataobj))
+    assert out.shape == src.shape[:3], (out.shape, src.shape)
+    np.testing.assert_allclose(out.affine, src.affine, atol=1e-4)
+    assert set(values.tolist()) <= set(range(NUM_CLASSES[model])), values
+
+
+def test_info_lists_bundles_and_reports_broken(server):
+    info = requests.get(f"{server['url']}/info/", timeout=30).json()
+    assert set(info["models"]) == set(TINY)
+    assert set(info["trainers"]) == set(TINY)
+    assert info["models"]["rsanet"]["labels"] == {"lesion": 1}
+    assert "half_written" in info["broken_bundles"]
+    assert "inference.json is not valid JSON" in info["broken_bundles"]["half_written"]
+    assert "bundle half_written is not served" in server["log"].read_text()
+
+
+@pytest.mark.parametrize("model", sorted(TINY))
+def test_infer_each_bundle(server, model):
+    r = _infer(server, model, image=IMAGE[model])
+    assert r.status_code == 200, r.text[:2000]
+    _check_label(server, model, IMAGE[model], r.content)
+
+
+def test_infer_upload(server):
+    path = server["studies"] / "ct_001.nii.gz"
+    r = _infer(server, "ssh_unet", file=("upload.nii.gz", path.read_bytes()))
+    assert r.status_code == 200, r.text[:2000]
+    _check_label(server, "ssh_unet", "ct_001", r.content)
+
+
+def test_concurrent_infer(server):
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda i: _infer(server, "ssh_unet", image=f"ct_{i % 2:03d}", timeout=600), range(8)))
+    assert [r.status_code for r in results] == [200] * 8
+    for i, r in enumerate(results):
+        _check_label(server, "ssh_unet", f"ct_{i % 2:03d}", r.content)
+
+
+def _nifti_bytes(array: np.ndarray) -> bytes:
+    return nib.Nifti1Image(array, np.eye(4)).to_bytes()
+
+
+@pytest.mark.parametrize(
+    "kwargs, status, text",
+    [
+        ({"model": "nope", "image": "ct_000"}, 404, "unknown model 'nope'"),
+        ({"model": "half_written", "image": "ct_000"}, 404, "not valid JSON"),
+        ({"model": "ssh_unet", "image": "no_such_case"}, 404, "unknown image id 'no_such_case'"),
+        ({"model": "ssh_unet", "file": ("bad.nii.gz", b"not an image at all")}, 422, "failed on this image"),
+        ({"model": "ssh_unet", "file": ("flat.nii", "2d")}, 422, "failed on this image"),
+        ({"model": "rsanet", "image": "ct_000"}, 422, "channel"),
+    ],
+)
+def test_bad_requests(server, kwargs, status, text):
+    if kwargs.get("file") and kwargs["file"][1] == "2d":
+        kwargs["file"] = ("flat.nii", _nifti_bytes(np.random.rand(32, 32).astype(np.float32)))
+    r = _infer(server, **kwargs)
+    assert r.status_code == status, (r.status_code, r.text[:2000])
+    assert text in r.json()["detail"], r.text[:2000]
+    assert requests.get(f"{server['url']}/info/", timeout=30).ok  # still serving
+
+
+def test_label_train_then_new_weights(server):
+    url = server["url"]
+    for i in range(2):
+        label = server["tmp"] / f"ct_{i:03d}_label.nii.gz"
+        with open(label, "rb") as f:
+            r = requests.put(
+                f"{url}/datastore/label",
+                params={"image": f"ct_{i:03d}", "tag": "final"},
+                files={"label": (label.name, f)},
+                timeout=60,
+            )
+        assert r.status_code == 200, r.text[:2000]
+    model = server["workdir"] / "ssh_unet" / "models" / "model.pt"
+    before = hashlib.sha256(model.read_bytes()).hexdigest(), model.stat().st_mtime_ns
+    r = requests.post(f"{url}/train/ssh_unet", json={"max_epochs": 1, "val_split": 0.5, "device": "cpu"}, timeout=60)
+    assert r.status_code == 200, r.text[:2000]
+    deadline = time.monotonic() + 300
+    while True:
+        status = requests.get(f"{url}/train/", timeout=30).json()
+        if status.get("status") not in ("SUBMITTED", "RUNNING"):
+            break
+        assert time.monotonic() < deadline, "training did not finish in 300 s"
+        time.sleep(2)
+    assert status["status"] == "DONE", json.dumps(status)[-3000:]
+    after = hashlib.sha256(model.read_bytes()).hexdigest(), model.stat().st_mtime_ns
+    assert after[0] != before[0] and after[1] > before[1]
+    log_before = server["log"].read_text()
+    r = _infer(server, "ssh_unet", image="ct_000")
+    assert r.status_code == 200, r.text[:2000]
+    _check_label(server, "ssh_unet", "ct_000", r.content)
+    # MONAI Label reloads the network when model.pt's mtime changed, and logs it
+    new_log = server["log"].read_text()[len(log_before) :]
+    assert "Reload model from cache" in new_log, new_log[-3000:]

@@ -1,0 +1,61 @@
+"""Early-stage multiplexing: one shared early stage per mini-group, then the two compressions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from monai_ext.networks.blocks import ESM, EarlyStageMultiplexing
+
+
+def _early(in_channels: int = 3, out_channels: int = 8) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1), nn.ReLU())
+
+
+def test_each_mini_group_runs_through_the_same_early_stage():
+    torch.manual_seed(0)
+    early = _early()
+    esm = EarlyStageMultiplexing(early, in_channels=12, num_groups=4, early_channels=8, out_channels=16).eval()
+    x = torch.randn(2, 12, 10, 14)
+    with torch.no_grad():
+        fused, groups = esm(x)
+        assert groups.shape == (2, 4, 8, 5, 7) and fused.shape == (2, 16, 5, 7)
+        for g in range(4):
+            torch.testing.assert_close(groups[:, g], early(x[:, 3 * g : 3 * g + 3]))
+        torch.testing.assert_close(fused, esm.compress(groups.reshape(2, 32, 5, 7)))  # concatenated group-major
+    # to half, then to out_channels, each 1x1 with norm and activation
+    convs = [m for m in esm.compress.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(32, 16, (1, 1)), (16, 16, (1, 1))]
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in esm.compress.modules()) == 2
+    assert ESM is EarlyStageMultiplexing
+
+
+def test_weights_are_shared_and_gradients_reach_them():
+    early = _early()
+    esm = EarlyStageMultiplexing(early, 6, 2, 8, 4)
+    assert sum(p.numel() for p in esm.parameters()) == sum(p.numel() for p in early.parameters()) + sum(
+        p.numel() for p in esm.compress.parameters()
+    )
+    fused, groups = esm(torch.randn(2, 6, 8, 8))
+    (fused.sum() + groups.sum()).backward()
+    assert early[0].weight.grad.abs().sum() > 0
+
+
+def test_script():
+    esm = EarlyStageMultiplexing(_early(), 6, 2, 8, 4).eval()
+    x = torch.randn(1, 6, 8, 8)
+    for a, b in zip(torch.jit.script(esm)(x), esm(x)):
+        torch.testing.assert_close(a, b)
+
+
+def test_bad_arguments_and_inputs():
+    with pytest.raises(ValueError, match="must be a multiple of num_groups"):
+        EarlyStageMultiplexing(_early(), 10, 4, 8)
+    with pytest.raises(ValueError, match="must be positive"):
+        EarlyStageMultiplexing(_early(), 12, 0, 8)
+    esm = EarlyStageMultiplexing(_early(), 12, 4, 8)
+    with pytest.raises(ValueError, match=r"expects \(N, 12, \*spatial\)"):
+        esm(torch.randn(1, 9, 8, 8))
+    with pytest.raises(ValueError, match="early returned 8 channels, expected early_channels=5"):
+        EarlyStageMultiplexing(_early(), 12, 4, 5)(torch.randn(1, 12, 8, 8))

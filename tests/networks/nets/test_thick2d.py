@@ -1,0 +1,228 @@
+"""The thickened 2D network: paper configurations with parameter counts, slab layout, whole volumes, torchvision
+weights, TorchScript, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from monai_ext.inferers import slice_group_starts
+from monai_ext.networks.blocks import ConcatLink, DotLink, EarlyStageMultiplexing, SliceSensitiveAttention
+from monai_ext.networks.nets import Thick2DNet, Thickened2DNet
+from monai_ext.networks.nets.thick2d import CONFIGS, load_torchvision_resnet
+
+TINY = {"layers": (1, 1, 1, 1), "block_inplanes": (8, 16, 32, 64), "decoder_channels": 16}
+TINY["low_level_channels"] = 8
+RESNET50_NO_FC = 25_557_032 - (2048 * 1000 + 1000)  # torchvision resnet50 without its classifier: 23,508,032
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _conv_bn(i: int, o: int, k: int) -> int:
+    return i * o * k * k + 2 * o  # bias-free conv + batch norm
+
+
+def test_paper_configurations_parameter_counts():
+    """ResNet-50 (k = 12, 2 classes): the backbone is torchvision's count (stem widened for 12 channels when
+    plain), plus the parts this network adds, each counted by hand."""
+    k, o = 12, 2
+    decoder = _conv_bn(2048, 256, 1) + _conv_bn(256, 48, 1) + _conv_bn(304, 256, 3) + _conv_bn(256, 256, 3)
+    esm = _conv_bn(4 * 256, 512, 1) + _conv_bn(512, 256, 1)  # 4 mini-groups of 256, to half, to 256
+    link = {  # 1x1 convs with bias, switchable norm (2 C + 6)
+        "esm_ssa": 3 * (256 * 256 + 256) + 2 * 256 + 6,
+        "esm_concat": 512 * 256 + 256 + 2 * 256 + 6,
+        "esm_dot": 256 * 256 + 256 + 2 * 256 + 6,
+    }
+    counts = {}
+    for config in CONFIGS:
+        net = Thickened2DNet(out_channels=o, num_slices=k, config=config)
+        backbone = sum(_count(m) for m in net.torchvision_modules().values())
+        if config == "plain":
+            assert backbone == RESNET50_NO_FC + 64 * (k - 3) * 7 * 7  # the stem takes all 12 slices
+            head = 256 * k * o + k * o
+            assert _count(net) == backbone + decoder + head
+        else:
+            assert backbone == RESNET50_NO_FC  # the stem takes one mini-group of 3 slices (RGB)
+            head = 256 * 3 * o + 3 * o if config != "esm" else 256 * k * o + k * o
+            assert _count(net) == backbone + esm + decoder + link.get(config, 0) + head
+        counts[config] = _count(net)
+    assert counts == {
+        "plain": 25_370_872,
+        "esm": 25_999_544,
+        "esm_ssa": 26_192_812,
+        "esm_concat": 26_126_764,
+        "esm_dot": 26_061_228,
+    }
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_tiny_configurations_shapes_and_blocks(config):
+    net = Thickened2DNet(in_channels=2, out_channels=3, num_slices=6, config=config, **TINY).eval()
+    with torch.no_grad():
+        assert net(torch.randn(2, 2, 32, 48, 6)).shape == (2, 3, 32, 48, 6)
+    assert isinstance(net.early_stage, EarlyStageMultiplexing) == (config != "plain")
+    expected = {"esm_ssa": SliceSensitiveAttention, "esm_concat": ConcatLink, "esm_dot": DotLink}.get(
+        config, nn.Identity
+    )
+    assert type(net.link) is expected
+    assert Thick2DNet is Thickened2DNet
+
+
+def test_output_layout_channel_s_times_classes_plus_c_is_slice_s_class_c():
+    net = Thickened2DNet(out_channels=2, num_slices=6, config="plain", **TINY).eval()
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.bias.copy_(torch.arange(12.0))
+        out = net(torch.randn(1, 1, 32, 32, 6))
+    for s in range(6):
+        for c in range(2):
+            assert torch.all(out[0, c, :, :, s] == s * 2 + c)
+
+
+def test_input_slices_reach_their_mini_group():
+    """With ESM the first mini-group's pre-fusion features see slices 0-2 only."""
+    net = Thickened2DNet(num_slices=6, config="esm_ssa", **TINY).eval()
+    seen = []
+    net.early_stage.early.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    x = torch.randn(1, 1, 32, 32, 6)
+    with torch.no_grad():
+        net(x)
+    groups = seen[0]  # (2, 3, 32, 32): mini-groups in the batch
+    torch.testing.assert_close(groups[0], x[0, 0].permute(2, 0, 1)[:3])
+    torch.testing.assert_close(groups[1], x[0, 0].permute(2, 0, 1)[3:])
+
+
+@pytest.mark.parametrize("depth, stride", [(14, 1), (14, 4), (4, 1)])
+def test_whole_volume_forward_averages_the_groups_by_hand(depth, stride):
+    net = Thickened2DNet(num_slices=6, config="esm_dot", stride=stride, **TINY).eval()
+    x = torch.randn(1, 1, 32, 32, depth)
+    with torch.no_grad():
+        out = net(x)
+        padded = torch.cat([x] + [x[..., -1:]] * max(6 - depth, 0), dim=-1)
+        total = torch.zeros(1, 2, 32, 32, padded.shape[-1])
+        count = torch.zeros(padded.shape[-1])
+        for s in slice_group_starts(padded.shape[-1], 6, stride):
+            total[..., s : s + 6] += net.forward_group(padded[..., s : s + 6])
+            count[s : s + 6] += 1
+    assert out.shape == (1, 2, 32, 32, depth)
+    torch.testing.assert_close(out, (total / count)[..., :depth])
+
+
+def test_torchscript_matches_eager_on_a_group_and_a_volume():
+    for config in ("plain", "esm_ssa"):
+        net = Thickened2DNet(num_slices=6, config=config, **TINY).eval()
+        scripted = torch.jit.script(net)
+        for depth in (6, 9):
+            x = torch.randn(1, 1, 32, 32, depth)
+            torch.testing.assert_close(scripted(x), net(x))
+
+
+def test_training_step_reaches_backbone_and_head():
+    net = Thickened2DNet(num_slices=6, config="esm_ssa", **TINY).train()
+    out = net(torch.randn(2, 1, 32, 32, 6))
+    nn.functional.cross_entropy(out, torch.randint(0, 2, (2, 32, 32, 6))).backward()
+    assert net.head.weight.grad.abs().sum() > 0
+    assert net.torchvision_modules()["conv1"].weight.grad.abs().sum() > 0
+    assert net.link.norm.weight.grad.abs().sum() > 0  # the zero-initialised SSA output norm learns
+
+
+def _torchvision_resnet50_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random state dict with torchvision's ResNet-50 key names and shapes (written from torchvision's layout,
+    not from our network)."""
+    gen = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+
+    def conv(name, o, i, k):
+        state[f"{name}.weight"] = torch.randn(o, i, k, k, generator=gen)
+
+    def bn(name, c):
+        state[f"{name}.weight"] = torch.rand(c, generator=gen)
+        state[f"{name}.bias"] = torch.randn(c, generator=gen)
+        state[f"{name}.running_mean"] = torch.randn(c, generator=gen)
+        state[f"{name}.running_var"] = torch.rand(c, generator=gen) + 0.5
+        state[f"{name}.num_batches_tracked"] = torch.tensor(7)
+
+    conv("conv1", 64, 3, 7)
+    bn("bn1", 64)
+    inplanes = 64
+    for layer, (planes, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3)), start=1):
+        for b in range(blocks):
+            p = f"layer{layer}.{b}"
+            conv(f"{p}.conv1", planes, inplanes, 1)
+            bn(f"{p}.bn1", planes)
+            conv(f"{p}.conv2", planes, planes, 3)
+            bn(f"{p}.bn2", planes)
+            conv(f"{p}.conv3", planes * 4, planes, 1)
+            bn(f"{p}.bn3", planes * 4)
+            if b == 0:
+                conv(f"{p}.downsample.0", planes * 4, inplanes, 1)
+                bn(f"{p}.downsample.1", planes * 4)
+            inplanes = planes * 4
+    state["fc.weight"] = torch.randn(1000, 2048, generator=gen)
+    state["fc.bias"] = torch.randn(1000, generator=gen)
+    return state
+
+
+def test_loads_a_torchvision_resnet50_state_dict(tmp_path):
+    state = _torchvision_resnet50_state()
+    path = tmp_path / "resnet50.pth"
+    torch.save(state, path)
+    net = Thickened2DNet(num_slices=12, config="esm_ssa", pretrained_path=str(path))
+    modules = net.torchvision_modules()
+    loaded = {f"{name}.{k}": v for name, m in modules.items() for k, v in m.state_dict().items()}
+    assert set(loaded) == set(state) - {"fc.weight", "fc.bias"}
+    for key, value in loaded.items():
+        torch.testing.assert_close(value, state[key], msg=key)
+    # plain: 12 channels in the stem, the RGB kernels averaged and repeated, scaled by 3 / 12
+    plain = Thickened2DNet(num_slices=12, config="plain")
+    load_torchvision_resnet(plain, str(path))
+    stem = plain.torchvision_modules()["conv1"].weight
+    assert stem.shape == (64, 12, 7, 7)
+    expected = state["conv1.weight"].mean(1, keepdim=True) * 0.25
+    torch.testing.assert_close(stem, expected.expand(-1, 12, -1, -1))
+    torch.testing.assert_close(stem.sum(1), state["conv1.weight"].sum(1))  # same response to a constant input
+
+
+def test_torchvision_loading_errors(tmp_path):
+    bad = tmp_path / "bad.pth"
+    torch.save({"weight": torch.zeros(1)}, bad)
+    with pytest.raises(ValueError, match="not a torchvision ResNet state dict"):
+        Thickened2DNet(num_slices=6, **TINY, pretrained_path=str(bad))
+    full = tmp_path / "resnet50.pth"
+    torch.save(_torchvision_resnet50_state(), full)
+    with pytest.raises(ValueError, match="stage 'conv1' does not match the network"):
+        Thickened2DNet(num_slices=6, **TINY, pretrained_path=str(full))
+
+
+def test_bad_arguments_and_inputs():
+    with pytest.raises(ValueError, match="config must be one of"):
+        Thickened2DNet(config="esm_sa")
+    with pytest.raises(ValueError, match=r"num_slices \(10\) must be a multiple of group_size \(3\)"):
+        Thickened2DNet(num_slices=10, **TINY)
+    assert Thickened2DNet(num_slices=10, config="plain", **TINY).num_slices == 10  # no mini-groups: any k
+    with pytest.raises(ValueError, match="output_stride must be 16"):
+        Thickened2DNet(output_stride=8, **TINY)
+    with pytest.raises(ValueError, match="must be positive"):
+        Thickened2DNet(stride=0, **TINY)
+    with pytest.raises(ValueError, match="must be at most num_slices"):
+        Thickened2DNet(num_slices=6, stride=7, **TINY)
+    with pytest.raises(ValueError, match="need 4 stages"):
+        Thickened2DNet(layers=(1, 1, 1), block_inplanes=(8, 16, 32))
+    net = Thickened2DNet(num_slices=6, **TINY)
+    with pytest.raises(ValueError, match=r"expects slabs \(B, 1, H, W, D\)"):
+        net(torch.randn(1, 6, 32, 32))
+    with pytest.raises(ValueError, match=r"expects slabs \(B, 1, H, W, D\)"):
+        net(torch.randn(1, 2, 32, 32, 6))
+    with pytest.raises(ValueError, match="at least 32 x 32"):
+        net(torch.randn(1, 1, 16, 32, 6))
