@@ -41,13 +41,20 @@ def phantom(
     return f"wrote {num_train} training and {num_test} test cases; datalist: {path}"
 
 
+def _as_list(value) -> list:
+    """A comma-separated command-line value as a list (fire turns ``0,1`` into a tuple, ``a`` into a string)."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [v for v in str(value).split(",") if v.strip()]
+
+
 def bench(
     suite: str = "all",
     device: str = "cpu",
     quick: bool = False,
     output_dir: str = "bench_output",
     networks: str | None = None,
-    seeds: str = "0,1",
+    seeds: str | tuple = "0,1",
     budget_s: float = 120.0,
     threads: int | None = None,
 ) -> None:
@@ -72,7 +79,7 @@ def bench(
     suites = {"efficiency", "accuracy", "whole_volume", "all", *cpu_only}
     if suite not in suites:
         raise ValueError(f"suite must be one of {sorted(suites)}, got {suite!r}.")
-    rows = [n.strip() for n in networks.split(",")] if networks else None
+    rows = [str(n).strip() for n in _as_list(networks)] if networks else None
     if suite in ("efficiency", "all"):
         b.run_efficiency(device=device, quick=quick, output_dir=output_dir, networks=rows, threads=threads)
     for name in cpu_only:
@@ -83,7 +90,7 @@ def bench(
     if suite in ("whole_volume", "all"):
         b.run_whole_volume(device=device, quick=quick, output_dir=output_dir)
     if suite == "accuracy":
-        seed_list = [int(s) for s in str(seeds).split(",")]
+        seed_list = [int(s) for s in _as_list(seeds)]
         b.run_accuracy(output_dir, rows, seed_list, budget_s, quick, device, threads)
     plot = plot_from_dir(output_dir)
     if plot is not None:

@@ -118,6 +118,11 @@ def test_cli_bench_runs_the_chosen_suites(monkeypatch, tmp_path):
     cli.bench("accuracy", networks="DynUNet 3D, SSH-UNet", seeds="3,4", budget_s=5, output_dir=out)
     assert calls == [("accuracy", (out, ["DynUNet 3D", "SSH-UNet"], [3, 4], 5, False, "cpu", None), {})]
     calls.clear()
+    cli.bench("accuracy", networks=("DynUNet 3D", "SSH-UNet"), seeds=(3, 4), budget_s=5, output_dir=out)  # as fire
+    cli.bench("accuracy", networks="SSH-UNet", seeds=7, budget_s=5, output_dir=out)
+    assert calls[0] == ("accuracy", (out, ["DynUNet 3D", "SSH-UNet"], [3, 4], 5, False, "cpu", None), {})
+    assert calls[1][1][1:3] == (["SSH-UNet"], [7])
+    calls.clear()
     cli.bench(suite="deformable", device="cuda")
     assert [name for name, _, _ in calls] == ["deformable"]
     with pytest.raises(ValueError, match="suite must be one of"):
