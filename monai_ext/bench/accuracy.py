@@ -128,7 +128,7 @@ def run_accuracy(
     64^3; with ``quick`` 2 and 1). Writes ``accuracy.json`` (one record per run) and
     ``accuracy.md`` to ``output_dir`` and returns the records.
     """
-    from monai_ext.bench.report import accuracy_summary, accuracy_table
+    from monai_ext.bench.report import accuracy_summary, accuracy_table, save_json
 
     names = list(networks or NETWORKS)
     unknown = [n for n in names if n not in NETWORKS]
@@ -150,7 +150,6 @@ def run_accuracy(
                 records.append(train_and_score(**args))
     table = accuracy_table(accuracy_summary(records), budget_s)
     print(table)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "accuracy.json").write_text(json.dumps(records, indent=4) + "\n")
+    save_json(out, "accuracy", records)
     (out / "accuracy.md").write_text(table)
     return records

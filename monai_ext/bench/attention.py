@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import gc
 import inspect
-import json
 import math
-import os
-import platform
 import statistics
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from monai_ext.bench.process import peak_bytes, reset_peak, run_fresh
+from monai_ext.bench.report import malloc_env, save_json, suite_meta
 from monai_ext.networks.blocks.slice_attention import RecurrentSliceAttention
 from monai_ext.networks.nets.rsanet import RSANet
 
@@ -301,14 +298,6 @@ def run_attention(quick: bool = False, output_dir: str | None = None, fresh_proc
             f"{t['median']:.4f} [{t['min']:.4f}, {t['max']:.4f}] | {naive} | {sdpa} |"
         )
     if output_dir is not None:
-        meta = {
-            "torch": torch.__version__,
-            "machine": platform.machine(),
-            "threads": threads,
-            "repeats": repeats,
-            "fresh_process": fresh_process,
-            "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
-        }
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(output_dir) / "attention.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=4) + "\n")
+        meta = suite_meta(threads=threads, repeats=repeats, fresh_process=fresh_process, malloc_env=malloc_env())
+        save_json(output_dir, "attention", {"meta": meta, "rows": rows})
     return rows

@@ -19,19 +19,17 @@ thread count (how many times faster or smaller).
 from __future__ import annotations
 
 import gc
-import json
 import math
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 from monai.networks.nets import DynUNet
 from torch import nn
 
 from monai_ext.bench.process import peak_bytes, reset_peak, run_fresh
+from monai_ext.bench.report import save_json, suite_meta
 from monai_ext.networks.blocks.deformable_attention import CORES, deformable_reference_points
 from monai_ext.networks.blocks.detrans import DeTransEncoder
 from monai_ext.networks.nets.cotr import CoTr
@@ -230,10 +228,10 @@ def run_deformable(
             rows += group_rows
     _print_table(rows)
     if output_dir is not None:
-        meta = {"torch": torch.__version__, "machine": platform.machine(), "threads": list(threads),
-                "repeats": repeats, "quick": quick, "sizes": sizes(quick), "fresh_process": fresh_process}  # fmt: skip
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(output_dir) / "deformable.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=4) + "\n")
+        meta = suite_meta(
+            threads=list(threads), repeats=repeats, quick=quick, sizes=sizes(quick), fresh_process=fresh_process
+        )
+        save_json(output_dir, "deformable", {"meta": meta, "rows": rows})
     return rows
 
 

@@ -7,7 +7,6 @@ Each row is measured in a fresh process (:func:`measure_row`), once with glibc's
 
 from __future__ import annotations
 
-import json
 import platform
 import statistics
 import time
@@ -59,20 +58,15 @@ def measure(
     ``forward(net, x)`` (default ``net(x)``) is how the network consumes the ``shape`` input, e.g. slice by slice.
     """
     forward = forward or (lambda n, t: n(t))
-    net = net.to(device).eval()
+    gflop = _flops(net, forward, shape, device)  # also the warm-up pass
     x = torch.randn(*shape, device=device)
     with torch.inference_mode():
-        with FlopCounterMode(display=False) as counter:
-            forward(net, x)
         times = [_timed(lambda: forward(net, x), device) for _ in range(repeats)]
-    return {
-        "params": sum(p.numel() for p in net.parameters()),
-        "gflop": counter.get_total_flops() / 1e9,
-        "latency_s": _stats(times),
-    }
+    return {"params": sum(p.numel() for p in net.parameters()), "gflop": gflop, "latency_s": _stats(times)}
 
 
 def _flops(net: torch.nn.Module, forward: Callable, shape: tuple[int, ...], device: str) -> float:
+    """GFLOP (2 x multiply-adds) of one forward pass of ``net`` (moved to ``device``, eval mode) on ``shape``."""
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         forward(net.to(device).eval(), torch.randn(*shape, device=device))
     return counter.get_total_flops() / 1e9
@@ -195,7 +189,7 @@ def run_efficiency(
     ``efficiency.json`` and ``efficiency.md`` there. ``fresh_process=False`` measures in this process (for tests:
     the allocator settings then only label the records, they cannot take effect).
     """
-    from monai_ext.bench.report import efficiency_table
+    from monai_ext.bench.report import efficiency_table, save_json
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         print("CUDA is not available: measuring on the CPU")
@@ -211,17 +205,17 @@ def run_efficiency(
     threads = threads or torch.get_num_threads()
     info = machine_info(device, threads)
 
-    def call(target: str, kwargs: dict, allocator: str):
+    def call(fn: Callable[..., dict], kwargs: dict, allocator: str) -> dict:
         if fresh_process:
-            return run_fresh(f"monai_ext.bench.efficiency:{target}", kwargs, env=ALLOCATORS[allocator])
-        return globals()[target](**kwargs)
+            return run_fresh(f"{fn.__module__}:{fn.__name__}", kwargs, env=ALLOCATORS[allocator])
+        return fn(**kwargs)
 
-    peaks = {a: call("matmul_peak", {"device": device, "quick": quick, "threads": threads}, a) for a in allocators}
+    peaks = {a: call(matmul_peak, {"device": device, "quick": quick, "threads": threads}, a) for a in allocators}
     records = []
     for name in names:  # the settings interleave per network, so drifting machine load hits both alike
         for allocator in allocators:
             print(f"measuring {name} ({allocator} allocator, {device}, {threads} threads) ...", flush=True)
-            row = call("measure_row", {"name": name, "device": device, "quick": quick, "threads": threads}, allocator)
+            row = call(measure_row, {"name": name, "device": device, "quick": quick, "threads": threads}, allocator)
             row["peak_fraction"] = row["gflops_achieved"] / peaks[allocator]["gflops"]
             records.append(
                 {"network": name, "family": NETWORKS[name].family, "kind": NETWORKS[name].kind, "allocator": allocator}
@@ -237,8 +231,6 @@ def run_efficiency(
     table = efficiency_table(records)
     print(table)
     if output_dir is not None:
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "efficiency.json").write_text(json.dumps(records, indent=4) + "\n")
-        (out / "efficiency.md").write_text(table)
+        save_json(output_dir, "efficiency", records)
+        (Path(output_dir) / "efficiency.md").write_text(table)
     return records

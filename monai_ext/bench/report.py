@@ -3,11 +3,43 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["accuracy_summary", "accuracy_table", "efficiency_table", "plot_flops_vs_dice", "plot_from_dir"]
+import torch
+
+__all__ = [
+    "accuracy_summary",
+    "accuracy_table",
+    "efficiency_table",
+    "malloc_env",
+    "plot_flops_vs_dice",
+    "plot_from_dir",
+    "save_json",
+    "suite_meta",
+]
+
+
+def save_json(output_dir: str | Path, name: str, payload) -> Path:
+    """Write ``payload`` as ``<output_dir>/<name>.json`` (indent 4), creating the folder."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=4) + "\n")
+    return path
+
+
+def suite_meta(**extra) -> dict:
+    """The ``meta`` of a suite's report: torch version and machine, then the suite's own settings."""
+    return {"torch": torch.__version__, "machine": platform.machine(), **extra}
+
+
+def malloc_env() -> dict[str, str]:
+    """The glibc allocator settings (``MALLOC_*``) of this process's environment."""
+    return {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
 
 
 def _x(value: float | None) -> str:

@@ -7,19 +7,16 @@ The paper (Yu et al. 2019, Table 1) reports 110.75 s for one view against 446.64
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 from monai.inferers import SlidingWindowInferer
 from torch.utils.flop_counter import FlopCounterMode
 
 from monai_ext.bench.registry import NETWORKS
+from monai_ext.bench.report import malloc_env, save_json, suite_meta
 from monai_ext.inferers import MultiViewInferer, SliceGroupInferer, slice_group_starts
 from monai_ext.networks.nets import Thickened2DNet
 
@@ -171,14 +168,6 @@ def run_slice_groups(
         )
     print("\nPaper (Table 1, GPU, 512 x 512 x 394): 3D U-Net 446.64 s / single view 110.75 s = 4.03x.")
     if output_dir is not None:
-        meta = {
-            "torch": torch.__version__,
-            "machine": platform.machine(),
-            "threads": torch.get_num_threads(),
-            "repeats": repeats,
-            "quick": quick,
-            "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
-        }
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(output_dir) / "slice_groups.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=4) + "\n")
+        meta = suite_meta(threads=torch.get_num_threads(), repeats=repeats, quick=quick, malloc_env=malloc_env())
+        save_json(output_dir, "slice_groups", {"meta": meta, "rows": rows})
     return rows

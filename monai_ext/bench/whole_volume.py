@@ -9,16 +9,14 @@ Each contender runs in a fresh process (peak memory: the kernel's ``VmHWM`` on t
 
 from __future__ import annotations
 
-import json
-import platform
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from monai.networks.nets import DynUNet
 
 from monai_ext.bench.process import peak_bytes, reset_peak, run_fresh
+from monai_ext.bench.report import save_json, suite_meta
 from monai_ext.engines import RandomSlicesPrepareBatch
 from monai_ext.losses import SCAALoss
 from monai_ext.networks.nets import SCAA
@@ -191,9 +189,6 @@ def run_whole_volume(
         fmt = {k: "-" if v is None else f"{v:.2f}x" for k, v in rr.items()}
         print(f"DynUNet 3D / SCAA ({mode}): memory {fmt['peak_mib']}, time {fmt['time_s']}")
     if output_dir is not None:
-        meta = {"torch": torch.__version__, "machine": platform.machine(), "threads": threads, "device": device}
-        meta["memory_limit_gib"] = memory_limit_gib
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        out = {"meta": meta, "rows": rows, "ratios": ratios}
-        (Path(output_dir) / "whole_volume.json").write_text(json.dumps(out, indent=4) + "\n")
+        meta = suite_meta(threads=threads, device=device, memory_limit_gib=memory_limit_gib)
+        save_json(output_dir, "whole_volume", {"meta": meta, "rows": rows, "ratios": ratios})
     return rows
