@@ -9,11 +9,12 @@ import fire
 
 
 def demo(output_dir: str = "demo_output", num_train: int = 8, num_test: int = 4, size: int = 64, seed: int = 0,
-         epochs: int | None = None, fast_allocator: bool = True) -> None:  # fmt: skip
-    """Train SSH-UNet on synthetic CT with its bundle on CPU, infer on held-out cases, print Dice, write a PNG."""
+         epochs: int | None = None, fast_allocator: bool = True, bundle: str = "ssh_unet") -> None:  # fmt: skip
+    """Train a bundle (SSH-UNet by default; also cotr, scaa, thick2d) on synthetic CT on CPU, infer on held-out
+    cases, print Dice, write a PNG."""
     from monai_ext.demo import run_demo
 
-    run_demo(output_dir, num_train, num_test, size, seed, epochs, fast_allocator)
+    run_demo(output_dir, num_train, num_test, size, seed, epochs, fast_allocator, bundle)
 
 
 def phantom(

@@ -1,4 +1,4 @@
-"""The end-to-end demo: synthetic data, SSH-UNet trained and run through its bundle, Dice, a picture."""
+"""The end-to-end demo: synthetic data, a bundle (SSH-UNet by default) trained and run on CPU, Dice, a picture."""
 
 from __future__ import annotations
 
@@ -13,7 +13,11 @@ import numpy as np
 from monai_ext.bundles import run_bundle
 from monai_ext.data import LABELS, write_msd_dataset
 
-__all__ = ["dice_per_class", "run_demo", "save_comparison_png"]
+__all__ = ["DEMO_BUNDLES", "dice_per_class", "run_demo", "save_comparison_png"]
+
+# bundle -> network name, for the bundles whose configs/demo.json trains on the vessels/nodules phantom
+# (RSANet's demo uses the lesions task)
+DEMO_BUNDLES = {"ssh_unet": "SSH-UNet", "cotr": "CoTr", "scaa": "SCAA", "thick2d": "thickened 2D"}
 
 
 def dice_per_class(pred: np.ndarray, truth: np.ndarray, labels: dict[int, str]) -> dict[str, float]:
@@ -28,7 +32,9 @@ def dice_per_class(pred: np.ndarray, truth: np.ndarray, labels: dict[int, str]) 
     return scores
 
 
-def save_comparison_png(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, path: str | Path) -> Path:
+def save_comparison_png(
+    image: np.ndarray, truth: np.ndarray, pred: np.ndarray, path: str | Path, model_name: str = "SSH-UNet"
+) -> Path:
     """Write image / truth / prediction side by side: an axial slice (where a single slice is ambiguous) and a
     coronal one (where vessels show as tubes and nodules as balls). Arrays are (X, Y, Z) with Z axial."""
     import matplotlib
@@ -51,7 +57,7 @@ def save_comparison_png(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, 
                 ax.imshow(cut(lab), cmap=cmap, vmin=0, vmax=2, origin="lower", interpolation="nearest")
             ax.set_title(f"{name}, {title}")
             ax.axis("off")
-    fig.suptitle("SSH-UNet on held-out demo data: red = vessel (tube), blue = nodule (ball)")
+    fig.suptitle(f"{model_name} on held-out demo data: red = vessel (tube), blue = nodule (ball)")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=80)
@@ -67,8 +73,9 @@ def run_demo(
     seed: int = 0,
     epochs: int | None = None,
     fast_allocator: bool = True,
+    bundle: str = "ssh_unet",
 ) -> dict:
-    """Generate the demo data, train SSH-UNet with its bundle on CPU, infer on held-out cases, report.
+    """Generate the demo data, train a bundle on CPU, infer on held-out cases, report.
 
     Args:
         output_dir: everything goes here (``data/``, ``bundle/models``, ``predictions/``, logs, PNG,
@@ -78,13 +85,20 @@ def run_demo(
             runs once, at the end.
         fast_allocator: run the bundle processes with the glibc allocator settings of
             :data:`monai_ext.bundles.ALLOCATOR_ENV`.
+        bundle: one of :data:`DEMO_BUNDLES`; trained with its ``configs/train.json`` + ``configs/demo.json``.
 
     Returns:
         the results also written to ``results.json``.
 
     Raises:
+        ValueError: ``bundle`` is not one of :data:`DEMO_BUNDLES`.
         RuntimeError: a bundle run failed (its log file is named).
     """
+    if bundle not in DEMO_BUNDLES:
+        raise ValueError(
+            f"the demo trains one of {list(DEMO_BUNDLES)} on the vessels/nodules phantom, got bundle={bundle!r}; "
+            "RSANet's demo runs on `python -m monai_ext phantom DIR --task lesions` (see docs/rsanet.md)."
+        )
     out = Path(output_dir).resolve()
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
@@ -92,17 +106,15 @@ def run_demo(
     write_msd_dataset(out / "data", num_train=num_train, num_test=num_test, shape=(size,) * 3, seed=seed)
     common = {"bundle_root": out / "bundle", "dataset_dir": out / "data"}
 
-    print("[2/4] training SSH-UNet: python -m monai.bundle run with configs/train.json + configs/demo.json")
+    print(f"[2/4] training {bundle}: python -m monai.bundle run with configs/train.json + configs/demo.json")
     schedule = {"epochs": epochs, "val_interval": epochs} if epochs else {}
-    train = run_bundle(
-        "ssh_unet", ["train.json", "demo.json"], {**common, **schedule}, out / "train.log", fast_allocator
-    )
+    train = run_bundle(bundle, ["train.json", "demo.json"], {**common, **schedule}, out / "train.log", fast_allocator)
     if train.returncode != 0:
         raise RuntimeError(f"training failed (exit {train.returncode}); see {train.log_file}")
 
     print("[3/4] bundle inference on the held-out cases: configs/inference.json + configs/demo.json")
     infer = run_bundle(
-        "ssh_unet", ["inference.json", "demo.json"], {**common, "output_dir": out / "predictions"},
+        bundle, ["inference.json", "demo.json"], {**common, "output_dir": out / "predictions"},
         out / "inference.log", fast_allocator, echo=(),
     )  # fmt: skip
     if infer.returncode != 0:
@@ -122,9 +134,10 @@ def run_demo(
         chance.append({name: float((truth[fg] == v).mean()) for v, name in LABELS.items() if v})
         if pictured is None:
             pictured = (np.asarray(nib.load(out / "data" / case["image"]).dataobj), truth, pred)
-    png = save_comparison_png(*pictured, out / "demo.png")
+    png = save_comparison_png(*pictured, out / "demo.png", model_name=DEMO_BUNDLES[bundle])
     classes = [name for v, name in LABELS.items() if v]
     results = {
+        "bundle": bundle,
         "dice": {c: float(np.nanmean([d[c] for d in per_case])) for c in classes},
         "dice_min": {c: float(np.nanmin([d[c] for d in per_case])) for c in classes},
         "chance": {c: float(np.mean([d[c] for d in chance])) for c in classes},

@@ -29,3 +29,9 @@ def test_demo_runs_the_bundle_end_to_end(tmp_path, capsys):
     assert len(list((tmp_path / "demo" / "predictions").glob("*_seg.nii.gz"))) == 2
     out = capsys.readouterr().out
     assert "| vessel |" in out and "| nodule |" in out and "peak" in out
+
+
+def test_demo_refuses_a_bundle_without_a_vessels_demo(tmp_path):
+    with pytest.raises(ValueError, match="rsanet"):
+        run_demo(str(tmp_path / "demo"), bundle="rsanet")
+    assert not (tmp_path / "demo").exists()  # refused before anything is written

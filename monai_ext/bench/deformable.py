@@ -7,10 +7,14 @@ Three groups are measured, each on the levels CoTr sees for one ``48 x 192 x 192
 - ``core``: the sampling step alone, :func:`~monai_ext.networks.blocks.deformable_attention_core` against
   :func:`~monai_ext.networks.blocks.deformable_attention_grid_sample`;
 - ``encoder``: the 6-layer DeTrans encoder with either core, and :class:`torch.nn.TransformerEncoder` (same width,
-  heads, FFN and depth) over the same 7,776 tokens with dense attention;
+  heads, FFN and depth) over the same 7,776 tokens with dense attention; plus ``DeTrans linear layers``, the
+  encoder's linear layers alone (value, offset, weight and output projections, FFN) on the same tokens: the time
+  any sampling core adds to, so the floor of the encoder on this machine;
 - ``network``: CoTr and a DynUNet 3D (filters 32..320) on one ``1 x 1 x 48 x 192 x 192`` patch, forward only.
 
-Times (forward in inference mode; forward + backward of a scalar loss) are interleaved over the contenders of a
+``precision="bf16"`` runs every contender under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (worth it on CPUs
+with AVX-512 BF16 or AMX, where bf16 matrix products run several times faster than fp32). Times (forward in
+inference mode; forward + backward of a scalar loss) are interleaved over the contenders of a
 group within one process with ``torch.set_num_threads`` fixed, once per thread count; the peak resident-memory
 growth of each contender is measured in a fresh process. Ratios are ``reference / contender`` within one group and
 thread count (how many times faster or smaller).
@@ -38,7 +42,7 @@ __all__ = ["GROUPS", "REFERENCES", "build_contender", "measure_group", "peak_gro
 
 GROUPS = {
     "core": ("fast core", "grid_sample core"),
-    "encoder": ("DeTrans fast", "DeTrans grid_sample", "dense TransformerEncoder"),
+    "encoder": ("DeTrans fast", "DeTrans grid_sample", "dense TransformerEncoder", "DeTrans linear layers"),
     "network": ("CoTr", "DynUNet 3D"),
 }
 """Contenders per group; the first of each group is ours."""
@@ -81,7 +85,7 @@ def build_contender(name: str, quick: bool = False) -> tuple[Callable[[], torch.
         weights = torch.randn(1, tokens, heads, len(levels) * points).softmax(-1).view(loc.shape[:-1])
         leaves = [t.requires_grad_() for t in (value, loc, weights)]
         return (lambda: core(value, levels, loc, weights)), leaves
-    if name.startswith("DeTrans"):
+    if name in ("DeTrans fast", "DeTrans grid_sample"):
         core = name.split()[-1]
         net = DeTransEncoder(d, len(levels), s["layers"], s["ffn"], heads, points, dropout_rate=0.0, core=core)
         with torch.no_grad():  # trained-looking offsets and attention weights (the release starts at 0)
@@ -90,6 +94,20 @@ def build_contender(name: str, quick: bool = False) -> tuple[Callable[[], torch.
                 layer.self_attn.attention_weights.weight.normal_(0, 0.01)
         feats = [torch.randn(1, d, *shape) for shape in levels]
         return (lambda: torch.cat([f.flatten() for f in net(feats)])), list(net.parameters())
+    if name == "DeTrans linear layers":
+        net = DeTransEncoder(d, len(levels), s["layers"], s["ffn"], heads, points, dropout_rate=0.0)
+        x = torch.randn(1, tokens, d)
+
+        def linears_only() -> torch.Tensor:
+            out = x
+            for layer in net.layers:
+                attn = layer.self_attn
+                out = out + attn.output_proj(attn.value_proj(out))
+                out = out + attn.sampling_offsets(out).sum(-1, keepdim=True) + attn.attention_weights(out).sum(-1, True)
+                out = out + layer.linear2(layer.linear1(out))
+            return out
+
+        return linears_only, list(net.parameters())
     if name == "dense TransformerEncoder":
         layer = nn.TransformerEncoderLayer(d, heads, s["ffn"], dropout=0.0, activation="gelu", batch_first=True)
         net = nn.TransformerEncoder(layer, s["layers"], enable_nested_tensor=False)
@@ -105,17 +123,31 @@ def build_contender(name: str, quick: bool = False) -> tuple[Callable[[], torch.
     return (lambda: net(x)), list(net.parameters())
 
 
-def _step(run: Callable[[], torch.Tensor], leaves: list[torch.Tensor]) -> None:
+PRECISIONS = ("fp32", "bf16")
+
+
+def _autocast(precision: str):
+    """fp32 as is, or bf16 autocast on the CPU."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _step(run: Callable[[], torch.Tensor], leaves: list[torch.Tensor], precision: str = "fp32") -> None:
     for t in leaves:
         t.grad = None
-    run().float().square().mean().backward()
+    with _autocast(precision):
+        loss = run().float().square().mean()
+    loss.backward()
 
 
 def _stats(times: Sequence[float]) -> dict[str, float]:
     return {"median": statistics.median(times), "min": min(times), "max": max(times)}
 
 
-def measure_group(group: str, quick: bool = False, threads: int = 1, repeats: int = 3, backward: bool = True) -> dict:
+def measure_group(
+    group: str, quick: bool = False, threads: int = 1, repeats: int = 3, backward: bool = True, precision: str = "fp32"
+) -> dict:
     """Forward (inference mode) and forward + backward times of every contender of ``group`` in this process:
     one warm-up each, then ``repeats`` rounds with the contenders interleaved within a round. Returns
     ``{contender: {"forward_s": stats, "train_s": stats or None}}``."""
@@ -125,7 +157,7 @@ def measure_group(group: str, quick: bool = False, threads: int = 1, repeats: in
     train = {name: [] for name in built}
     for round_ in range(repeats + 1):
         for name, (run, leaves) in built.items():
-            with torch.inference_mode():
+            with torch.inference_mode(), _autocast(precision):
                 start = time.perf_counter()
                 run()
                 elapsed = time.perf_counter() - start
@@ -133,14 +165,16 @@ def measure_group(group: str, quick: bool = False, threads: int = 1, repeats: in
                 forward[name].append(elapsed)
             if backward:
                 start = time.perf_counter()
-                _step(run, leaves)
+                _step(run, leaves, precision)
                 elapsed = time.perf_counter() - start
                 if round_:
                     train[name].append(elapsed)
     return {n: {"forward_s": _stats(forward[n]), "train_s": _stats(train[n]) if backward else None} for n in built}
 
 
-def peak_growth(name: str, quick: bool = False, threads: int = 1, backward: bool = True) -> dict:
+def peak_growth(
+    name: str, quick: bool = False, threads: int = 1, backward: bool = True, precision: str = "fp32"
+) -> dict:
     """Peak resident-memory growth (MiB) of one forward pass (inference mode) and, with ``backward``, of one
     forward + backward pass of contender ``name``, in this process (run it in a fresh one)."""
     torch.set_num_threads(threads)
@@ -151,10 +185,10 @@ def peak_growth(name: str, quick: bool = False, threads: int = 1, backward: bool
         reset_peak()
         before, source = peak_bytes()
         if mode == "forward":
-            with torch.inference_mode():
+            with torch.inference_mode(), _autocast(precision):
                 run()
         else:
-            _step(run, leaves)
+            _step(run, leaves, precision)
         out[f"peak_{mode}_mib"] = (peak_bytes()[0] - before) / _MIB
         out["source"] = source
         gc.collect()
@@ -172,6 +206,7 @@ def run_deformable(
     repeats: int | None = None,
     groups: Sequence[str] = tuple(GROUPS),
     fresh_process: bool = True,
+    precision: str = "fp32",
 ) -> list[dict]:
     """Measure every group of :data:`GROUPS` at CoTr's sizes (tiny ones with ``quick``), once per thread count.
 
@@ -180,8 +215,10 @@ def run_deformable(
     memory growth of one forward and one forward + backward pass (``peak_forward_mib``, ``peak_train_mib``,
     measured at the first thread count, in a fresh process per contender unless ``fresh_process=False``), and
     ``vs``: ``{reference: {"forward": x, "train": x, "peak_forward": x, "peak_train": x}}`` with
-    ``reference / contender`` ratios. Prints a Markdown table; writes ``deformable.json`` to ``output_dir``.
+    ``reference / contender`` ratios. ``precision``: ``"fp32"`` or ``"bf16"`` (autocast), for every contender.
+    Prints a Markdown table; writes ``deformable.json`` to ``output_dir``.
     """
+    _autocast(precision)  # fail early on an unknown precision
     repeats = repeats or (2 if quick else 3)
     unknown = set(groups) - set(GROUPS)
     if unknown:
@@ -192,13 +229,14 @@ def run_deformable(
         memory = {}
         for name in GROUPS[group]:
             print(f"memory of {name} ...", flush=True)
-            kwargs = {"name": name, "quick": quick, "threads": threads[0], "backward": backward}
+            kwargs = {"name": name, "quick": quick, "threads": threads[0], "backward": backward, "precision": precision}
             memory[name] = (
                 run_fresh("monai_ext.bench.deformable:peak_growth", kwargs) if fresh_process else peak_growth(**kwargs)
             )
         for n_threads in threads:
             print(f"timing {group} with {n_threads} thread(s) ...", flush=True)
-            kwargs = {"group": group, "quick": quick, "threads": n_threads, "repeats": repeats, "backward": backward}
+            kwargs = {"group": group, "quick": quick, "threads": n_threads, "repeats": repeats, "backward": backward,
+                      "precision": precision}  # fmt: skip
             times = run_fresh("monai_ext.bench.deformable:measure_group", kwargs) if fresh_process else (
                 measure_group(**kwargs))  # fmt: skip
             group_rows = []
@@ -229,7 +267,12 @@ def run_deformable(
     _print_table(rows)
     if output_dir is not None:
         meta = suite_meta(
-            threads=list(threads), repeats=repeats, quick=quick, sizes=sizes(quick), fresh_process=fresh_process
+            threads=list(threads),
+            repeats=repeats,
+            quick=quick,
+            sizes=sizes(quick),
+            fresh_process=fresh_process,
+            precision=precision,
         )
         save_json(output_dir, "deformable", {"meta": meta, "rows": rows})
     return rows

@@ -6,8 +6,18 @@ import json
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from monai_ext.bench.deformable import GROUPS, REFERENCES, build_contender, peak_growth, run_deformable, sizes
+from monai_ext.bench.deformable import (
+    GROUPS,
+    REFERENCES,
+    _autocast,
+    build_contender,
+    peak_growth,
+    run_deformable,
+    sizes,
+)
+from monai_ext.networks.blocks import MSDeformableAttention, deformable_reference_points
 
 
 def test_cotr_sizes():
@@ -22,6 +32,17 @@ def test_contenders_of_a_group_agree_where_they_should(group):
     fast, reference = (build_contender(name, quick=True)[0] for name in GROUPS[group][:2])
     with torch.inference_mode():
         torch.testing.assert_close(fast(), reference())  # same seed and weights: the two cores give one result
+
+
+def test_linear_floor_does_the_encoders_matrix_work():
+    # FlopCounterMode counts matrix products only; the fast core (embedding_bag) adds none of them
+    counts = []
+    for name in ("DeTrans fast", "DeTrans linear layers"):
+        run, _ = build_contender(name, quick=True)
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            run()
+        counts.append(counter.get_total_flops())
+    assert counts[0] == counts[1] > 0
 
 
 def test_run_records_hold_the_fields(tmp_path):
@@ -52,3 +73,18 @@ def test_unknown_inputs_raise():
         build_contender("nope", quick=True)
     with pytest.raises(ValueError, match="groups must be taken"):
         run_deformable(quick=True, groups=("cores",))
+    with pytest.raises(ValueError, match="precision must be one of"):
+        run_deformable(quick=True, groups=("core",), precision="fp16")
+
+
+def test_bf16_autocast_runs_the_encoder_in_bf16(tmp_path):
+    attn = MSDeformableAttention(hidden_size=16, num_levels=2, num_heads=2, num_points=2)
+    shapes = [(4, 4, 4), (2, 2, 2)]
+    x = torch.randn(1, 72, 16)
+    with torch.inference_mode(), _autocast("bf16"):
+        out = attn(x, deformable_reference_points(shapes)[None], x, shapes)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()  # the projections and the core ran in bf16
+    rows = run_deformable(quick=True, output_dir=str(tmp_path), threads=(1,), repeats=1, groups=("encoder",),
+                          fresh_process=False, precision="bf16")  # fmt: skip
+    assert len(rows) == len(GROUPS["encoder"]) and all(r["train_s"]["median"] > 0 for r in rows)
+    assert json.loads((tmp_path / "deformable.json").read_text())["meta"]["precision"] == "bf16"
