@@ -185,6 +185,8 @@ class SliceSensitiveAttention(_Link):
     def _pooled(self, x: torch.Tensor) -> torch.Tensor:
         if min(x.shape[2:]) < self.pool_size:  # a small map is used as it is
             return x
+        if all(size == self.pool_size for size in x.shape[2:]):  # pooling would be the identity: skip its cost
+            return x
         return self.pool(x)
 
     def forward(self, fused: torch.Tensor, group: torch.Tensor) -> torch.Tensor:

@@ -144,3 +144,11 @@ def test_switchable_norm_mixes_and_keeps_running_batch_statistics():
         norm(torch.randn(2, 3, 4, 4))
     with pytest.raises(ValueError, match="num_features must be positive"):
         SwitchableNorm(0)
+
+
+def test_ssa_skips_pooling_a_map_of_the_pooled_size():
+    block = SliceSensitiveAttention(2, 4, pool_size=8)
+    x = torch.randn(1, 4, 8, 8)
+    assert block._pooled(x) is x  # no copy
+    torch.testing.assert_close(adaptive_avg_pool2d(x, 8), x)  # what pooling would have returned
+    assert block._pooled(torch.randn(1, 4, 8, 12)).shape[2:] == (8, 8)  # one longer axis is still pooled
