@@ -29,20 +29,28 @@ class RandomSlicesPrepareBatch(PrepareBatch):
 
     Set the trainer's ``decollate=False`` and no train-time postprocessing / key metric: the prediction is a pair.
 
+    With ``class_fraction > 0`` (not in the paper; for small structures that few slices hold) about that fraction
+    of the ``S`` slices is drawn from the slices that hold each foreground class of the volume, shared equally
+    between the classes present; the rest, and any share a class cannot fill, is drawn uniformly from the slices
+    not yet drawn.
+
     Args:
         num_slices: slices per volume (paper: 16).
+        class_fraction: fraction of the slices drawn class-balanced, in ``[0, 1]``; 0 (default) draws all of them
+            uniformly, as the paper does.
         slice_dim: tensor dimension of the slice axis in ``(B, C, *spatial)``, as the network's ``slice_dim``.
         image_key, label_key: keys of the batch dictionary.
 
     Raises:
-        ValueError: for ``num_slices < 1`` or a bad ``slice_dim``; when called, for a missing key or image and label
-            of different batch or spatial sizes.
+        ValueError: for ``num_slices < 1``, a bad ``slice_dim`` or ``class_fraction``; when called, for a missing key
+            or image and label of different batch or spatial sizes.
     """
 
     def __init__(
         self,
         num_slices: int = 16,
         slice_dim: int = 4,
+        class_fraction: float = 0.0,
         image_key: str = CommonKeys.IMAGE,
         label_key: str = CommonKeys.LABEL,
     ) -> None:
@@ -52,10 +60,30 @@ class RandomSlicesPrepareBatch(PrepareBatch):
             raise ValueError(
                 f"slice_dim must be a spatial dimension of (B, C, *3 spatial): 2, 3 or 4, got {slice_dim}."
             )
+        if not 0.0 <= class_fraction <= 1.0:
+            raise ValueError(f"class_fraction must lie in [0, 1], got {class_fraction}.")
         self.num_slices = num_slices
+        self.class_fraction = class_fraction
         self.slice_dim = slice_dim % 5
         self.image_key = image_key
         self.label_key = label_key
+
+    def draw(self, label: torch.Tensor) -> torch.Tensor:
+        """Sorted distinct slice indices ``(S,)`` for one label volume ``(1, *spatial)`` (class indices)."""
+        depth = label.shape[self.slice_dim - 1]
+        s = min(self.num_slices, depth)
+        chosen = torch.zeros(depth, dtype=torch.bool)
+        if self.class_fraction > 0:
+            per_slice = label.movedim(self.slice_dim - 1, 0).reshape(depth, -1).cpu()  # (D, voxels)
+            classes = [int(k) for k in per_slice.unique() if k > 0]
+            budget = round(s * self.class_fraction)
+            for i, k in enumerate(classes):
+                quota = budget // len(classes) + (i < budget % len(classes))
+                candidates = torch.nonzero((per_slice == k).any(dim=1) & ~chosen).flatten()
+                chosen[candidates[torch.randperm(candidates.numel())[:quota]]] = True
+        rest = torch.nonzero(~chosen).flatten()
+        chosen[rest[torch.randperm(rest.numel())[: s - int(chosen.sum())]]] = True
+        return torch.nonzero(chosen).flatten()
 
     def __call__(
         self,
@@ -79,8 +107,10 @@ class RandomSlicesPrepareBatch(PrepareBatch):
                 f"image and label must be (B, C, *3 spatial) of the same batch and spatial size, got "
                 f"{list(image.shape)} and {list(label.shape)}."
             )
-        depth = image.shape[self.slice_dim]
-        s = min(self.num_slices, depth)
-        indices = torch.stack([torch.randperm(depth)[:s].sort().values for _ in range(image.shape[0])])  # (B, S)
+        if self.class_fraction > 0:
+            indices = torch.stack([self.draw(lab) for lab in label])  # (B, S)
+        else:  # the paper's uniform draw (kept as it was, so seeded runs repeat)
+            depth, s = image.shape[self.slice_dim], min(self.num_slices, image.shape[self.slice_dim])
+            indices = torch.stack([torch.randperm(depth)[:s].sort().values for _ in range(image.shape[0])])  # (B, S)
         indices = indices.to(image.device)
         return image, (take_slices(label, indices, self.slice_dim), label), (), {"slice_indices": indices}

@@ -44,6 +44,34 @@ def test_seeded_draws_repeat():
     torch.testing.assert_close(draws[0], draws[1])
 
 
+def test_class_balanced_draw_takes_the_rare_classes_slices():
+    label = torch.zeros(2, 1, 6, 5, 40, dtype=torch.long)
+    label[:, :, 2, 2, 3] = 2  # class 2 in slice 3 only
+    label[:, :, 1, 1, 7:9] = 1  # class 1 in slices 7, 8
+    sampler = RandomSlicesPrepareBatch(num_slices=4, class_fraction=0.5)
+    uniform_hits = 0
+    for seed in range(20):
+        torch.manual_seed(seed)
+        idx = sampler({"image": torch.rand(2, 1, 6, 5, 40), "label": label})[3]["slice_indices"]
+        for row in idx.tolist():
+            assert len(set(row)) == 4 and row == sorted(row)
+            assert 3 in row and {7, 8} & set(row)
+        torch.manual_seed(seed)
+        plain = RandomSlicesPrepareBatch(num_slices=4)({"image": torch.rand(2, 1, 6, 5, 40), "label": label})
+        uniform_hits += sum(3 in row for row in plain[3]["slice_indices"].tolist())
+    assert uniform_hits < 20  # uniform draws miss slice 3 most of the time (4 of 40 slices: 10 %)
+
+
+def test_class_balanced_draw_fills_up_when_a_class_has_too_few_slices():
+    label = torch.zeros(1, 1, 4, 4, 10, dtype=torch.long)
+    label[..., 5] = 1
+    torch.manual_seed(0)
+    idx = RandomSlicesPrepareBatch(num_slices=6, class_fraction=1.0).draw(label[0])
+    assert idx.numel() == 6 and idx.unique().numel() == 6 and 5 in idx.tolist()
+    empty = RandomSlicesPrepareBatch(num_slices=3, class_fraction=1.0).draw(torch.zeros(1, 4, 4, 10))
+    assert empty.numel() == 3  # no foreground: all uniform
+
+
 def test_supervised_trainer_runs_scaa_with_the_loss_and_learns():
     torch.manual_seed(0)
     net = SCAA(1, 2, filters=(4, 8, 8, 16, 16), context_channels=(4, 4, 8, 8), global_channels=4)
@@ -73,6 +101,8 @@ def test_bad_arguments_and_batches():
         RandomSlicesPrepareBatch(0)
     with pytest.raises(ValueError, match="slice_dim"):
         RandomSlicesPrepareBatch(4, slice_dim=1)
+    with pytest.raises(ValueError, match="class_fraction"):
+        RandomSlicesPrepareBatch(4, class_fraction=1.5)
     with pytest.raises(ValueError, match="needs batch keys"):
         RandomSlicesPrepareBatch()({"image": torch.rand(1, 1, 4, 4, 4)})
     with pytest.raises(ValueError, match="same batch and spatial size"):

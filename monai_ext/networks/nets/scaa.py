@@ -24,6 +24,19 @@ def take_slices(x: torch.Tensor, indices: torch.Tensor, slice_dim: int) -> torch
     return picked.movedim(1, 2).movedim(2, slice_dim)
 
 
+class _UpLevel(UnetUpBlock):
+    """:class:`monai.networks.blocks.UnetUpBlock` whose skip may be wider than its output: transposed conv ``2 x 2``
+    ``in_channels -> out_channels``, concat with the skip (``skip_channels``), two convs to ``out_channels``."""
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, norm_name, act_name) -> None:
+        super().__init__(2, in_channels, out_channels, 3, 1, 2, norm_name, act_name)
+        if skip_channels != out_channels:
+            self.conv_block = UnetBasicBlock(
+                2, out_channels + skip_channels, out_channels, kernel_size=3, stride=1, norm_name=norm_name,
+                act_name=act_name,
+            )  # fmt: skip
+
+
 # the paper's ablation: name -> (MSFA mode or None, global descriptor at the head)
 CONFIGURATIONS: dict[str, tuple[str | None, bool]] = {
     "CA": (None, True),
@@ -45,8 +58,10 @@ class SpatialContextAwareNet(nn.Module):
       to ``filters[i]`` (the skip at scale ``i``) then a ``2 x 2`` max-pool to scale ``i + 1``; at scales ``2 .. L``
       the pooled features pass through :class:`~monai_ext.networks.blocks.MultiSliceFeatureAggregation` with
       ``F3D_i`` (the configuration decides: attention, centre slice, or none);
-    - decoder (:class:`monai.networks.blocks.UnetUpBlock`, transposed conv ``2 x 2`` + two convs) from scale ``L``
-      back to 0, one level per skip;
+    - decoder from scale ``L`` back to 0, one level per skip (:class:`monai.networks.blocks.UnetUpBlock`: transposed
+      conv ``2 x 2`` + two convs on the concatenated skip); the level at scale ``i`` has ``decoder_channels[i]``
+      channels, by default the width of the 2D features arriving at scale ``i`` (``filters[i - 1]``, and
+      ``filters[0]`` at scale 0), i.e. it mirrors encoder block ``i``;
     - head: ``1 x 1`` conv to ``out_channels``, on the decoder output concatenated with the broadcast global
       descriptor (:class:`~monai_ext.networks.blocks.GlobalDescriptor`) where the configuration uses it;
     - auxiliary 3D head: ``1 x 1 x 1`` conv on ``F3D_L`` upsampled (trilinear) ``x 2^(L-1)``, i.e. to half the input
@@ -55,8 +70,8 @@ class SpatialContextAwareNet(nn.Module):
     Configurations (the paper's ablation, ``configuration=``): ``"CA"`` global descriptor only, ``"C-CA"`` the
     centre 3D slice instead of attention (+ global descriptor), ``"SCAA"`` attention + global descriptor,
     ``"SCAA*"`` attention without it (the paper's best, 86.9 % DSC on ABD-110; the default). With the defaults,
-    one input channel and 14 classes, SCAA* has 9,925,744 parameters (the paper reports 7.82 M for its model; see
-    ``docs/scaa.md``).
+    one input channel and 14 classes, SCAA* has 7,750,948 parameters (the paper reports 7.82 M; with
+    ``decoder_channels=filters``, 9,425,188; see ``docs/scaa.md``).
 
     Forward:
 
@@ -80,6 +95,9 @@ class SpatialContextAwareNet(nn.Module):
         num_heads, embed_channels, pool_sizes: MSFA heads, query/key channels per head and pooled size per scale
             ``2 .. L`` (paper: 2, 2, 4, 4; 2, 2, 4, 4; 16, 8, 4, 4).
         global_channels: length of the global descriptor.
+        decoder_channels: channels of the decoder level at scales ``0 .. L-1``; default
+            ``(filters[0], *filters[:-1])`` (7.75 M parameters, near the paper's 7.82 M). ``filters`` gives
+            decoder levels as wide as their skips (the classic U-Net layout; 9.43 M).
         slice_dim: tensor dimension of the axial (slice) axis in ``(B, C, *spatial)``: 4 (default) for MONAI's
             ``(B, C, X, Y, Z)`` layout of RAS-oriented volumes, 2 for ``(B, C, D, H, W)``.
         slice_chunk: slices per 2D pass in whole-volume mode.
@@ -103,6 +121,7 @@ class SpatialContextAwareNet(nn.Module):
         embed_channels: Sequence[int] = (2, 2, 4, 4),
         pool_sizes: Sequence[int] = (16, 8, 4, 4),
         global_channels: int = 64,
+        decoder_channels: Sequence[int] | None = None,
         slice_dim: int = 4,
         slice_chunk: int = 16,
         norm_name: tuple | str = "instance",
@@ -116,6 +135,12 @@ class SpatialContextAwareNet(nn.Module):
         per_scale = {"context_channels": context_channels, "num_heads": num_heads}
         per_scale.update({"embed_channels": embed_channels, "pool_sizes": pool_sizes})
         wrong = {k: list(v) for k, v in per_scale.items() if len(v) != n_msfa}
+        decoder_channels = [filters[0], *filters[:-1]] if decoder_channels is None else list(decoder_channels)
+        if len(decoder_channels) != len(filters) or min(decoder_channels) < 1:
+            raise ValueError(
+                f"decoder_channels needs one positive width per level (scales 0..{len(filters) - 1}), "
+                f"got {decoder_channels} for filters={filters}."
+            )
         if len(filters) < 2 or min(filters) < 1 or wrong:
             raise ValueError(
                 f"need at least 2 positive filters and one entry per MSFA scale 2..{len(filters)} "
@@ -158,12 +183,14 @@ class SpatialContextAwareNet(nn.Module):
                         act_name=act_name,
                     )  # fmt: skip
                 )
+        self.decoder_channels = decoder_channels
+        below = [*decoder_channels[1:], filters[-1]]  # input of the level at scale i: the level below, or F2D_L
         self.decoders = nn.ModuleList(
-            UnetUpBlock(2, filters[min(i + 1, self.levels - 1)], filters[i], 3, 1, 2, norm_name, act_name)
+            _UpLevel(below[i], filters[i], decoder_channels[i], norm_name, act_name)
             for i in reversed(range(self.levels))
         )
         self.global_descriptor = GlobalDescriptor(context_channels[-1], global_channels) if self.use_global else None
-        head_in = filters[0] + (global_channels if self.use_global else 0)
+        head_in = decoder_channels[0] + (global_channels if self.use_global else 0)
         self.head = nn.Conv2d(head_in, out_channels, kernel_size=1)
         self.aux_head = nn.Conv3d(context_channels[-1], out_channels, kernel_size=1)
 

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch import nn
 
 from monai_ext.networks.nets import SCAA, SpatialContextAwareNet
 from monai_ext.networks.nets.scaa import CONFIGURATIONS, take_slices
@@ -13,11 +14,30 @@ def _net(configuration="SCAA*", **kwargs):
     return SCAA(1, 3, configuration=configuration, **{**TINY, **kwargs})
 
 
+def _count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
 def test_parameter_count_beside_the_paper():
-    counts = {c: sum(p.numel() for p in SCAA(1, 14, configuration=c).parameters()) for c in CONFIGURATIONS}
+    counts = {c: _count(SCAA(1, 14, configuration=c)) for c in CONFIGURATIONS}
     print({c: f"{n / 1e6:.2f} M" for c, n in counts.items()}, f"paper: {PAPER_PARAMS / 1e6:.2f} M")
-    assert counts["SCAA*"] == 9_425_188  # our reading of the paper's layout, see docs/scaa.md
+    net = SCAA(1, 14)
+    parts = {"3D context encoder": net.context_encoder, "2D encoder": net.encoders, "MSFA": net.msfa}
+    parts.update({"2D decoder": net.decoders, "heads": [net.head, net.aux_head]})
+    print({k: f"{_count(nn.ModuleList(v) if isinstance(v, list) else v):,}" for k, v in parts.items()})
+    assert counts["SCAA*"] == 7_750_948  # our reading of the paper's layout, see docs/scaa.md
+    assert abs(counts["SCAA*"] / PAPER_PARAMS - 1) < 0.02
     assert counts["CA"] < counts["C-CA"] < counts["SCAA*"] < counts["SCAA"]  # C-CA has no query/key/merge
+
+
+def test_decoder_channels_option():
+    filters = (64, 96, 128, 192, 256)
+    assert [d.conv_block.conv2.conv.out_channels for d in SCAA(1, 14).decoders] == [192, 128, 96, 64, 64]
+    classic = SCAA(1, 14, decoder_channels=filters)  # decoder levels as wide as their skips (the earlier default)
+    assert _count(classic) == 9_425_188
+    net = _net(decoder_channels=(4, 4, 8, 8, 16)).eval()
+    with torch.no_grad():
+        assert net(torch.rand(1, 1, 20, 33, 30)).shape == (1, 3, 20, 33, 30)
 
 
 @pytest.mark.parametrize("configuration", list(CONFIGURATIONS))
@@ -100,6 +120,7 @@ def test_alias():
         ({"num_heads": (2, 2, 4)}, "one entry per MSFA scale"),
         ({"slice_dim": 1}, "slice_dim must be"),
         ({"slice_chunk": 0}, "slice_chunk must be"),
+        ({"decoder_channels": (4, 8, 8, 16)}, "decoder_channels needs one positive width per level"),
     ],
 )
 def test_bad_arguments(kwargs, message):
