@@ -122,7 +122,7 @@ def info() -> None:
     import torch
 
     import monai_ext
-    from monai_ext.bundles import list_bundles
+    from monai_ext.bundles import bundles_root, list_bundles
 
     print(f"monai_ext {monai_ext.__version__}, monai {monai.__version__}, torch {torch.__version__}")
     print(f"python {platform.python_version()} on {platform.platform()}, {os.cpu_count()} CPU(s), "
@@ -130,6 +130,7 @@ def info() -> None:
     cuda = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     print(f"CUDA devices: {', '.join(cuda) if cuda else 'none (CPU only)'}")
     print(f"bundles: {', '.join(list_bundles()) or 'none found (set MONAI_EXT_BUNDLES)'}")
+    print(f"bundle folder: {bundles_root()}")
 
 
 def main() -> None:

@@ -5,36 +5,43 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ALLOCATOR_ENV", "BundleRun", "bundle_dir", "list_bundles", "run_bundle"]
+__all__ = ["ALLOCATOR_ENV", "BundleRun", "bundle_dir", "bundles_root", "list_bundles", "run_bundle"]
 
 # glibc returns freed blocks over 32 MB to the system and re-faults them on every forward pass;
 # these settings keep them (1.5-1.9x faster MONAI networks on CPU for 15-40 % more peak memory).
 ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 
 
-def _bundles_root() -> Path:
+def bundles_root() -> Path:
+    """``$MONAI_EXT_BUNDLES``, else the source checkout's ``bundles/``, else the copy that a wheel installs in
+    ``<prefix>/share/monai_ext/bundles``."""
     env = os.environ.get("MONAI_EXT_BUNDLES")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "bundles"
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parents[1] / "bundles"
+    installed = Path(sysconfig.get_path("data")) / "share" / "monai_ext" / "bundles"
+    return installed if not checkout.is_dir() and installed.is_dir() else checkout
 
 
 def list_bundles() -> list[str]:
-    """Names of the bundles found (folders with ``configs/metadata.json``) under ``$MONAI_EXT_BUNDLES`` or the
-    source checkout's ``bundles/``."""
-    root = _bundles_root()
+    """Names of the bundles found (folders with ``configs/metadata.json``) under ``$MONAI_EXT_BUNDLES``, the
+    source checkout's ``bundles/`` or, for an installed wheel, ``<prefix>/share/monai_ext/bundles``."""
+    root = bundles_root()
     return sorted(p.parent.parent.name for p in root.glob("*/configs/metadata.json")) if root.is_dir() else []
 
 
 def bundle_dir(name: str) -> Path:
     """Folder of bundle ``name``; FileNotFoundError names the bundles that exist and where they were sought."""
-    path = _bundles_root() / name
+    path = bundles_root() / name
     if not (path / "configs" / "metadata.json").is_file():
         raise FileNotFoundError(
-            f"bundle {name!r} not found in {_bundles_root()} (found: {list_bundles() or 'none'}); "
+            f"bundle {name!r} not found in {bundles_root()} (found: {list_bundles() or 'none'}); "
             "set MONAI_EXT_BUNDLES to the folder that holds the monai_ext bundles."
         )
     return path

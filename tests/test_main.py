@@ -53,6 +53,7 @@ def test_info_prints_versions_and_the_ssh_unet_bundle(monkeypatch, capsys):
     assert any(line.startswith("CUDA devices: ") for line in lines)
     bundles = next(line for line in lines if line.startswith("bundles: "))
     assert "ssh_unet" in bundles.removeprefix("bundles: ").split(", ")
+    assert f"bundle folder: {Path(__file__).resolve().parents[1] / 'bundles'}" in lines
 
 
 def test_phantom_command_writes_an_msd_dataset(tmp_path, monkeypatch, capsys):

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from monai.bundle import ConfigParser
 
-from monai_ext.bundles import _bundles_root, list_bundles
+from monai_ext.bundles import bundles_root, list_bundles
 
 __all__ = ["BundleCheck", "apply_overrides", "discover_bundles", "parse_overrides", "prepare_bundle"]
 
@@ -96,7 +96,7 @@ def prepare_bundle(name: str, workdir: Path, overrides: Mapping[str, object]) ->
     not committed), the freshly initialised weights are saved there so that the model can be run and trained.
     """
     check = BundleCheck(name)
-    src = _bundles_root() / name
+    src = bundles_root() / name
     try:
         _check_configs(src)
         dst = workdir / name
@@ -147,7 +147,7 @@ def discover_bundles(
 
     Folders without ``configs/metadata.json`` (half-written bundles) are reported too when ``names`` is None.
     """
-    root = _bundles_root()
+    root = bundles_root()
     if names is None:
         names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
     names = list(names)
