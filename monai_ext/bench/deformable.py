@@ -13,8 +13,9 @@ Three groups are measured, each on the levels CoTr sees for one ``48 x 192 x 192
 - ``network``: CoTr and a DynUNet 3D (filters 32..320) on one ``1 x 1 x 48 x 192 x 192`` patch, forward only.
 
 ``precision="bf16"`` runs every contender under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (worth it on CPUs
-with AVX-512 BF16 or AMX, where bf16 matrix products run several times faster than fp32). Times (forward in
-inference mode; forward + backward of a scalar loss) are interleaved over the contenders of a
+with AVX-512 BF16 or AMX, where bf16 matrix products run several times faster than fp32).
+
+Times (forward in inference mode; forward + backward of a scalar loss) are interleaved over the contenders of a
 group within one process with ``torch.set_num_threads`` fixed, once per thread count; the peak resident-memory
 growth of each contender is measured in a fresh process. Ratios are ``reference / contender`` within one group and
 thread count (how many times faster or smaller).
@@ -38,7 +39,16 @@ from monai_ext.networks.blocks.deformable_attention import CORES, deformable_ref
 from monai_ext.networks.blocks.detrans import DeTransEncoder
 from monai_ext.networks.nets.cotr import CoTr
 
-__all__ = ["GROUPS", "REFERENCES", "build_contender", "measure_group", "peak_growth", "run_deformable", "sizes"]
+__all__ = [
+    "GROUPS",
+    "PRECISIONS",
+    "REFERENCES",
+    "build_contender",
+    "measure_group",
+    "peak_growth",
+    "run_deformable",
+    "sizes",
+]
 
 GROUPS = {
     "core": ("fast core", "grid_sample core"),
