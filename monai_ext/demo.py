@@ -12,6 +12,7 @@ import numpy as np
 
 from monai_ext.bundles import run_bundle
 from monai_ext.data import LABELS, write_msd_dataset
+from monai_ext.visualize.figures import pyplot, save_png
 
 __all__ = ["DEMO_BUNDLES", "dice_per_class", "run_demo", "save_comparison_png"]
 
@@ -37,11 +38,9 @@ def save_comparison_png(
 ) -> Path:
     """Write image / truth / prediction side by side: an axial slice (where a single slice is ambiguous) and a
     coronal one (where vessels show as tubes and nodules as balls). Arrays are (X, Y, Z) with Z axial."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
+
+    plt = pyplot()
 
     both = np.minimum((truth == 1).sum(axis=(0, 1)), (truth == 2).sum(axis=(0, 1)))
     z = int(np.argmax(both))
@@ -59,10 +58,7 @@ def save_comparison_png(
             ax.axis("off")
     fig.suptitle(f"{model_name} on held-out demo data: red = vessel (tube), blue = nodule (ball)")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=80)
 
 
 def run_demo(

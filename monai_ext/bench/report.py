@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from monai_ext.visualize.figures import pyplot, save_png
+
 __all__ = [
     "accuracy_summary",
     "accuracy_table",
@@ -112,10 +114,7 @@ def accuracy_table(summary: Sequence[dict], budget_s: float) -> str:
 
 def plot_flops_vs_dice(efficiency: Sequence[dict], summary: Sequence[dict], path: str | Path) -> Path:
     """Scatter of GFLOP per patch against mean held-out Dice, marker area proportional to parameters."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     size = {r["network"]: (r["gflop"], r["params"]) for r in efficiency}
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -138,11 +137,7 @@ def plot_flops_vs_dice(efficiency: Sequence[dict], summary: Sequence[dict], path
     ax.set_ylabel("mean held-out Dice (demo data)")
     ax.set_title("Cost against accuracy; marker area ~ parameters")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=120)
 
 
 def plot_from_dir(output_dir: str | Path) -> Path | None:

@@ -107,10 +107,6 @@ class RandomSlicesPrepareBatch(PrepareBatch):
                 f"image and label must be (B, C, *3 spatial) of the same batch and spatial size, got "
                 f"{list(image.shape)} and {list(label.shape)}."
             )
-        if self.class_fraction > 0:
-            indices = torch.stack([self.draw(lab) for lab in label])  # (B, S)
-        else:  # the paper's uniform draw (kept as it was, so seeded runs repeat)
-            depth, s = image.shape[self.slice_dim], min(self.num_slices, image.shape[self.slice_dim])
-            indices = torch.stack([torch.randperm(depth)[:s].sort().values for _ in range(image.shape[0])])  # (B, S)
+        indices = torch.stack([self.draw(lab) for lab in label])  # (B, S)
         indices = indices.to(image.device)
         return image, (take_slices(label, indices, self.slice_dim), label), (), {"slice_indices": indices}

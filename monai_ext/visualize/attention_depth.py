@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from monai_ext.networks.nets.scaa import SpatialContextAwareNet
+from monai_ext.visualize.figures import pyplot, save_png
 
 __all__ = ["bundle_depth_attention_png", "depth_attention", "save_depth_attention_png"]
 
@@ -54,10 +55,7 @@ def save_depth_attention_png(
         label: optional ``(X, Y, D)`` label map (axial axis last) for the per-slice foreground profile.
         title: figure title.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n = len(attention) + (label is not None)
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.6), squeeze=False)
@@ -82,11 +80,7 @@ def save_depth_attention_png(
         ax.set_xlabel("fraction of the slice")
     fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=100)
 
 
 def bundle_depth_attention_png(

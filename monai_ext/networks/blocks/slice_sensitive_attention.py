@@ -183,11 +183,8 @@ class SliceSensitiveAttention(_Link):
         self.pool = Pool[Pool.ADAPTIVEAVG, spatial_dims]([pool_size] * spatial_dims)
 
     def _pooled(self, x: torch.Tensor) -> torch.Tensor:
-        if min(x.shape[2:]) < self.pool_size:  # a small map is used as it is
-            return x
-        if all(size == self.pool_size for size in x.shape[2:]):  # pooling would be the identity: skip its cost
-            return x
-        return self.pool(x)
+        # a small map is used as it is; one of exactly pool_size too (pooling it is the identity)
+        return x if min(x.shape[2:]) < self.pool_size or max(x.shape[2:]) == self.pool_size else self.pool(x)
 
     def forward(self, fused: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
         self.check(fused, group)
@@ -199,7 +196,27 @@ class SliceSensitiveAttention(_Link):
         return fused + self.norm(y)
 
 
-class ConcatLink(_Link):
+class _ConvLink(_Link):
+    """``F + norm(conv(combine(F, P)))`` with a ``1^n`` convolution ``width * C -> C``; subclasses set
+    ``width`` and :meth:`combine`."""
+
+    width = 1
+
+    def __init__(
+        self, spatial_dims: int, in_channels: int, norm_name: tuple | str = "switchable", zero_init: bool = True
+    ) -> None:
+        super().__init__(spatial_dims, in_channels, norm_name, zero_init)
+        self.conv = Conv[Conv.CONV, spatial_dims](self.width * in_channels, in_channels, kernel_size=1)
+
+    def combine(self, fused: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, fused: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+        self.check(fused, group)
+        return fused + self.norm(self.conv(self.combine(fused, group)))
+
+
+class ConcatLink(_ConvLink):
     """The "Concat" alternative to SSA (Yu et al. 2019, Table 3; our reading): ``F + norm(conv([F, P]))``, a
     ``1^n`` convolution ``2C -> C`` of the fused map ``F`` and the mini-group's pre-fusion map ``P`` concatenated.
 
@@ -210,18 +227,13 @@ class ConcatLink(_Link):
         ``fused`` and ``group``: ``(N, in_channels, *spatial)``; output the same.
     """
 
-    def __init__(
-        self, spatial_dims: int, in_channels: int, norm_name: tuple | str = "switchable", zero_init: bool = True
-    ) -> None:
-        super().__init__(spatial_dims, in_channels, norm_name, zero_init)
-        self.conv = Conv[Conv.CONV, spatial_dims](2 * in_channels, in_channels, kernel_size=1)
+    width = 2
 
-    def forward(self, fused: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-        self.check(fused, group)
-        return fused + self.norm(self.conv(torch.cat([fused, group], dim=1)))
+    def combine(self, fused: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+        return torch.cat([fused, group], dim=1)
 
 
-class DotLink(_Link):
+class DotLink(_ConvLink):
     """The "Dot" alternative to SSA (Yu et al. 2019, Table 3; our reading): ``F + norm(conv(F * P))``, the
     element-wise product of the fused map and the mini-group's pre-fusion map, then a ``1^n`` convolution ``C -> C``.
 
@@ -232,15 +244,8 @@ class DotLink(_Link):
         ``fused`` and ``group``: ``(N, in_channels, *spatial)``; output the same.
     """
 
-    def __init__(
-        self, spatial_dims: int, in_channels: int, norm_name: tuple | str = "switchable", zero_init: bool = True
-    ) -> None:
-        super().__init__(spatial_dims, in_channels, norm_name, zero_init)
-        self.conv = Conv[Conv.CONV, spatial_dims](in_channels, in_channels, kernel_size=1)
-
-    def forward(self, fused: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-        self.check(fused, group)
-        return fused + self.norm(self.conv(fused * group))
+    def combine(self, fused: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+        return fused * group
 
 
 SSA = SliceSensitiveAttention
