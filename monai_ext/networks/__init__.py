@@ -1,1 +1,13 @@
-"""Blocks (``monai_ext.networks.blocks``) and networks (``monai_ext.networks.nets``)."""
+"""Blocks (``monai_ext.networks.blocks``), networks (``monai_ext.networks.nets``) and the registry that builds
+every network by name (:func:`create_network`, :func:`list_networks`)."""
+
+from monai_ext.networks.registry import (
+    KINDS,
+    NetworkEntry,
+    create_network,
+    get_network_entry,
+    list_networks,
+    register_network,
+)
+
+__all__ = ["KINDS", "NetworkEntry", "create_network", "get_network_entry", "list_networks", "register_network"]
