@@ -123,6 +123,7 @@ def info() -> None:
 
     import monai_ext
     from monai_ext.bundles import bundles_root, list_bundles
+    from monai_ext.networks import list_networks
 
     print(f"monai_ext {monai_ext.__version__}, monai {monai.__version__}, torch {torch.__version__}")
     print(f"python {platform.python_version()} on {platform.platform()}, {os.cpu_count()} CPU(s), "
@@ -131,10 +132,22 @@ def info() -> None:
     print(f"CUDA devices: {', '.join(cuda) if cuda else 'none (CPU only)'}")
     print(f"bundles: {', '.join(list_bundles()) or 'none found (set MONAI_EXT_BUNDLES)'}")
     print(f"bundle folder: {bundles_root()}")
+    print(f"networks: {', '.join(e.name for e in list_networks())} (python -m monai_ext list: the table)")
+
+
+def networks(kind: str | None = None) -> None:
+    """Print the network registry: every method, paper variant and MONAI baseline that
+    ``monai_ext.networks.create_network(name)`` builds, with its kind, paper row and bundle."""
+    from monai_ext.networks import KINDS, list_networks, network_table
+
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
+    print(network_table(list_networks(kind=kind)))
 
 
 def main() -> None:
-    fire.Fire({"demo": demo, "phantom": phantom, "bench": bench, "label": label, "info": info})
+    commands = {"demo": demo, "phantom": phantom, "bench": bench, "label": label, "info": info, "list": networks}
+    fire.Fire(commands)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,14 @@ from monai.bundle import ConfigParser
 
 from monai_ext.bundles import bundles_root, list_bundles
 
-__all__ = ["BundleCheck", "apply_overrides", "discover_bundles", "parse_overrides", "prepare_bundle"]
+__all__ = [
+    "BundleCheck",
+    "apply_overrides",
+    "default_bundle_names",
+    "discover_bundles",
+    "parse_overrides",
+    "prepare_bundle",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -140,16 +147,27 @@ def prepare_bundle(name: str, workdir: Path, overrides: Mapping[str, object]) ->
     return check
 
 
+def default_bundle_names(root: Path) -> list[str]:
+    """The folders under ``root`` to serve: first the bundles of the network registry's methods
+    (:func:`monai_ext.networks.list_networks`), in its order, then any other folder (a user's own bundle, or a
+    half-written one, which is then reported)."""
+    from monai_ext.networks import list_networks
+
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    registered = [b for b in dict.fromkeys(e.bundle for e in list_networks(main_only=True)) if b in folders]
+    return registered + [f for f in folders if f not in registered]
+
+
 def discover_bundles(
     names: Iterable[str] | None, workdir: str | Path, overrides: Mapping[str, Mapping] | None = None
 ) -> list[BundleCheck]:
-    """Prepare the bundles ``names`` (all folders under the bundles root when None) in ``workdir``.
+    """Prepare the bundles ``names`` (default: :func:`default_bundle_names`) in ``workdir``.
 
     Folders without ``configs/metadata.json`` (half-written bundles) are reported too when ``names`` is None.
     """
     root = bundles_root()
     if names is None:
-        names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+        names = default_bundle_names(root)
     names = list(names)
     overrides = overrides or {}
     workdir = Path(workdir)

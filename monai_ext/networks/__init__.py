@@ -7,7 +7,16 @@ from monai_ext.networks.registry import (
     create_network,
     get_network_entry,
     list_networks,
+    network_table,
     register_network,
 )
 
-__all__ = ["KINDS", "NetworkEntry", "create_network", "get_network_entry", "list_networks", "register_network"]
+__all__ = [
+    "KINDS",
+    "NetworkEntry",
+    "create_network",
+    "get_network_entry",
+    "list_networks",
+    "network_table",
+    "register_network",
+]

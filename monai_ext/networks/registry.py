@@ -18,7 +18,15 @@ from typing import Any
 from monai.inferers import Inferer, SimpleInferer
 from torch import nn
 
-__all__ = ["KINDS", "NetworkEntry", "create_network", "get_network_entry", "list_networks", "register_network"]
+__all__ = [
+    "KINDS",
+    "NetworkEntry",
+    "create_network",
+    "get_network_entry",
+    "list_networks",
+    "network_table",
+    "register_network",
+]
 
 KINDS = ("3d", "2d", "2.5d", "context")
 """How a network sees 3D context: ``"3d"`` 3D convolutions/attention on patches; ``"2d"`` 2D convolutions on
@@ -50,6 +58,8 @@ class NetworkEntry:
         variant_of: the method's main entry for a paper variant; None for a main entry.
         family: ``"ours"`` or ``"monai"``.
         patch: the paper's training patch ``(H, W, D)`` (slices on the last axis), or None.
+        method: the method's number in the README (1 SSH-UNet, 2 SCAA, 3 thickened 2D, 4 CoTr, 5 RSANet); None
+            for MONAI baselines. :func:`list_networks` lists entries by method, then in registration order.
     """
 
     name: str
@@ -64,6 +74,7 @@ class NetworkEntry:
     variant_of: str | None = None
     family: str = "ours"
     patch: tuple[int, int, int] | None = None
+    method: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -99,9 +110,10 @@ def _load_all() -> None:
 def list_networks(kind: str | None = None, family: str | None = None, main_only: bool = False) -> list[NetworkEntry]:
     """Registered entries in registration order, optionally of one ``kind`` / ``family``, or main entries only."""
     _load_all()
+    ordered = sorted(_REGISTRY.values(), key=lambda e: e.method if e.method is not None else len(_REGISTRY) + 1)
     return [
         e
-        for e in _REGISTRY.values()
+        for e in ordered
         if (kind is None or e.kind == kind)
         and (family is None or e.family == family)
         and not (main_only and e.variant_of is not None)
@@ -127,3 +139,19 @@ def create_network(name: str, **overrides: Any) -> nn.Module:
         KeyError: for an unknown name.
     """
     return get_network_entry(name).build(**overrides)
+
+
+def network_table(entries: list[NetworkEntry] | None = None) -> str:
+    """A Markdown table of ``entries`` (default: every registered network): name, title, kind, paper row, bundle.
+
+    The README's table of networks is this text; a test keeps the two equal.
+    """
+    rows = [
+        "| name | network | kind | paper (table: row) | bundle | variant of |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e in list_networks() if entries is None else entries:
+        cells = [f"`{e.name}`", e.title, e.kind, e.paper or "MONAI", f"`{e.bundle}`" if e.bundle else "",
+                 f"`{e.variant_of}`" if e.variant_of else ""]  # fmt: skip
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)

@@ -97,3 +97,15 @@ def test_network_that_does_not_build(root, tmp_path):
     (broken / "configs" / "inference.json").write_text(json.dumps(config))
     (check,) = discover_bundles(["badnet"], tmp_path / "work")
     assert check.path is None and "NoSuchNet" in check.error
+
+
+def test_default_names_follow_the_registry_then_other_folders(tmp_path):
+    from monai_ext.label.discovery import default_bundle_names
+    from monai_ext.networks import list_networks
+
+    for name in ("zz_user", "thick2d", "ssh_unet", ".hidden"):
+        (tmp_path / name).mkdir()
+    registered = [e.bundle for e in list_networks(main_only=True)]
+    names = default_bundle_names(tmp_path)
+    assert names[-1] == "zz_user" and ".hidden" not in names
+    assert names[:2] == sorted(["thick2d", "ssh_unet"], key=registered.index)
