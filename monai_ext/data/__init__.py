@@ -1,9 +1,15 @@
 """Data utilities: synthetic CT-like vessel/nodule and brain-MRI-like lesion phantoms, an MSD-layout demo dataset,
-checked datalists."""
+checked datalists.
+
+Modules: :mod:`.vessels` and :mod:`.lesions` (the phantoms), built from :mod:`.geometry` (shapes and smooth fields)
+and :mod:`.checks` (argument checks); :mod:`.tasks` (task name -> case generator, ``dataset.json`` header);
+:mod:`.decathlon` (the MSD-layout writer); :mod:`.datalist` (loading, checking and splitting datalists).
+"""
 
 from .datalist import check_datalist, load_datalist, split_datalist
+from .decathlon import write_msd_dataset
 from .lesions import LESION_LABELS, MODALITIES, make_lesion_phantom
-from .synthetic import LABELS, make_phantom, write_msd_dataset
+from .vessels import LABELS, make_phantom
 
 __all__ = [
     "LABELS",

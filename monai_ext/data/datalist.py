@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
-from monai.data import load_decathlon_datalist
+from monai.data import load_decathlon_datalist, partition_dataset
+
+from .checks import check_count
 
 __all__ = ["check_datalist", "load_datalist", "split_datalist"]
 
@@ -106,12 +108,30 @@ def check_datalist(items: Sequence[dict], keys: Sequence[str] = ("image", "label
 
 
 def split_datalist(items: Sequence[dict], val_fraction: float = 0.2, min_val: int = 1) -> tuple[list, list]:
-    """Split a list into (train, validation) deterministically: the last ``val_fraction`` (at least ``min_val``)
-    cases validate. With a single case, that case is used for both."""
+    """Split a datalist into (train, validation) deterministically: the last cases, in list order, validate.
+
+    A thin layer over ``monai.data.partition_dataset`` (unshuffled, by ratios), which does the split; on top it fixes
+    the validation size to ``round(len(items) * val_fraction)`` (Python rounding), at least ``min_val`` and at most
+    ``len(items) - 1``, so that training always keeps a case; a single case is used for both.
+
+    Args:
+        items: the datalist (any sequence); it is not modified.
+        val_fraction: share of the cases that validate, in [0, 1). Defaults to 0.2.
+        min_val: smallest number of validation cases (capped at ``len(items) - 1``), >= 0. Defaults to 1.
+
+    Returns:
+        ``(train, validation)``, new lists; both hold the single case when ``items`` has one, both are empty when it
+        has none.
+
+    Raises:
+        ValueError: when ``val_fraction`` is outside [0, 1) or ``min_val`` is not an integer >= 0.
+    """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
+    min_val = check_count("min_val", min_val)
     items = list(items)
     if len(items) < 2:
-        return items, items
+        return items, list(items)
     num_val = min(len(items) - 1, max(min_val, round(len(items) * val_fraction)))
-    return items[: len(items) - num_val], items[len(items) - num_val :]
+    train, val = partition_dataset(items, ratios=[len(items) - num_val, num_val])
+    return train, val

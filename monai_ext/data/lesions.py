@@ -17,17 +17,18 @@ On T2 lesions are bright like CSF (ventricles, the CSF rim around the brain); FL
 them; T1 shows the lesions as iso- to hypo-intense. Intensities are normalised to about [0, 1] per channel.
 
 Arrays are indexed ``(x, y, z)`` as NIfTI stores them, channels last: images are ``(X, Y, Z, 3)``. z (the last spatial
-axis) is the slice axis; the MSD writer stores this task with thick slices (3 mm default) as clinical MS protocols do.
+axis) is the slice axis; the ``"lesions"`` task of :mod:`monai_ext.data.tasks` stores it with thick slices (3 mm
+default) as clinical MS protocols do.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 
-from .synthetic import _case_seed, _check_count, _check_noise, _check_seed, _check_shape, _grid, _TaskSpec
+from .checks import check_count, check_noise, check_seed, check_shape
+from .geometry import ellipsoid_sdf, partial_volume, smooth_field, voxel_grid
 
 __all__ = ["LESION_LABELS", "MODALITIES", "make_lesion_phantom"]
 
@@ -60,34 +61,6 @@ _SHRINK, _MIN_RADIUS = 0.96, 1.0  # per failed layout, after the first two; floo
 _HALO = 1.0  # voxels of pure white matter around each lesion (so lesions are at least ~2 voxels apart)
 _MAX_LAYOUTS = 20
 _MAX_TRIES = 200
-
-
-def _ellipsoid_sdf(
-    x: np.ndarray, y: np.ndarray, z: np.ndarray, centre: Sequence[float], semi: Sequence[float]
-) -> np.ndarray:
-    """First-order signed distance (voxels, negative inside) to an axis-aligned ellipsoid on a broadcastable grid."""
-    d = [(x - centre[0]) / semi[0], (y - centre[1]) / semi[1], (z - centre[2]) / semi[2]]
-    rho = np.sqrt(d[0] ** 2 + d[1] ** 2 + d[2] ** 2)
-    grad = np.sqrt((d[0] / semi[0]) ** 2 + (d[1] / semi[1]) ** 2 + (d[2] / semi[2]) ** 2) / np.maximum(rho, 1e-6)
-    return (rho - 1.0) / np.maximum(grad, 1e-6)
-
-
-def _inside(sdf: np.ndarray) -> np.ndarray:
-    """Partial-volume fraction inside a surface given its signed distance."""
-    return np.clip(0.5 - sdf, 0.0, 1.0)
-
-
-def _smooth_field(
-    x: np.ndarray, y: np.ndarray, z: np.ndarray, shape: tuple[int, int, int], rng: np.random.Generator,
-    waves: int, cycles: tuple[float, float], amplitude: tuple[float, float],
-) -> np.ndarray:  # fmt: skip
-    """Sum of ``waves`` random plane waves of ``cycles`` periods per volume and ``amplitude`` each."""
-    field = np.zeros(shape)
-    for _ in range(waves):
-        freq = rng.uniform(*cycles, size=3) * rng.choice([-1.0, 1.0], size=3)
-        arg = 2 * math.pi * (freq[0] * x / shape[0] + freq[1] * y / shape[1] + freq[2] * z / shape[2])
-        field = field + rng.uniform(*amplitude) * np.cos(arg + rng.uniform(0, 2 * math.pi))
-    return field
 
 
 class _Lesion:
@@ -182,14 +155,14 @@ def _lesion_phantom(
     shape: Sequence[int], seed: int, num_lesions: int, noise_std: float
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """:func:`make_lesion_phantom`, plus the noise-free tissue fractions ``{"wm", "gm", "csf"}`` (float, ``shape``)."""
-    shape_ = _check_shape(shape)
-    seed = _check_seed(seed)
-    num_lesions = _check_count("num_lesions", num_lesions)
-    _check_noise(noise_std)
+    shape_ = check_shape(shape)
+    seed = check_seed(seed)
+    num_lesions = check_count("num_lesions", num_lesions)
+    check_noise(noise_std)
 
     rng = np.random.default_rng(seed)
     nx, ny, nz = shape_
-    x, y, z = _grid(shape_)
+    x, y, z = voxel_grid(shape_)
 
     # head geometry (voxels): an ellipsoid filling most of the volume
     centre = (np.asarray(shape_, dtype=float) - 1) / 2 + rng.uniform(-0.5, 0.5, size=3)
@@ -198,19 +171,19 @@ def _lesion_phantom(
         k: np.clip(np.asarray(v) + rng.uniform(-_TISSUE_JITTER, _TISSUE_JITTER, 3), 0, 1) for k, v in _TISSUES.items()
     }
 
-    head = _inside(_ellipsoid_sdf(x, y, z, centre, semi))
-    skull = _inside(_ellipsoid_sdf(x, y, z, centre, _SKULL * semi))
-    csf_rim = _inside(_ellipsoid_sdf(x, y, z, centre, _CSF_RIM * semi))
-    folds = _smooth_field(x, y, z, shape_, rng, waves=4, cycles=(2.0, 5.0), amplitude=(0.5, 1.0)) * _FOLDS
-    brain = _inside(_ellipsoid_sdf(x, y, z, centre, _BRAIN * semi) + folds / 2)
-    white_sdf = _ellipsoid_sdf(x, y, z, centre, _WHITE * semi) + folds
-    white = _inside(white_sdf)
+    head = partial_volume(ellipsoid_sdf(x, y, z, centre, semi))
+    skull = partial_volume(ellipsoid_sdf(x, y, z, centre, _SKULL * semi))
+    csf_rim = partial_volume(ellipsoid_sdf(x, y, z, centre, _CSF_RIM * semi))
+    folds = smooth_field(x, y, z, shape_, rng, waves=4, cycles=(2.0, 5.0), amplitude=(0.5, 1.0)) * _FOLDS
+    brain = partial_volume(ellipsoid_sdf(x, y, z, centre, _BRAIN * semi) + folds / 2)
+    white_sdf = ellipsoid_sdf(x, y, z, centre, _WHITE * semi) + folds
+    white = partial_volume(white_sdf)
     # two lateral ventricles, side by side along x
     offset = np.array([0.13, 0.05, 0.08]) * semi
     vent_semi = np.array([0.07, 0.30, 0.22]) * semi * rng.uniform(0.9, 1.2)
     vent_centres = [centre + offset * np.array([side, 1.0, 1.0]) for side in (-1.0, 1.0)]
-    vent_sdf = np.minimum(*(_ellipsoid_sdf(x, y, z, c, vent_semi) for c in vent_centres))
-    ventricles = _inside(vent_sdf)
+    vent_sdf = np.minimum(*(ellipsoid_sdf(x, y, z, c, vent_semi) for c in vent_centres))
+    ventricles = partial_volume(vent_sdf)
 
     # fractions of each tissue (nested layers; the ventricles replace white matter)
     skull = np.minimum(skull, head)
@@ -251,7 +224,7 @@ def _lesion_phantom(
     for tissue in ("scalp", "skull", "csf", "gm", "wm"):
         image = image + fractions[tissue][..., None] * values[tissue]
     for c in range(3):  # smooth multiplicative bias field per channel (coil inhomogeneity), about +-5 %
-        image[..., c] *= 1 + _smooth_field(x, y, z, shape_, rng, waves=3, cycles=(0.3, 1.0), amplitude=(0.01, 0.02))
+        image[..., c] *= 1 + smooth_field(x, y, z, shape_, rng, waves=3, cycles=(0.3, 1.0), amplitude=(0.01, 0.02))
     if noise_std > 0:  # Rician (magnitude) noise: non-negative, as in MR magnitude images
         image = np.hypot(image + rng.normal(0, noise_std, image.shape), rng.normal(0, noise_std, image.shape))
     image = np.clip(image, 0.0, 1.0).astype(np.float32)
@@ -295,36 +268,3 @@ def make_lesion_phantom(
     """
     image, label, _ = _lesion_phantom(shape, seed, num_lesions, noise_std)
     return image, label
-
-
-def _lesion_case(shape: tuple[int, int, int], seed: int, index: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """One case of the MSD lesion task: 4-8 lesions, fewer (at least one) when they do not fit."""
-    num = int(np.random.default_rng(_case_seed(seed, index, stream=1)).integers(4, 9))
-    while True:
-        try:
-            image, label = make_lesion_phantom(shape, _case_seed(seed, index), num)
-            return image, label, f"{num} lesions"
-        except RuntimeError:
-            if num <= 1:
-                raise
-            num -= 1
-
-
-_MSD_TASK = _TaskSpec(
-    make_case=_lesion_case,
-    shape=(64, 64, 32),
-    spacing=(1.0, 1.0, 3.0),
-    header={
-        "name": "SyntheticMSLesion",
-        "description": "Synthetic brain-MRI-like phantoms (T1, T2, FLAIR) with small MS-like white-matter lesions: "
-        "iso/hypo-intense on T1, bright on T2 and FLAIR; CSF is bright on T2 and dark on FLAIR, so only the channels "
-        "together separate lesions from CSF. Images are float32 in [0, 1], channels last. labelsTs (not in MSD) holds "
-        "the test ground truth.",
-        "reference": "monai_ext.data.lesions (generated data, no patient data)",
-        "licence": "CC0-1.0",
-        "release": "1.0",
-        "tensorImageSize": "4D",
-        "modality": {str(i): m for i, m in enumerate(MODALITIES)},
-        "labels": {str(k): v for k, v in LESION_LABELS.items()},
-    },
-)

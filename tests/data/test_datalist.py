@@ -207,3 +207,30 @@ def test_split_returns_new_lists_not_the_input():
 def test_split_refuses_fraction_outside_zero_one(fraction):
     with pytest.raises(ValueError, match=rf"val_fraction must be in \[0, 1\), got {fraction}"):
         split_datalist([1, 2, 3], val_fraction=fraction)
+
+
+# Validation sizes for 2..12 cases, recorded from split_datalist before it was rebuilt on monai.data.partition_dataset
+# (commit 286685f); the validation cases are always the last ones. Python rounding: 5 * 0.5 -> 2, 6 * 0.25 -> 2.
+SPLIT_SIZES = {
+    (0.0, 0): [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    (0.0, 3): [1, 2, 3, 3, 3, 3, 3, 3, 3, 3, 3],
+    (0.1, 0): [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1],
+    (0.2, 1): [1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2],
+    (0.25, 0): [0, 1, 1, 1, 2, 2, 2, 2, 2, 3, 3],
+    (0.25, 2): [1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3],
+    (0.5, 1): [1, 2, 2, 2, 3, 4, 4, 4, 5, 6, 6],
+    (0.9, 1): [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+}
+
+
+@pytest.mark.parametrize("fraction, min_val", list(SPLIT_SIZES))
+def test_split_same_as_before_partition_dataset(fraction, min_val):
+    for n, num_val in zip(range(2, 13), SPLIT_SIZES[fraction, min_val]):
+        items = [{"image": f"{i}.nii.gz"} for i in range(n)]
+        assert split_datalist(items, fraction, min_val) == (items[: n - num_val], items[n - num_val :]), n
+
+
+@pytest.mark.parametrize("min_val", [-1, 1.5, None])
+def test_split_refuses_bad_min_val(min_val):
+    with pytest.raises(ValueError, match=rf"min_val must be an integer >= 0, got {min_val}"):
+        split_datalist([1, 2, 3], min_val=min_val)
