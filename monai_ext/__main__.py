@@ -67,11 +67,12 @@ def bench(
     ``attention``: RSA against a naive and an sdpa non-local block (CPU);
     ``deformable``: CoTr's sampling core against grid_sample, DeTrans against a dense encoder (CPU);
     ``slice_groups``: thickened 2D whole-volume inference, one and three views, beside DynUNet 3D (CPU);
-    ``whole_volume``: SCAA training and inference on a 1x1x128x256x256 volume beside DynUNet 3D;
+    ``whole_volume``: SCAA training and inference on a 1x1x256x256x128 volume beside DynUNet 3D;
     ``accuracy``: every network trained for ``--budget_s`` s of CPU time per seed on the demo data, held-out Dice;
     ``all`` (default): efficiency, attention, deformable, slice_groups and whole_volume (accuracy takes long and
-    runs only when asked). ``--networks "DynUNet 3D,SSH-UNet"`` picks efficiency / accuracy rows. When
-    ``output_dir`` holds both efficiency.json and accuracy.json, ``flops_vs_dice.png`` is drawn.
+    runs only when asked). ``--networks dynunet_3d,ssh_unet`` picks efficiency / accuracy rows by registry name
+    (default: every main entry). When ``output_dir`` holds both efficiency.json and accuracy.json,
+    ``flops_vs_dice.png`` is drawn.
     """
     import monai_ext.bench as b
     from monai_ext.bench.report import plot_from_dir

@@ -10,27 +10,24 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from monai_ext.bundles import run_bundle
+from monai_ext.bundles import bundle_dir, run_bundle
 from monai_ext.data import LABELS, write_msd_dataset
+from monai_ext.metrics import dice_per_class
+from monai_ext.networks import list_networks
 from monai_ext.visualize.figures import pyplot, save_png
 
-__all__ = ["DEMO_BUNDLES", "dice_per_class", "run_demo", "save_comparison_png"]
-
-# bundle -> network name, for the bundles whose configs/demo.json trains on the vessels/nodules phantom
-# (RSANet's demo uses the lesions task)
-DEMO_BUNDLES = {"ssh_unet": "SSH-UNet", "cotr": "CoTr", "scaa": "SCAA", "thick2d": "thickened 2D"}
+__all__ = ["demo_bundles", "run_demo", "save_comparison_png"]
 
 
-def dice_per_class(pred: np.ndarray, truth: np.ndarray, labels: dict[int, str]) -> dict[str, float]:
-    """Dice of each foreground label between two label volumes (NaN where a class is absent from both)."""
-    scores = {}
-    for value, name in labels.items():
-        if value == 0:
-            continue
-        p, t = pred == value, truth == value
-        denom = p.sum() + t.sum()
-        scores[name] = float(2.0 * np.logical_and(p, t).sum() / denom) if denom else float("nan")
-    return scores
+def demo_bundles() -> dict[str, str]:
+    """Bundle -> network title, for the registry's methods whose bundle takes the phantom's single-channel CT
+    (``network_data_format`` in its metadata.json); RSANet's takes three MRI modalities (the lesions task)."""
+    found = {}
+    for entry in list_networks(family="ours", main_only=True):
+        metadata = json.loads((bundle_dir(entry.bundle) / "configs" / "metadata.json").read_text())
+        if metadata["network_data_format"]["inputs"]["image"]["num_channels"] == 1:
+            found[entry.bundle] = entry.title
+    return found
 
 
 def save_comparison_png(
@@ -81,18 +78,19 @@ def run_demo(
             runs once, at the end.
         fast_allocator: run the bundle processes with the glibc allocator settings of
             :data:`monai_ext.bundles.ALLOCATOR_ENV`.
-        bundle: one of :data:`DEMO_BUNDLES`; trained with its ``configs/train.json`` + ``configs/demo.json``.
+        bundle: one of :func:`demo_bundles`; trained with its ``configs/train.json`` + ``configs/demo.json``.
 
     Returns:
         the results also written to ``results.json``.
 
     Raises:
-        ValueError: ``bundle`` is not one of :data:`DEMO_BUNDLES`.
+        ValueError: ``bundle`` is not one of :func:`demo_bundles`.
         RuntimeError: a bundle run failed (its log file is named).
     """
-    if bundle not in DEMO_BUNDLES:
+    titles = demo_bundles()
+    if bundle not in titles:
         raise ValueError(
-            f"the demo trains one of {list(DEMO_BUNDLES)} on the vessels/nodules phantom, got bundle={bundle!r}; "
+            f"the demo trains one of {list(titles)} on the vessels/nodules phantom, got bundle={bundle!r}; "
             "RSANet's demo runs on `python -m monai_ext phantom DIR --task lesions` (see docs/rsanet.md)."
         )
     out = Path(output_dir).resolve()
@@ -130,7 +128,7 @@ def run_demo(
         chance.append({name: float((truth[fg] == v).mean()) for v, name in LABELS.items() if v})
         if pictured is None:
             pictured = (np.asarray(nib.load(out / "data" / case["image"]).dataobj), truth, pred)
-    png = save_comparison_png(*pictured, out / "demo.png", model_name=DEMO_BUNDLES[bundle])
+    png = save_comparison_png(*pictured, out / "demo.png", model_name=titles[bundle])
     classes = [name for v, name in LABELS.items() if v]
     results = {
         "bundle": bundle,

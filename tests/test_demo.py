@@ -1,19 +1,8 @@
 import json
 
-import numpy as np
 import pytest
 
-from monai_ext.data import LABELS
-from monai_ext.demo import dice_per_class, run_demo
-
-
-def test_dice_per_class_by_hand():
-    truth = np.array([0, 1, 1, 2, 2, 0])
-    pred = np.array([0, 1, 2, 2, 2, 1])
-    scores = dice_per_class(pred, truth, LABELS)
-    assert scores["vessel"] == pytest.approx(2 * 1 / (2 + 2))
-    assert scores["nodule"] == pytest.approx(2 * 2 / (3 + 2))
-    assert np.isnan(dice_per_class(np.zeros(3), np.zeros(3), LABELS)["vessel"])
+from monai_ext.demo import run_demo
 
 
 @pytest.mark.slow
@@ -35,3 +24,14 @@ def test_demo_refuses_a_bundle_without_a_vessels_demo(tmp_path):
     with pytest.raises(ValueError, match="rsanet"):
         run_demo(str(tmp_path / "demo"), bundle="rsanet")
     assert not (tmp_path / "demo").exists()  # refused before anything is written
+
+
+def test_demo_bundles_come_from_the_registry():
+    from monai_ext.demo import demo_bundles
+
+    assert demo_bundles() == {
+        "ssh_unet": "SSH-UNet",
+        "scaa": "SCAA*",
+        "thick2d": "Thickened 2D (ESM + SSA)",
+        "cotr": "CoTr",
+    }

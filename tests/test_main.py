@@ -37,7 +37,7 @@ def test_help_lists_every_command(tmp_path):
     proc = _run_cli("--help", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout + proc.stderr
-    for command in ("demo", "phantom", "bench", "label", "info"):
+    for command in ("demo", "phantom", "bench", "label", "info", "list"):
         assert f"\n     {command}\n" in text, text
     assert "Medical Segmentation Decathlon layout" in text  # the phantom docstring's first line
 
@@ -116,15 +116,29 @@ def test_cli_bench_runs_the_chosen_suites(monkeypatch, tmp_path):
         ("whole_volume", (), {"device": "cpu", "quick": True, "output_dir": out}),
     ]
     calls.clear()
-    cli.bench("accuracy", networks="DynUNet 3D, SSH-UNet", seeds="3,4", budget_s=5, output_dir=out)
-    assert calls == [("accuracy", (out, ["DynUNet 3D", "SSH-UNet"], [3, 4], 5, False, "cpu", None), {})]
+    cli.bench("accuracy", networks="dynunet_3d, ssh_unet", seeds="3,4", budget_s=5, output_dir=out)
+    assert calls == [("accuracy", (out, ["dynunet_3d", "ssh_unet"], [3, 4], 5, False, "cpu", None), {})]
     calls.clear()
-    cli.bench("accuracy", networks=("DynUNet 3D", "SSH-UNet"), seeds=(3, 4), budget_s=5, output_dir=out)  # as fire
-    cli.bench("accuracy", networks="SSH-UNet", seeds=7, budget_s=5, output_dir=out)
-    assert calls[0] == ("accuracy", (out, ["DynUNet 3D", "SSH-UNet"], [3, 4], 5, False, "cpu", None), {})
-    assert calls[1][1][1:3] == (["SSH-UNet"], [7])
+    cli.bench("accuracy", networks=("dynunet_3d", "ssh_unet"), seeds=(3, 4), budget_s=5, output_dir=out)  # as fire
+    cli.bench("accuracy", networks="ssh_unet", seeds=7, budget_s=5, output_dir=out)
+    assert calls[0] == ("accuracy", (out, ["dynunet_3d", "ssh_unet"], [3, 4], 5, False, "cpu", None), {})
+    assert calls[1][1][1:3] == (["ssh_unet"], [7])
     calls.clear()
     cli.bench(suite="deformable", device="cuda")
     assert [name for name, _, _ in calls] == ["deformable"]
     with pytest.raises(ValueError, match="suite must be one of"):
         cli.bench(suite="speed")
+
+
+def test_list_prints_the_registry_table(monkeypatch, capsys):
+    from monai_ext.networks import list_networks, network_table
+
+    monkeypatch.setattr(sys, "argv", ["monai_ext", "list"])
+    cli.main()
+    assert capsys.readouterr().out.strip() == network_table().strip()
+    monkeypatch.setattr(sys, "argv", ["monai_ext", "list", "--kind", "context"])
+    cli.main()
+    rows = capsys.readouterr().out.strip().splitlines()[2:]
+    assert len(rows) == len(list_networks(kind="context")) > 0 and all("| context |" in r for r in rows)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        cli.networks(kind="4d")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import gc
 import inspect
 import math
-import statistics
 import time
 from collections.abc import Sequence
 
@@ -22,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from monai_ext.bench.process import peak_bytes, reset_peak, run_fresh
 from monai_ext.bench.report import malloc_env, save_json, suite_meta
+from monai_ext.bench.stats import ratio, spread
 from monai_ext.networks.blocks.slice_attention import RecurrentSliceAttention
 from monai_ext.networks.nets.rsanet import RSANet
 
@@ -100,24 +100,25 @@ def build_variant(variant: str, channels: int, spatial_dims: int = 3) -> nn.Modu
 
 
 def rsanet_bottleneck_shape(
-    input_shape: Sequence[int] = (1, 3, 64, 192, 192), filters: Sequence[int] | None = None
+    input_shape: Sequence[int] = (1, 3, 192, 192, 64), filters: Sequence[int] | None = None
 ) -> tuple[int, ...]:
-    """Shape of the feature map RSANet's bottleneck RSA sees for ``input_shape`` (RSANet pads to multiples of
-    ``2 ** (len(filters) - 1)``); ``filters`` defaults to RSANet's own default."""
+    """Shape of the feature map RSANet's bottleneck RSA sees for ``input_shape`` ``(B, C, H, W, D)`` padded to
+    multiples of ``2 ** (len(filters) - 1)`` (as :class:`~monai_ext.inferers.PadInferer` pads for it);
+    ``filters`` defaults to RSANet's own default."""
     if filters is None:
         filters = inspect.signature(RSANet).parameters["filters"].default
     divisor = 2 ** (len(filters) - 1)
     return (input_shape[0], filters[-1], *(-(-s // divisor) for s in input_shape[2:]))
 
 
-def map_bytes(variant: str, shape: Sequence[int], dims: Sequence[int] = (3, 4, 2)) -> int:
+def map_bytes(variant: str, shape: Sequence[int], spatial_dims_order: Sequence[int] = (0, 1, 2)) -> int:
     """Bytes of the fp32 attention map(s) a variant stores for an input ``shape`` ``(B, C, *spatial)``.
 
-    RSA: one ``B x S x S`` map per attended dimension (``S`` slices along it); naive non-local: ``B x N x N``
-    over all ``N`` voxels; sdpa: none.
+    RSA: one ``B x S x S`` map per attended spatial axis of ``spatial_dims_order`` (``S`` slices along it; RSA's
+    default order, every axis); naive non-local: ``B x N x N`` over all ``N`` voxels; sdpa: none.
     """
     if variant == "RSA":
-        return sum(shape[0] * shape[d] ** 2 * 4 for d in dims)
+        return sum(shape[0] * shape[2 + a] ** 2 * 4 for a in spatial_dims_order)
     if variant == "non-local naive":
         return shape[0] * math.prod(shape[2:]) ** 2 * 4
     if variant == "non-local sdpa":
@@ -184,21 +185,14 @@ def _time_interleaved(modules: dict[str, nn.Module], x: torch.Tensor, repeats: i
     return times
 
 
-def _ratio(reference: float | None, value: float | None) -> float | None:
-    """``reference / value``: how many times less (or faster) ``value`` is; None where undefined."""
-    if reference is None or not value:
-        return None
-    return reference / value
-
-
 def _shapes(quick: bool) -> list[tuple[str, tuple[int, ...]]]:
-    if quick:  # a 2-level RSANet(filters=(8, 16)) on 1x3x4x12x12, and a 16-channel 8^3 map
+    if quick:  # a 2-level RSANet(filters=(8, 16)) on 1x3x12x12x4, and a 16-channel 8^3 map
         return [
-            ("RSANet(filters=(8, 16)) bottleneck of 1x3x4x12x12", rsanet_bottleneck_shape((1, 3, 4, 12, 12), (8, 16))),
+            ("RSANet(filters=(8, 16)) bottleneck of 1x3x12x12x4", rsanet_bottleneck_shape((1, 3, 12, 12, 4), (8, 16))),
             ("feature map", (1, 16, 8, 8, 8)),
         ]
     return [
-        ("RSANet bottleneck of 1x3x64x192x192", rsanet_bottleneck_shape((1, 3, 64, 192, 192))),
+        ("RSANet bottleneck of 1x3x192x192x64", rsanet_bottleneck_shape((1, 3, 192, 192, 64))),
         ("feature map", (1, 64, 24, 24, 24)),
     ]
 
@@ -216,8 +210,8 @@ def _fmt_mib(mib: float) -> str:
 
 
 def run_attention(quick: bool = False, output_dir: str | None = None, fresh_process: bool = True) -> list[dict]:
-    """Measure RSA, naive non-local and sdpa non-local on RSANet's bottleneck (512 x 4 x 12 x 12 for a
-    1 x 3 x 64 x 192 x 192 input) and on a 1 x 64 x 24^3 map (much smaller shapes with ``quick``), on the CPU.
+    """Measure RSA, naive non-local and sdpa non-local on RSANet's bottleneck (512 x 12 x 12 x 4 for a
+    1 x 3 x 192 x 192 x 64 input) and on a 1 x 64 x 24^3 map (much smaller shapes with ``quick``), on the CPU.
 
     Per shape and variant: FLOPs (whole block, and its attention products alone), the bytes of the stored
     attention maps, forward time (median, min, max over 5 interleaved repeats after a warm-up; 3 with
@@ -259,18 +253,14 @@ def run_attention(quick: bool = False, output_dir: str | None = None, fresh_proc
                     "map_mib": map_bytes(variant, shape) / _MIB,
                     "peak_growth_mib": memory["growth_mib"],
                     "peak_source": memory["source"],
-                    "time_s": {
-                        "median": statistics.median(times[variant]),
-                        "min": min(times[variant]),
-                        "max": max(times[variant]),
-                    },
+                    "time_s": spread(times[variant]),
                 }
             )
         refs = {r["variant"]: r for r in rows[-len(VARIANTS) :]}
         for r in rows[-len(VARIANTS) :]:
             for name, ref in (("naive", refs["non-local naive"]), ("sdpa", refs["non-local sdpa"])):
                 r[f"vs_{name}"] = {
-                    key: _ratio(get(ref), get(r))
+                    key: ratio(get(ref), get(r))
                     for key, get in (
                         ("map", lambda row: row["map_mib"]),
                         ("peak_growth", lambda row: row["peak_growth_mib"]),

@@ -1,16 +1,18 @@
 """Time and memory of CoTr's deformable attention: our gather core against the grid_sample core, the DeTrans
 encoder against a dense Transformer encoder, and CoTr against MONAI's DynUNet, at CoTr's sizes.
 
-Three groups are measured, each on the levels CoTr sees for one ``48 x 192 x 192`` patch (``12 x 24 x 24`` and
-``6 x 12 x 12`` tokens, d = 384, 6 heads, 4 points):
+Every size comes from the registry's ``cotr`` (:func:`sizes`): its paper patch ``192 x 192 x 48`` (slices last)
+and the levels its DeTrans encoder receives for it (``24 x 24 x 12`` and ``12 x 12 x 6`` tokens, d = 384, 6 heads,
+4 points, 6 layers, FFN 1536). Three groups are measured:
 
 - ``core``: the sampling step alone, :func:`~monai_ext.networks.blocks.deformable_attention_core` against
   :func:`~monai_ext.networks.blocks.deformable_attention_grid_sample`;
-- ``encoder``: the 6-layer DeTrans encoder with either core, and :class:`torch.nn.TransformerEncoder` (same width,
+- ``encoder``: CoTr's DeTrans encoder with either core, and :class:`torch.nn.TransformerEncoder` (same width,
   heads, FFN and depth) over the same 7,776 tokens with dense attention; plus ``DeTrans linear layers``, the
   encoder's linear layers alone (value, offset, weight and output projections, FFN) on the same tokens: the time
   any sampling core adds to, so the floor of the encoder on this machine;
-- ``network``: CoTr and a DynUNet 3D (filters 32..320) on one ``1 x 1 x 48 x 192 x 192`` patch, forward only.
+- ``network``: ``cotr`` and ``dynunet_3d`` (filters 32..320, strides fitted to the patch by
+  :func:`~monai_ext.networks.nets.baselines.dynunet_strides`) on one ``1 x 1 x 192 x 192 x 48`` patch, forward only.
 
 ``precision="bf16"`` runs every contender under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (worth it on CPUs
 with AVX-512 BF16 or AMX, where bf16 matrix products run several times faster than fp32).
@@ -23,21 +25,22 @@ thread count (how many times faster or smaller).
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
-import statistics
 import time
 from collections.abc import Callable, Sequence
 
 import torch
-from monai.networks.nets import DynUNet
 from torch import nn
 
 from monai_ext.bench.process import peak_bytes, reset_peak, run_fresh
 from monai_ext.bench.report import save_json, suite_meta
+from monai_ext.bench.stats import ratio, spread
+from monai_ext.networks import create_network, get_network_entry
 from monai_ext.networks.blocks.deformable_attention import CORES, deformable_reference_points
 from monai_ext.networks.blocks.detrans import DeTransEncoder
-from monai_ext.networks.nets.cotr import CoTr
+from monai_ext.networks.nets.baselines import DYNUNET_FILTERS, dynunet_strides
 
 __all__ = [
     "GROUPS",
@@ -53,35 +56,73 @@ __all__ = [
 GROUPS = {
     "core": ("fast core", "grid_sample core"),
     "encoder": ("DeTrans fast", "DeTrans grid_sample", "dense TransformerEncoder", "DeTrans linear layers"),
-    "network": ("CoTr", "DynUNet 3D"),
+    "network": ("cotr", "dynunet_3d"),
 }
 """Contenders per group; the first of each group is ours."""
 REFERENCES = {"core": ("grid_sample core",), "encoder": ("dense TransformerEncoder", "DeTrans grid_sample"),
-              "network": ("DynUNet 3D",)}  # fmt: skip
+              "network": ("dynunet_3d",)}  # fmt: skip
 """Contenders every ratio of a group is taken against."""
 _MIB = 2**20
+_QUICK = {  # tiny networks on a tiny patch for smoke runs
+    "patch": (32, 32, 16),
+    "cotr": {"encoder_channels": (8, 16, 24, 24), "num_layers": 1, "mlp_dim": 48, "num_heads": 2, "num_points": 2},
+    "dynunet_3d": {"filters": (8, 16, 24, 32, 32)},
+}
 
 
+class _Captured(Exception):
+    """Raised by the hook that reads what CoTr's DeTrans encoder receives, to skip the rest of the forward pass."""
+
+
+def _cotr(quick: bool) -> tuple[nn.Module, DeTransEncoder, tuple[int, ...]]:
+    """The registry's ``cotr`` (tiny with ``quick``), its DeTrans encoder, and its patch ``(H, W, D)``."""
+    entry = get_network_entry("cotr")
+    patch = _QUICK["patch"] if quick else entry.patch
+    net = entry.build(in_channels=1, **(_QUICK["cotr"] if quick else {})).eval()
+    return net, next(m for m in net.modules() if isinstance(m, DeTransEncoder)), tuple(patch)
+
+
+@functools.cache
 def sizes(quick: bool = False) -> dict:
-    """The measured sizes: CoTr's (full) or tiny ones for a smoke run (``quick``)."""
-    if quick:
-        return {"patch": (16, 32, 32), "levels": [(4, 4, 4), (2, 2, 2)], "d": 24, "heads": 2, "points": 2,
-                "layers": 1, "ffn": 48, "cotr": {"encoder_channels": (8, 16, 24, 24), "num_layers": 1, "mlp_dim": 48,
-                "num_heads": 2, "num_points": 2}, "dynunet_filters": (8, 16, 24, 32, 32)}  # fmt: skip
-    return {"patch": (48, 192, 192), "levels": [(12, 24, 24), (6, 12, 12)], "d": 384, "heads": 6, "points": 4,
-            "layers": 6, "ffn": 1536, "cotr": {}, "dynunet_filters": (32, 64, 128, 256, 320, 320)}  # fmt: skip
+    """CoTr's measured sizes, read from the registry's ``cotr`` (tiny overrides with ``quick``): its ``patch``, the
+    ``levels`` (spatial shapes) its DeTrans encoder receives for that patch, the encoder's width ``d``, ``heads``,
+    ``points``, ``layers`` and ``ffn``, and the ``dynunet_filters`` of the reference (``dynunet_3d``'s default)."""
+    net, encoder, patch = _cotr(quick)
+    levels: list[tuple[int, ...]] = []
 
+    def capture(module: nn.Module, args: tuple) -> None:
+        levels.extend(tuple(f.shape[2:]) for f in args[0])
+        raise _Captured
 
-def _dynunet(filters: Sequence[int]) -> DynUNet:
-    """nnU-Net-like DynUNet 3D for a (D, H, W) patch with D 4x thinner: stride 1 along D in the last two levels."""
-    n = len(filters)
-    strides = [(1, 1, 1)] + [(2, 2, 2)] * (n - 3) + [(1, 2, 2)] * 2
-    return DynUNet(3, 1, 14, [3] * n, strides, strides[1:], filters=list(filters))
+    handle = encoder.register_forward_pre_hook(capture)
+    try:
+        with torch.inference_mode():
+            net(torch.zeros(1, 1, *patch))  # the stem and CNN encoder run; the hook stops at DeTrans
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    attention = encoder.layers[0].self_attn
+    filters = _QUICK["dynunet_3d"]["filters"] if quick else DYNUNET_FILTERS
+    return {
+        "patch": patch,
+        "levels": levels,
+        "d": encoder.hidden_size,
+        "heads": attention.num_heads,
+        "points": attention.num_points,
+        "layers": len(encoder.layers),
+        "ffn": encoder.layers[0].linear1.out_features,
+        "dynunet_filters": tuple(filters),
+    }
 
 
 def build_contender(name: str, quick: bool = False) -> tuple[Callable[[], torch.Tensor], list[torch.Tensor]]:
     """``(run, leaves)``: ``run()`` computes the contender's output once (a scalar-reducible tensor) from fixed
-    random inputs; ``leaves`` are the tensors and parameters a backward pass reaches (for zeroing)."""
+    random inputs; ``leaves`` are the tensors and parameters a backward pass reaches (for zeroing).
+
+    Raises:
+        ValueError: for a name not in :data:`GROUPS`.
+    """
     s = sizes(quick)
     torch.manual_seed(0)
     levels, d, heads, points = s["levels"], s["d"], s["heads"], s["points"]
@@ -90,43 +131,47 @@ def build_contender(name: str, quick: bool = False) -> tuple[Callable[[], torch.
         core = CORES["fast" if name == "fast core" else "grid_sample"]
         value = torch.randn(1, tokens, heads, d // heads)
         reference = deformable_reference_points(levels)[None, :, None, None, None, :]  # (1, S, 1, 1, 1, 3)
-        spread = torch.tensor([1.0 / shape[0] for shape in levels]).view(1, 1, 1, -1, 1, 1)  # a few voxels
-        loc = reference + 2 * spread * torch.randn(1, tokens, heads, len(levels), points, 3)
+        jitter = torch.tensor([1.0 / min(shape) for shape in levels]).view(1, 1, 1, -1, 1, 1)  # a few voxels
+        loc = reference + 2 * jitter * torch.randn(1, tokens, heads, len(levels), points, 3)
         weights = torch.randn(1, tokens, heads, len(levels) * points).softmax(-1).view(loc.shape[:-1])
         leaves = [t.requires_grad_() for t in (value, loc, weights)]
         return (lambda: core(value, levels, loc, weights)), leaves
-    if name in ("DeTrans fast", "DeTrans grid_sample"):
-        core = name.split()[-1]
-        net = DeTransEncoder(d, len(levels), s["layers"], s["ffn"], heads, points, dropout_rate=0.0, core=core)
-        with torch.no_grad():  # trained-looking offsets and attention weights (the release starts at 0)
-            for layer in net.layers:
+    if name in ("DeTrans fast", "DeTrans grid_sample", "DeTrans linear layers"):
+        _, net, _ = _cotr(quick)
+        net.eval()  # CoTr's encoder without dropout
+        for layer in net.layers:
+            if name != "DeTrans linear layers":
+                layer.self_attn.core = name.split()[-1]
+            with torch.no_grad():  # trained-looking offsets and attention weights (the release starts at 0)
                 layer.self_attn.sampling_offsets.weight.normal_(0, 0.01)
                 layer.self_attn.attention_weights.weight.normal_(0, 0.01)
+        if name == "DeTrans linear layers":
+            x = torch.randn(1, tokens, d)
+
+            def linears_only() -> torch.Tensor:
+                out = x
+                for layer in net.layers:
+                    attn = layer.self_attn
+                    out = out + attn.output_proj(attn.value_proj(out))
+                    out = out + attn.sampling_offsets(out).sum(-1, keepdim=True) + attn.attention_weights(out).sum(
+                        -1, True)  # fmt: skip
+                    out = out + layer.linear2(layer.linear1(out))
+                return out
+
+            return linears_only, list(net.parameters())
         feats = [torch.randn(1, d, *shape) for shape in levels]
         return (lambda: torch.cat([f.flatten() for f in net(feats)])), list(net.parameters())
-    if name == "DeTrans linear layers":
-        net = DeTransEncoder(d, len(levels), s["layers"], s["ffn"], heads, points, dropout_rate=0.0)
-        x = torch.randn(1, tokens, d)
-
-        def linears_only() -> torch.Tensor:
-            out = x
-            for layer in net.layers:
-                attn = layer.self_attn
-                out = out + attn.output_proj(attn.value_proj(out))
-                out = out + attn.sampling_offsets(out).sum(-1, keepdim=True) + attn.attention_weights(out).sum(-1, True)
-                out = out + layer.linear2(layer.linear1(out))
-            return out
-
-        return linears_only, list(net.parameters())
     if name == "dense TransformerEncoder":
         layer = nn.TransformerEncoderLayer(d, heads, s["ffn"], dropout=0.0, activation="gelu", batch_first=True)
         net = nn.TransformerEncoder(layer, s["layers"], enable_nested_tensor=False)
         x = torch.randn(1, tokens, d)
         return (lambda: net(x)), list(net.parameters())
-    if name == "CoTr":
-        net = CoTr(**s["cotr"]).eval()
-    elif name == "DynUNet 3D":
-        net = _dynunet(s["dynunet_filters"]).eval()
+    if name == "cotr":
+        net = _cotr(quick)[0]
+    elif name == "dynunet_3d":
+        filters = s["dynunet_filters"]
+        strides = dynunet_strides(s["patch"], len(filters))
+        net = create_network("dynunet_3d", in_channels=1, out_channels=14, filters=filters, strides=strides).eval()
     else:
         raise ValueError(f"unknown contender {name!r}; choose from {[c for g in GROUPS.values() for c in g]}.")
     x = torch.randn(1, 1, *s["patch"])
@@ -149,10 +194,6 @@ def _step(run: Callable[[], torch.Tensor], leaves: list[torch.Tensor], precision
     with _autocast(precision):
         loss = run().float().square().mean()
     loss.backward()
-
-
-def _stats(times: Sequence[float]) -> dict[str, float]:
-    return {"median": statistics.median(times), "min": min(times), "max": max(times)}
 
 
 def measure_group(
@@ -179,7 +220,7 @@ def measure_group(
                 elapsed = time.perf_counter() - start
                 if round_:
                     train[name].append(elapsed)
-    return {n: {"forward_s": _stats(forward[n]), "train_s": _stats(train[n]) if backward else None} for n in built}
+    return {n: {"forward_s": spread(forward[n]), "train_s": spread(train[n]) if backward else None} for n in built}
 
 
 def peak_growth(
@@ -203,10 +244,6 @@ def peak_growth(
         out["source"] = source
         gc.collect()
     return out
-
-
-def _ratio(reference: float | None, value: float | None) -> float | None:
-    return None if reference is None or not value else reference / value
 
 
 def run_deformable(
@@ -268,10 +305,10 @@ def run_deformable(
                 for ref_name in REFERENCES[group]:
                     ref = by_name[ref_name]
                     r["vs"][ref_name] = {
-                        "forward": _ratio(ref["forward_s"]["median"], r["forward_s"]["median"]),
-                        "train": _ratio((ref["train_s"] or {}).get("median"), (r["train_s"] or {}).get("median")),
-                        "peak_forward": _ratio(ref["peak_forward_mib"], r["peak_forward_mib"]),
-                        "peak_train": _ratio(ref["peak_train_mib"], r["peak_train_mib"]),
+                        "forward": ratio(ref["forward_s"]["median"], r["forward_s"]["median"]),
+                        "train": ratio((ref["train_s"] or {}).get("median"), (r["train_s"] or {}).get("median")),
+                        "peak_forward": ratio(ref["peak_forward_mib"], r["peak_forward_mib"]),
+                        "peak_train": ratio(ref["peak_train_mib"], r["peak_train_mib"]),
                     }
             rows += group_rows
     _print_table(rows)

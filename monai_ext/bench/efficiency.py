@@ -1,30 +1,30 @@
 """Efficiency of every benchmark row on one machine in one run: size, FLOPs, latency, memory, share of the peak.
 
-Each row is measured in a fresh process (:func:`measure_row`), once with glibc's default allocator and once with
-:data:`monai_ext.bundles.ALLOCATOR_ENV`; the machine's fp32 matmul rate is measured the same way
-(:func:`matmul_peak`). Ratios to DynUNet 3D are taken within one allocator setting of one run.
+The rows are the registry's networks (:mod:`monai_ext.bench.rows`). Each row is measured in a fresh process
+(:func:`measure_row`), once with glibc's default allocator and once with :data:`monai_ext.bundles.ALLOCATOR_ENV`;
+the machine's fp32 matmul rate is measured the same way (:func:`matmul_peak`). Ratios to DynUNet 3D
+(:data:`~monai_ext.bench.rows.REFERENCE`) are taken within one allocator setting of one run.
 """
 
 from __future__ import annotations
 
 import platform
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from monai.losses import DiceCELoss
 from torch.utils.flop_counter import FlopCounterMode
 
-from monai_ext.bench import protocol
+from monai_ext.bench import protocol, rows
 from monai_ext.bench.process import peak_bytes, run_fresh
-from monai_ext.bench.registry import NETWORKS
+from monai_ext.bench.rows import REFERENCE
+from monai_ext.bench.stats import ratio, spread
 from monai_ext.bundles import ALLOCATOR_ENV
+from monai_ext.networks import get_network_entry
 
-__all__ = ["ALLOCATORS", "REFERENCE", "machine_info", "matmul_peak", "measure", "measure_row", "run_efficiency"]
+__all__ = ["ALLOCATORS", "machine_info", "matmul_peak", "measure", "measure_row", "run_efficiency"]
 
-REFERENCE = "DynUNet 3D"
 ALLOCATORS = {"default": {}, "tuned": ALLOCATOR_ENV}
 _GIB = 2**30
 
@@ -40,10 +40,6 @@ def _timed(fn: Callable[[], object], device: str) -> float:
     fn()
     _sync(device)
     return time.perf_counter() - start
-
-
-def _stats(times: Sequence[float]) -> dict[str, float]:
-    return {"median": statistics.median(times), "min": min(times), "max": max(times)}
 
 
 def measure(
@@ -62,7 +58,7 @@ def measure(
     x = torch.randn(*shape, device=device)
     with torch.inference_mode():
         times = [_timed(lambda: forward(net, x), device) for _ in range(repeats)]
-    return {"params": sum(p.numel() for p in net.parameters()), "gflop": gflop, "latency_s": _stats(times)}
+    return {"params": sum(p.numel() for p in net.parameters()), "gflop": gflop, "latency_s": spread(times)}
 
 
 def _flops(net: torch.nn.Module, forward: Callable, shape: tuple[int, ...], device: str) -> float:
@@ -81,50 +77,46 @@ def _sizes(quick: bool) -> dict:
 def measure_row(
     name: str, device: str = "cpu", quick: bool = False, threads: int | None = None, out_channels: int = 14
 ) -> dict:
-    """Every efficiency figure of row ``name`` of :data:`~monai_ext.bench.registry.NETWORKS`, in this process.
+    """Every efficiency figure of registry entry ``name``, in this process.
 
-    - ``params``; ``gflop``: one forward pass on a ``1 x 1 x P^3`` patch (96^3, 64 x 64 x 32 with ``quick``);
-      ``gflop_own_patch``: on the method's paper patch (not with ``quick``);
-    - ``latency_s``: median, min and max of 5 forward passes (2 with ``quick``) after a warm-up;
+    - ``params``; ``gflop``: one pass of the row's own inferer (:func:`monai_ext.bench.rows.inferer`) over a
+      ``1 x 1 x P^3`` patch (96^3, 64 x 64 x 32 with ``quick``): one window for a 3D network, every slice for a 2D
+      one, the stride-1 slice groups of thickened 2D, the whole patch for SCAA; ``gflop_own_patch``: the same on
+      the method's paper patch (the entry's ``patch``; not with ``quick``);
+    - ``latency_s``: median, min and max of 5 such passes (2 with ``quick``) after a warm-up;
       ``gflops_achieved``: ``gflop / latency median``;
     - ``volume_s``: whole-volume inference of ``1 x 1 x 192 x 192 x 96`` (96 x 96 x 32 with ``quick``) with the
-      row's own inferer, once (the network is warm from the forward timings);
-    - ``train_step_s``: one Adam step with Dice + CE on the patch, after a warm-up step;
+      same inferer, once (the network is warm from the forward timings);
+    - ``train_step_s``: one training step on the patch through MONAI's SupervisedTrainer
+      (:func:`monai_ext.bench.protocol.make_trainer`, Adam), after a warm-up step;
     - ``peak_memory_gib``: the process's peak resident memory (VmHWM) on the CPU, max allocated on CUDA.
     """
     if threads is not None:
         torch.set_num_threads(threads)
-    entry = NETWORKS[name]
+    entry = get_network_entry(name)
     size = _sizes(quick)
     torch.manual_seed(0)
-    net = entry.build(1, out_channels, size["patch"]).to(device)
-    forward = lambda n, t: protocol.forward(entry, n, t)  # noqa: E731
-    row = measure(net, (1, 1, *size["patch"]), device, size["repeats"], forward)
+    net = rows.build(entry, 1, out_channels, size["patch"]).to(device)
+    inferer = rows.inferer(entry, size["patch"])
+    row = measure(net, (1, 1, *size["patch"]), device, size["repeats"], lambda n, t: inferer(t, n))
     row["gflops_achieved"] = row["gflop"] / row["latency_s"]["median"]
     row["gflop_own_patch"] = None
-    if not quick:
-        own = entry.build(1, out_channels, entry.patch)
-        row["gflop_own_patch"] = _flops(own, forward, (1, 1, *entry.patch), device)
+    if not quick and entry.patch is not None:
+        own, own_inferer = rows.build(entry, 1, out_channels, entry.patch), rows.inferer(entry, entry.patch)
+        row["gflop_own_patch"] = _flops(own, lambda n, t: own_inferer(t, n), (1, 1, *entry.patch), device)
         del own
 
     volume = torch.randn(1, 1, *size["volume"], device=device)
     with torch.inference_mode():
         # the network is warm from the forward timings; one run of a whole volume is long enough to time
-        row["volume_s"] = _timed(lambda: protocol.infer_volume(entry, net, volume, size["patch"]), device)
+        row["volume_s"] = _timed(lambda: inferer(volume, net), device)
 
-    net.train()
-    optimizer = torch.optim.Adam(net.parameters(), 1e-4)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     image = torch.randn(1, 1, *size["patch"], device=device)
     label = torch.randint(0, out_channels, (1, 1, *size["patch"]), device=device).float()
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        protocol.training_loss(entry, net, image, label, loss_fn).backward()
-        optimizer.step()
-
-    step()  # warm-up: optimizer state, allocator
-    row["train_step_s"] = _timed(step, device)
+    batch = {"image": image, "label": label}
+    optimizer = torch.optim.Adam(net.parameters(), 1e-4)
+    trainer = protocol.make_trainer(entry, net, [batch, batch], optimizer, device)
+    row["train_step_s"] = protocol.step_times(trainer, device)[-1]  # the first step warms up optimizer and allocator
     if device.startswith("cuda"):
         row["peak_memory_gib"], row["peak_memory_source"] = torch.cuda.max_memory_allocated() / _GIB, "cuda"
     else:
@@ -168,10 +160,6 @@ def machine_info(device: str, threads: int) -> dict:
     }
 
 
-def _ratio(value: float, reference: float | None) -> float | None:
-    return value / reference if reference else None
-
-
 def run_efficiency(
     device: str = "cpu",
     quick: bool = False,
@@ -181,27 +169,27 @@ def run_efficiency(
     threads: int | None = None,
     fresh_process: bool = True,
 ) -> list[dict]:
-    """Measure every row (or ``networks``) under each allocator setting, each in a fresh process.
+    """Measure every main entry of the registry (or ``networks``, registry names) under each allocator setting,
+    each in a fresh process.
 
     Returns one record per (network, allocator) with :func:`measure_row`'s figures, the allocator, the machine
     (:func:`machine_info`), ratios to DynUNet 3D in the same setting (``*_vs_reference``) and the share of the
     measured matmul rate (``peak_fraction``). Prints a Markdown table per setting; with ``output_dir``, writes
     ``efficiency.json`` and ``efficiency.md`` there. ``fresh_process=False`` measures in this process (for tests:
     the allocator settings then only label the records, they cannot take effect).
+
+    Raises:
+        ValueError: for a name the registry does not hold, or an unknown allocator setting.
     """
     from monai_ext.bench.report import efficiency_table, save_json
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         print("CUDA is not available: measuring on the CPU")
         device = "cpu"
-    names = list(networks or NETWORKS)
-    unknown = [n for n in names if n not in NETWORKS]
     bad_alloc = [a for a in allocators if a not in ALLOCATORS]
-    if unknown or bad_alloc:
-        raise ValueError(
-            f"unknown networks {unknown} (known: {list(NETWORKS)}) or allocators {bad_alloc} "
-            f"(known: {list(ALLOCATORS)})."
-        )
+    if bad_alloc:
+        raise ValueError(f"unknown allocators {bad_alloc}; known: {list(ALLOCATORS)}.")
+    entries = rows.bench_rows(networks)
     threads = threads or torch.get_num_threads()
     info = machine_info(device, threads)
 
@@ -212,22 +200,23 @@ def run_efficiency(
 
     peaks = {a: call(matmul_peak, {"device": device, "quick": quick, "threads": threads}, a) for a in allocators}
     records = []
-    for name in names:  # the settings interleave per network, so drifting machine load hits both alike
+    for entry in entries:  # the settings interleave per network, so drifting machine load hits both alike
         for allocator in allocators:
-            print(f"measuring {name} ({allocator} allocator, {device}, {threads} threads) ...", flush=True)
-            row = call(measure_row, {"name": name, "device": device, "quick": quick, "threads": threads}, allocator)
+            print(f"measuring {entry.name} ({allocator} allocator, {device}, {threads} threads) ...", flush=True)
+            kwargs = {"name": entry.name, "device": device, "quick": quick, "threads": threads}
+            row = call(measure_row, kwargs, allocator)
             row["peak_fraction"] = row["gflops_achieved"] / peaks[allocator]["gflops"]
             records.append(
-                {"network": name, "family": NETWORKS[name].family, "kind": NETWORKS[name].kind, "allocator": allocator}
+                {"network": entry.name, "family": entry.family, "kind": entry.kind, "allocator": allocator}
                 | row
                 | {"matmul_gflops": peaks[allocator]["gflops"], "machine": info}
             )
     for allocator in allocators:
         ref = next((r for r in records if r["network"] == REFERENCE and r["allocator"] == allocator), None)
         for r in (r for r in records if r["allocator"] == allocator):
-            r["latency_vs_reference"] = _ratio(r["latency_s"]["median"], ref and ref["latency_s"]["median"])
-            r["volume_vs_reference"] = _ratio(r["volume_s"], ref and ref["volume_s"])
-            r["train_step_vs_reference"] = _ratio(r["train_step_s"], ref and ref["train_step_s"])
+            r["latency_vs_reference"] = ratio(r["latency_s"]["median"], ref and ref["latency_s"]["median"])
+            r["volume_vs_reference"] = ratio(r["volume_s"], ref and ref["volume_s"])
+            r["train_step_vs_reference"] = ratio(r["train_step_s"], ref and ref["train_step_s"])
     table = efficiency_table(records)
     print(table)
     if output_dir is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from monai_ext.bench.stats import mean_range
 from monai_ext.visualize.figures import pyplot, save_png
 
 __all__ = [
@@ -86,8 +87,8 @@ def accuracy_summary(records: Sequence[dict]) -> list[dict]:
                 "network": name,
                 "seeds": [r["seed"] for r in runs],
                 "steps": statistics.mean(r["steps"] for r in runs),
-                "dice": {c: {"mean": statistics.mean(v), "min": min(v), "max": max(v)} for c, v in per_class.items()},
-                "mean_dice": {"mean": statistics.mean(means), "min": min(means), "max": max(means)},
+                "dice": {c: mean_range(v) for c, v in per_class.items()},
+                "mean_dice": mean_range(means),
                 "infer_s": statistics.mean(r["infer_s"] for r in runs),
             }
         )

@@ -7,22 +7,22 @@ The paper (Yu et al. 2019, Table 1) reports 110.75 s for one view against 446.64
 
 from __future__ import annotations
 
-import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
-from monai.inferers import SlidingWindowInferer
+from monai.inferers import Inferer
 from torch.utils.flop_counter import FlopCounterMode
 
-from monai_ext.bench.registry import NETWORKS
+from monai_ext.bench import rows
 from monai_ext.bench.report import malloc_env, save_json, suite_meta
-from monai_ext.inferers import MultiViewInferer, SliceGroupInferer, slice_group_starts
-from monai_ext.networks.nets import Thickened2DNet
+from monai_ext.bench.stats import ratio, spread
+from monai_ext.inferers import MultiViewInferer
+from monai_ext.networks import get_network_entry
 
 __all__ = ["CONTENDERS", "REFERENCE", "build_contenders", "run_slice_groups"]
 
-REFERENCE = "DynUNet 3D sliding window"
+REFERENCE = "dynunet_3d sliding window"
 CONTENDERS = ("thick2d single view", "thick2d three views", REFERENCE)
 
 
@@ -30,72 +30,64 @@ def _settings(quick: bool) -> dict:
     if quick:  # a tiny ResNet and DynUNet on a small volume: seconds
         return {
             "volume": (1, 1, 32, 32, 32),
-            "num_slices": 6,
-            "thick2d": {"layers": (1, 1, 1, 1), "block_inplanes": (8, 16, 32, 64), "decoder_channels": 16},
-            "dynunet_filters": None,
+            "thick2d": {"num_slices": 6, "layers": (1, 1, 1, 1), "block_inplanes": (8, 16, 32, 64),
+                        "decoder_channels": 16},
+            "dynunet_3d": {"filters": (8, 16, 32)},
             "roi": (16, 16, 16),
             "repeats": 1,
-        }
-    return {  # ResNet-50 with ESM + SSA (k = 12), and the benchmark's reference DynUNet 3D at 96^3 patches
+        }  # fmt: skip
+    return {  # the registry's thick2d (ResNet-50, ESM + SSA, k = 12) and DynUNet 3D, 96^3 windows
         "volume": (1, 1, 192, 192, 96),
-        "num_slices": 12,
         "thick2d": {},
-        "dynunet_filters": "registry",
+        "dynunet_3d": {},
         "roi": (96, 96, 96),
         "repeats": 3,
     }
 
 
-def build_contenders(quick: bool = False, out_channels: int = 2) -> dict[str, tuple[torch.nn.Module, Callable]]:
-    """Name -> (network, ``infer(volume) -> logits``) for :data:`CONTENDERS`, in eval mode.
+def build_contenders(quick: bool = False, out_channels: int = 2) -> dict[str, tuple[torch.nn.Module, Inferer]]:
+    """Name -> (network in eval mode, its whole-volume inferer) for :data:`CONTENDERS`, from the registry.
 
-    The thickened 2D network is the paper's ESM + SSA configuration on ResNet-50 with ``k = 12`` (tiny with
-    ``quick``), run by :class:`~monai_ext.inferers.SliceGroupInferer` (stride 1, axial) and by
-    :class:`~monai_ext.inferers.MultiViewInferer` (the same network along the three axes, majority vote); the
-    reference is the benchmark registry's ``"DynUNet 3D"`` with MONAI's sliding window (overlap 0.25).
+    The thickened 2D network is the registry's ``thick2d`` (ESM + SSA on ResNet-50, ``k = 12``; tiny with
+    ``quick``) with its own inferer (:class:`~monai_ext.inferers.SliceGroupInferer`, stride 1, along the last axis),
+    and inside :class:`~monai_ext.inferers.MultiViewInferer` (the same network along the three axes, majority
+    vote); the reference is ``dynunet_3d`` with its sliding window (:func:`monai_ext.bench.rows.inferer`).
     """
     s = _settings(quick)
-    k = s["num_slices"]
-    thick = Thickened2DNet(out_channels=out_channels, num_slices=k, config="esm_ssa", **s["thick2d"]).eval()
-    slice_inferer = SliceGroupInferer(k, spatial_axis=2, stride=1, sw_batch_size=4)
-    views = MultiViewInferer(slice_inferer, views=(2, 1, 0), fusion="vote")
-    if s["dynunet_filters"] == "registry":
-        dynunet = NETWORKS["DynUNet 3D"].build(1, out_channels, s["roi"]).eval()
-    else:
-        from monai.networks.nets import DynUNet
-
-        dynunet = DynUNet(3, 1, out_channels, [3, 3, 3], [1, 2, 2], [2, 2], filters=[8, 16, 32]).eval()
-    sliding = SlidingWindowInferer(s["roi"], sw_batch_size=1, overlap=0.25)
+    thick2d = get_network_entry("thick2d")
+    k = {"num_slices": s["thick2d"]["num_slices"]} if "num_slices" in s["thick2d"] else {}
+    thick = thick2d.build(out_channels=out_channels, **s["thick2d"]).eval()
+    single = thick2d.make_inferer(**k)
+    views = MultiViewInferer(single, spatial_dims_order=(2, 1, 0), fusion="vote")
+    dynunet_3d = get_network_entry("dynunet_3d")
+    dynunet = dynunet_3d.build(in_channels=1, out_channels=out_channels, **s["dynunet_3d"]).eval()
     return {
-        "thick2d single view": (thick, lambda x: slice_inferer(x, thick)),
-        "thick2d three views": (thick, lambda x: views(x, thick)),
-        REFERENCE: (dynunet, lambda x: sliding(x, dynunet)),
+        "thick2d single view": (thick, single),
+        "thick2d three views": (thick, views),
+        REFERENCE: (dynunet, rows.inferer(dynunet_3d, s["roi"])),
     }
 
 
-def _calls_and_flops(name: str, net: torch.nn.Module, volume: Sequence[int], quick: bool) -> tuple[int, float]:
-    """Network calls of one whole-volume inference and their FLOPs (2 x MAC), counted on one call each."""
-    s = _settings(quick)
-    if name == REFERENCE:
-        roi = s["roi"]
-        inferer = SlidingWindowInferer(roi, sw_batch_size=1, overlap=0.25)
-        calls = []
-        inferer(torch.zeros(*volume), lambda p: calls.append(p.shape) or torch.zeros(p.shape[0], 1, *p.shape[2:]))
-        shapes = [(1, 1, *roi)] * len(calls)
-    else:
-        k = s["num_slices"]
-        axes = (2,) if name == "thick2d single view" else (2, 1, 0)
-        shapes = []
-        for axis in axes:
-            plane = [v for i, v in enumerate(volume[2:]) if i != axis]
-            shapes += [(1, 1, *plane, k)] * len(slice_group_starts(volume[2 + axis], k, 1))
-    flops = 0.0
+def _calls_and_flops(
+    net: torch.nn.Module, inferer: Inferer, volume: Sequence[int], out_channels: int = 2
+) -> tuple[int, float]:
+    """Network inputs (windows or slice groups) of one whole-volume inference of ``inferer`` and their FLOPs
+    (2 x MAC): the inferer runs once with a stand-in that records what the network would receive, and ``net`` is
+    counted once per distinct input shape."""
+    seen: list[tuple[int, ...]] = []
+
+    def stand_in(x: torch.Tensor) -> torch.Tensor:
+        seen.extend([tuple(x.shape[1:])] * x.shape[0])  # one entry per window of the batch
+        return x.new_zeros(x.shape[0], out_channels, *x.shape[2:])
+
     with torch.inference_mode():
-        for shape in sorted(set(shapes)):
+        inferer(torch.zeros(*volume), stand_in)
+        flops = 0.0
+        for shape in sorted(set(seen)):
             with FlopCounterMode(display=False) as counter:
-                net(torch.zeros(*shape))
-            flops += counter.get_total_flops() * shapes.count(shape)
-    return len(shapes), flops
+                net(torch.zeros(1, *shape))
+            flops += counter.get_total_flops() * seen.count(shape)
+    return len(seen), flops
 
 
 def run_slice_groups(
@@ -108,7 +100,7 @@ def run_slice_groups(
     """Time whole-volume inference of :data:`CONTENDERS` on one random ``1 x 1 x 192 x 192 x 96`` volume (a tiny
     volume and tiny networks with ``quick``) on the CPU, in one process.
 
-    After one warm-up call of each network on a small input, the three whole-volume inferences run in turn,
+    After one warm-up inference of each contender on a ``32^3`` volume, the three whole-volume inferences run in turn,
     ``repeats`` times (default 3; 1 with ``quick``), interleaved so that load from other processes hits all of
     them alike.
     Reports per contender: parameters, network calls and GFLOP of one inference, time (median, min, max) and the
@@ -130,37 +122,35 @@ def run_slice_groups(
     volume = torch.rand(*shape)
     print(f"whole-volume inference on {list(volume.shape)}, {torch.get_num_threads()} thread(s) ...", flush=True)
     with torch.inference_mode():
-        for name, (net, _) in contenders.items():  # warm-up on a small input
-            warm = (1, 1, 32, 32, s["num_slices"]) if name != REFERENCE else (1, 1, *s["roi"])
-            net(torch.zeros(*warm))
+        for net, infer in contenders.values():  # warm-up on a small volume
+            infer(torch.zeros(1, 1, 32, 32, 32), net)
         times: dict[str, list[float]] = {name: [] for name in contenders}
         for i in range(repeats):
-            for name, (_, infer) in contenders.items():
+            for name, (net, infer) in contenders.items():
                 start = time.perf_counter()
-                out = infer(volume)
+                out = infer(volume, net)
                 times[name].append(time.perf_counter() - start)
                 print(f"  repeat {i + 1}/{repeats}: {name} {times[name][-1]:.2f} s", flush=True)
                 assert out.shape[2:] == volume.shape[2:]
-    rows = []
-    for name, (net, _) in contenders.items():
-        calls, flops = _calls_and_flops(name, net, shape, quick)
-        t = times[name]
-        rows.append(
+    records = []
+    for name, (net, infer) in contenders.items():
+        calls, flops = _calls_and_flops(net, infer, shape)
+        records.append(
             {
                 "contender": name,
                 "volume": list(shape),
                 "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
                 "calls": calls,
                 "gflop": flops / 1e9,
-                "time_s": {"median": statistics.median(t), "min": min(t), "max": max(t)},
+                "time_s": spread(times[name]),
             }
         )
-    reference = next(r for r in rows if r["contender"] == REFERENCE)["time_s"]["median"]
-    for r in rows:
-        r["reference_over_this"] = reference / r["time_s"]["median"]
+    reference = next(r for r in records if r["contender"] == REFERENCE)["time_s"]["median"]
+    for r in records:
+        r["reference_over_this"] = ratio(reference, r["time_s"]["median"])
     print("\n| contender | params (M) | network calls | GFLOP | time median [min, max] (s) | DynUNet 3D time / this |")
     print("|---|---|---|---|---|---|")
-    for r in rows:
+    for r in records:
         t = r["time_s"]
         print(
             f"| {r['contender']} | {r['params_m']:.2f} | {r['calls']} | {r['gflop']:.1f} | "
@@ -169,5 +159,5 @@ def run_slice_groups(
     print("\nPaper (Table 1, GPU, 512 x 512 x 394): 3D U-Net 446.64 s / single view 110.75 s = 4.03x.")
     if output_dir is not None:
         meta = suite_meta(threads=torch.get_num_threads(), repeats=repeats, quick=quick, malloc_env=malloc_env())
-        save_json(output_dir, "slice_groups", {"meta": meta, "rows": rows})
-    return rows
+        save_json(output_dir, "slice_groups", {"meta": meta, "rows": records})
+    return records

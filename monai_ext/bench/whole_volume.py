@@ -1,9 +1,12 @@
-"""Peak memory and time of whole-volume SCAA (one training step on 16 slices, and inference) beside MONAI's
-DynUNet 3D trained and run on the same volume.
+"""Peak memory and time of whole-volume SCAA* (one training step, and inference) beside MONAI's DynUNet 3D trained
+and run on the same volume.
 
 SCAA's claim (Tang et al., WACV 2021) is that training on a whole volume fits where 3D U-Nets run out of memory:
 its 3D encoder is small and runs at half resolution, and only 16 axial slices go through the 2D path per step.
-Each contender runs in a fresh process (peak memory: the kernel's ``VmHWM`` on the CPU, or
+Both networks come from the registry (``scaa_star``, ``dynunet_3d``) and train through
+:func:`monai_ext.bench.protocol.make_trainer`: SCAA* with its bundle's slice sampling and loss, DynUNet 3D on the
+whole volume. SCAA* infers with its own inferer, DynUNet 3D in one pass over the whole volume (the point of the
+comparison). Each contender runs in a fresh process (peak memory: the kernel's ``VmHWM`` on the CPU, or
 ``torch.cuda.max_memory_allocated`` on a GPU); a contender that runs out of memory is reported as such.
 """
 
@@ -13,47 +16,35 @@ import time
 from collections.abc import Sequence
 
 import torch
-from monai.networks.nets import DynUNet
+from monai.inferers import SimpleInferer
 
+from monai_ext.bench import protocol
 from monai_ext.bench.process import peak_bytes, reset_peak, run_fresh
 from monai_ext.bench.report import save_json, suite_meta
-from monai_ext.engines import RandomSlicesPrepareBatch
-from monai_ext.losses import SCAALoss
-from monai_ext.networks.nets import SCAA
+from monai_ext.bench.stats import ratio
+from monai_ext.networks import create_network, get_network_entry
 
-__all__ = ["CONTENDERS", "build_network", "infer_scaa", "measure_step", "run_whole_volume", "train_loss_scaa"]
+__all__ = ["CONTENDERS", "NETWORKS", "build_network", "measure_step", "run_whole_volume"]
 
-CONTENDERS = ("SCAA train", "SCAA infer", "DynUNet 3D train", "DynUNet 3D infer")
+NETWORKS = ("scaa_star", "dynunet_3d")
+"""Registry names: the method, then the reference."""
+CONTENDERS = tuple(f"{name} {mode}" for name in NETWORKS for mode in ("train", "infer"))
 _MIB = 2**20
-_QUICK = {"filters": (4, 8, 8, 16, 16), "context_channels": (4, 4, 8, 8), "global_channels": 4}
+_QUICK = {  # tiny networks for smoke runs
+    "scaa_star": {"filters": (4, 8, 8, 16, 16), "context_channels": (4, 4, 8, 8), "global_channels": 4},
+    "dynunet_3d": {"filters": (4, 8, 16, 32, 32)},
+}
 
 
 def build_network(name: str, out_channels: int, quick: bool = False) -> torch.nn.Module:
-    """``"SCAA"`` (SCAA*, paper sizes; tiny with ``quick``) or ``"DynUNet 3D"`` (filters 32..320, as
-    :mod:`monai_ext.bench.efficiency`; 4..32 with ``quick``), one input channel, slices along the first spatial
-    axis (tensor dim 2, the ``1 x 1 x D x H x W`` layout)."""
-    if name == "SCAA":
-        return SCAA(1, out_channels, slice_dim=2, **(_QUICK if quick else {}))
-    if name == "DynUNet 3D":
-        filters = [4, 8, 16, 32, 32] if quick else [32, 64, 128, 256, 320]
-        return DynUNet(3, 1, out_channels, [3] * 5, [1, 2, 2, 2, 2], [2] * 4, filters=filters)
-    raise ValueError(f"name must be 'SCAA' or 'DynUNet 3D', got {name!r}.")
+    """Registry network ``name`` of :data:`NETWORKS` at its defaults (tiny with ``quick``), one input channel.
 
-
-def infer_scaa(net: torch.nn.Module, volume: torch.Tensor, roi=None) -> torch.Tensor:
-    """Whole-volume inference for the benchmark registry (``kind="custom"``): ``(B, C, H, W, D)`` -> logits
-    ``(B, K, H, W, D)``; SCAA pads itself, so no window (``roi`` is ignored)."""
-    return net(volume)
-
-
-def train_loss_scaa(
-    net: torch.nn.Module, image: torch.Tensor, label: torch.Tensor, loss_fn=None, num_slices: int = 16
-) -> torch.Tensor:
-    """One SCAA training loss for the benchmark registry: ``num_slices`` random slices of each ``(B, C, H, W, D)``
-    volume, :class:`~monai_ext.losses.SCAALoss` (the method's own loss; ``loss_fn`` is not used)."""
-    prepare = RandomSlicesPrepareBatch(num_slices, slice_dim=getattr(net, "slice_dim", 4))
-    image, target, _, kwargs = prepare({"image": image, "label": label})
-    return SCAALoss()(net(image, **kwargs), target)
+    Raises:
+        ValueError: for another name.
+    """
+    if name not in NETWORKS:
+        raise ValueError(f"name must be one of {NETWORKS}, got {name!r}.")
+    return create_network(name, in_channels=1, out_channels=out_channels, **(_QUICK[name] if quick else {}))
 
 
 def measure_step(
@@ -66,11 +57,11 @@ def measure_step(
     threads: int | None = None,
     memory_limit_gib: float | None = None,
 ) -> dict:
-    """Time and peak memory of one training step (forward, loss, backward, Adam step) or one whole-volume
-    inference of a :data:`CONTENDERS` entry, in this process, after one warm-up on the same input.
+    """Time and peak memory of one training step (forward, loss, backward, Adam step through MONAI's
+    SupervisedTrainer) or one whole-volume inference of a :data:`CONTENDERS` entry, in this process, after one
+    warm-up on the same input.
 
-    SCAA trains with :class:`~monai_ext.engines.RandomSlicesPrepareBatch` (``num_slices`` slices) and
-    :class:`~monai_ext.losses.SCAALoss`; DynUNet with MONAI's ``DiceCELoss`` on the whole volume.
+    SCAA* samples ``num_slices`` slices per step (its bundle's ``prepare_batch`` with that ``num_slices``).
     ``memory_limit_gib`` caps this process's address space (CPU only) so that a network that does not fit fails
     with an allocation error instead of exhausting the machine: run it in a fresh process.
     Returns ``{"time_s", "peak_mib", "growth_mib", "source"}`` (peak: resident or allocated total; growth: over
@@ -95,43 +86,51 @@ def measure_step(
 def _measure(
     name: str, mode: str, shape: Sequence[int], num_slices: int, out_channels: int, device: str, quick: bool
 ) -> dict:
-    from monai.losses import DiceCELoss
-
     torch.manual_seed(0)
+    entry = get_network_entry(name)
     net = build_network(name, out_channels, quick).to(device)
     x = torch.rand(*shape, device=device)
-    y = torch.randint(0, out_channels, (shape[0], 1, *shape[2:]), device=device)
-    optimizer = torch.optim.Adam(net.parameters(), 1e-4)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    y = torch.randint(0, out_channels, (shape[0], 1, *shape[2:]), device=device).float()
     cuda = device.startswith("cuda")
+    marks: dict[str, float] = {}
 
-    def step() -> None:
-        if mode == "infer":
-            net.eval()
-            with torch.inference_mode():
-                net(x)
-        else:
-            net.train()
-            optimizer.zero_grad(set_to_none=True)
-            loss = train_loss_scaa(net, x, y, num_slices=num_slices) if name == "SCAA" else loss_fn(net(x), y)
-            loss.backward()
-            optimizer.step()
-        if cuda:
-            torch.cuda.synchronize()
+    def reset(step: int) -> None:  # before the measured step: what the process holds so far is the baseline
+        if step == 2:
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+                marks["before"] = torch.cuda.memory_allocated()
+            else:
+                reset_peak()
+                marks["before"] = peak_bytes()[0]
 
-    step()  # warm-up (also allocates Adam's state)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-        before, source = torch.cuda.memory_allocated(), "cuda max_memory_allocated"
+    if mode == "train":
+        optimizer = torch.optim.Adam(net.parameters(), 1e-4)
+        trainer = protocol.make_trainer(
+            entry, net, [{"image": x, "label": y}] * 2, optimizer, device, {"num_slices": num_slices}
+        )
+        elapsed = protocol.step_times(trainer, device, before_step=reset)[-1]  # the first step warms up
     else:
-        reset_peak()
-        before, source = peak_bytes()
-    start = time.perf_counter()
-    step()
-    elapsed = time.perf_counter() - start
+        inferer = SimpleInferer() if name == NETWORKS[1] else entry.make_inferer()  # the reference: one pass
+        net.eval()
+        times = []
+        for step in (1, 2):
+            reset(step)
+            with torch.inference_mode():
+                start = time.perf_counter()
+                inferer(x, net)
+                if cuda:
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+        elapsed = times[-1]
     after = torch.cuda.max_memory_allocated() if cuda else peak_bytes()[0]
+    source = "cuda max_memory_allocated" if cuda else peak_bytes()[1]
     # peak: everything the process (or the GPU allocator) held, model and optimizer state included
-    return {"time_s": elapsed, "peak_mib": after / _MIB, "growth_mib": (after - before) / _MIB, "source": source}
+    return {
+        "time_s": elapsed,
+        "peak_mib": after / _MIB,
+        "growth_mib": (after - marks["before"]) / _MIB,
+        "source": source,
+    }
 
 
 def _measure_fresh(spec: dict) -> dict:
@@ -150,19 +149,20 @@ def run_whole_volume(
     output_dir: str | None = None,
     fresh_process: bool = True,
 ) -> list[dict]:
-    """Measure :data:`CONTENDERS` on a ``1 x 1 x 128 x 256 x 256`` volume, SCAA training on 16 slices (with
-    ``quick``: ``1 x 1 x 32 x 64 x 64``, 4 slices, tiny networks), each in a fresh process.
+    """Measure :data:`CONTENDERS` on a ``1 x 1 x 256 x 256 x 128`` volume (slices last), SCAA* training on 16
+    slices (with ``quick``: ``1 x 1 x 64 x 64 x 32``, 4 slices, tiny networks), each in a fresh process.
 
-    Prints a Markdown table with the peak memory and time of each, and the ratios DynUNet 3D / SCAA for training
-    and for inference; writes ``whole_volume.json`` to ``output_dir`` when given. On the CPU each child's address
-    space is capped at ``memory_limit_gib`` (``None``: no cap); a contender over it is reported as out of memory.
+    Prints a Markdown table with the peak memory and time of each, and the ratios dynunet_3d / scaa_star for
+    training and for inference; writes ``whole_volume.json`` to ``output_dir`` when given. On the CPU each child's
+    address space is capped at ``memory_limit_gib`` (``None``: no cap); a contender over it is reported as out of
+    memory.
     ``fresh_process=False`` measures in this process (quick smoke runs; the memory cap and clean peaks need fresh
     processes).
     """
     if device.startswith("cuda") and not torch.cuda.is_available():
         print("CUDA is not available: measuring on the CPU")
         device = "cpu"
-    shape, slices = ((1, 1, 32, 64, 64), 4) if quick else ((1, 1, 128, 256, 256), 16)
+    shape, slices = ((1, 1, 64, 64, 32), 4) if quick else ((1, 1, 256, 256, 128), 16)
     threads = torch.get_num_threads()
     rows = []
     for contender in CONTENDERS:
@@ -174,12 +174,11 @@ def run_whole_volume(
         result = _measure_fresh(spec) if fresh_process else measure_step(**spec)
         rows.append({"contender": contender, "shape": list(shape), **result})
     by = {r["contender"]: r for r in rows}
+    method, reference = NETWORKS
     ratios = {}
     for mode in ("train", "infer"):
-        a, b = by[f"DynUNet 3D {mode}"], by[f"SCAA {mode}"]
-        ratios[mode] = {
-            key: (a[key] / b[key] if key in a and key in b and b[key] else None) for key in ("peak_mib", "time_s")
-        }
+        a, b = by[f"{reference} {mode}"], by[f"{method} {mode}"]
+        ratios[mode] = {key: ratio(a.get(key), b.get(key)) for key in ("peak_mib", "time_s")}
     print("\n| contender | input | peak memory (MiB) | time (s) |\n|---|---|---|---|")
     for r in rows:
         mem = f"{r['peak_mib']:.0f}" if "peak_mib" in r else r["error"]
@@ -187,7 +186,7 @@ def run_whole_volume(
         print(f"| {r['contender']} | {'x'.join(map(str, r['shape']))} | {mem} | {t} |")
     for mode, rr in ratios.items():
         fmt = {k: "-" if v is None else f"{v:.2f}x" for k, v in rr.items()}
-        print(f"DynUNet 3D / SCAA ({mode}): memory {fmt['peak_mib']}, time {fmt['time_s']}")
+        print(f"{reference} / {method} ({mode}): memory {fmt['peak_mib']}, time {fmt['time_s']}")
     if output_dir is not None:
         meta = suite_meta(threads=threads, device=device, memory_limit_gib=memory_limit_gib)
         save_json(output_dir, "whole_volume", {"meta": meta, "rows": rows, "ratios": ratios})

@@ -1,14 +1,19 @@
+from monai_ext.inferers.context_slices import ContextSliceInferer, SliceTrainingPadInferer
 from monai_ext.inferers.flip import FlipInferer, flip_combinations
 from monai_ext.inferers.multi_view import MultiViewInferer, fuse_views
+from monai_ext.inferers.neighbour_slices import NeighbourSliceInferer, neighbour_channels
 from monai_ext.inferers.pad import PadInferer
-from monai_ext.inferers.slice_group import SliceGroupInferer, slice_group_starts
+from monai_ext.inferers.slice_group import SliceGroupInferer
 
 __all__ = [
+    "ContextSliceInferer",
     "FlipInferer",
     "MultiViewInferer",
+    "NeighbourSliceInferer",
     "PadInferer",
     "SliceGroupInferer",
+    "SliceTrainingPadInferer",
     "flip_combinations",
     "fuse_views",
-    "slice_group_starts",
+    "neighbour_channels",
 ]

@@ -8,6 +8,8 @@ from itertools import combinations
 import torch
 from monai.inferers import Inferer
 
+from monai_ext.networks.layout import tensor_dim
+
 __all__ = ["FlipInferer", "flip_combinations"]
 
 
@@ -25,7 +27,8 @@ class FlipInferer(Inferer):
 
     Args:
         inferer: the inferer to wrap.
-        spatial_axes: spatial axes to mirror (0 = first spatial axis), e.g. ``(0, 1, 2)`` for 8 passes in 3D.
+        spatial_axes: the spatial axes to mirror, counted as ``spatial_dim`` is (0 = the first spatial axis, H), e.g.
+            ``(0, 1, 2)`` (default) for 8 passes in 3D. These are mirror axes, not a slice axis.
         activation: applied to each output before averaging (e.g. ``partial(torch.softmax, dim=1)`` to average
             probabilities, as nnU-Net does); default: the raw outputs (logits) are averaged.
 
@@ -63,6 +66,6 @@ class FlipInferer(Inferer):
 
         total = run(inputs)
         for flip in self.flips:
-            dims = [a + 2 for a in flip]
+            dims = [tensor_dim(a) for a in flip]
             total = total + run(torch.flip(inputs, dims)).flip(dims)
         return total / (len(self.flips) + 1)

@@ -11,6 +11,8 @@ from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type
 from torch import nn
 
+from monai_ext.networks.layout import check_spatial_axes, check_spatial_dim, tensor_dim
+
 __all__ = ["MultiViewInferer", "fuse_views"]
 
 _FUSIONS = ("vote", "mean")
@@ -37,71 +39,61 @@ def fuse_views(outputs: Sequence[torch.Tensor], fusion: str = "vote") -> torch.T
 
 
 class MultiViewInferer(Inferer):
-    """Run a slice inferer along several axes of a volume and fuse the views by majority vote or mean (Yu et al.,
-    "Thickened 2D Networks for Efficient 3D Medical Image Segmentation", 2019: axial, coronal, sagittal, vote).
+    """Run a slice inferer along several spatial axes of a volume and fuse the views by majority vote or mean (Yu et
+    al., "Thickened 2D Networks for Efficient 3D Medical Image Segmentation", 2019: axial, coronal, sagittal, vote).
 
-    The wrapped inferer slides along one fixed spatial axis (``inferer_axis``: read from its ``spatial_axis``
-    attribute, as :class:`~monai_ext.inferers.SliceGroupInferer`, or ``spatial_dim``, as MONAI's
-    :class:`~monai.inferers.SliceInferer`). For each view axis ``v`` the volume's spatial axes ``v`` and
-    ``inferer_axis`` are swapped, the inferer runs, and the output is swapped back, so any such inferer works
-    unchanged. The network may be one module for all views or a sequence with one per view (the paper trains one
-    per view).
+    The wrapped inferer slides along its own ``spatial_dim`` (:class:`~monai_ext.inferers.SliceGroupInferer`,
+    MONAI's :class:`~monai.inferers.SliceInferer`). For each view axis ``v`` of ``spatial_dims_order`` the volume's
+    spatial axes ``v`` and ``inferer.spatial_dim`` are swapped, the inferer runs, and the output is swapped back, so
+    any such inferer works unchanged. The network may be one module for all views or a sequence with one per view
+    (the paper trains one per view), in the order of ``spatial_dims_order``.
 
     Args:
-        inferer: an inferer of ``(B, C, X, Y, Z)`` volumes that slides along ``inferer_axis``.
-        views: spatial axes to slide along (0, 1, 2), in order, no repeats.
+        inferer: an inferer of ``(B, C, H, W, D)`` volumes with a ``spatial_dim`` attribute, the axis it slides along.
+        spatial_dims_order: the spatial axes to slide along (0, 1, 2), in order, no repeats (default ``(0, 1, 2)``).
         fusion: ``"vote"`` (the paper; returns the one-hot fused label, see :func:`fuse_views`) or ``"mean"``.
-        inferer_axis: the wrapped inferer's slice axis; default: read from the inferer.
 
     Shapes:
-        ``inputs`` ``(B, C, X, Y, Z)``; returns ``(B, O, X, Y, Z)``.
+        ``inputs`` ``(B, C, H, W, D)``; returns ``(B, O, H, W, D)``.
 
     Raises:
-        ValueError: for bad views, fusion or axis; on a call for a non-5D input or a wrong number of networks.
+        ValueError: for bad axes or fusion, an inferer without a valid ``spatial_dim``; on a call for a non-5D
+            input or a wrong number of networks.
     """
 
-    def __init__(
-        self,
-        inferer: Inferer | Callable[..., torch.Tensor],
-        views: Sequence[int] = (0, 1, 2),
-        fusion: str = "vote",
-        inferer_axis: int | None = None,
-    ) -> None:
+    def __init__(self, inferer: Inferer, spatial_dims_order: Sequence[int] = (0, 1, 2), fusion: str = "vote") -> None:
         super().__init__()
-        views = list(views)
-        if not views or any(v not in (0, 1, 2) for v in views) or len(set(views)) != len(views):
-            raise ValueError(f"views must be distinct spatial axes from (0, 1, 2), got {views}.")
         if fusion not in _FUSIONS:
             raise ValueError(f"fusion must be one of {_FUSIONS}, got {fusion!r}.")
-        if inferer_axis is None:
-            inferer_axis = getattr(inferer, "spatial_axis", getattr(inferer, "spatial_dim", None))
-        if inferer_axis not in (0, 1, 2):
+        if getattr(inferer, "spatial_dim", None) is None:
             raise ValueError(
-                f"cannot tell which axis the wrapped inferer slides along (got {inferer_axis!r}): pass "
-                "inferer_axis=0, 1 or 2."
+                f"the wrapped inferer must say which spatial axis it slides along (a spatial_dim attribute, as "
+                f"SliceGroupInferer and monai.inferers.SliceInferer have); {type(inferer).__name__} has none."
             )
         self.inferer = inferer
-        self.views = views
+        self.spatial_dims_order = list(check_spatial_axes(spatial_dims_order))
+        self._inferer_dim = tensor_dim(check_spatial_dim(inferer.spatial_dim, name="the wrapped inferer's spatial_dim"))
         self.fusion = fusion
-        self.inferer_axis = inferer_axis
 
     def __call__(
         self, inputs: torch.Tensor, network: Callable[..., torch.Tensor] | Sequence, *args: Any, **kwargs: Any
     ):
         if inputs.dim() != 5:
-            raise ValueError(f"MultiViewInferer expects a (B, C, X, Y, Z) volume, got shape {list(inputs.shape)}.")
+            raise ValueError(f"MultiViewInferer expects a (B, C, H, W, D) volume, got shape {list(inputs.shape)}.")
+        views = self.spatial_dims_order
         if isinstance(network, (list, tuple, nn.ModuleList)):
-            if len(network) != len(self.views):
-                raise ValueError(f"got {len(network)} networks for {len(self.views)} views: give one, or one per view.")
+            if len(network) != len(views):
+                raise ValueError(f"got {len(network)} networks for {len(views)} views: give one, or one per view.")
             networks = list(network)
         else:
-            networks = [network] * len(self.views)
-        x = torch.as_tensor(inputs)
-        a = self.inferer_axis + 2
+            networks = [network] * len(views)
+        x = inputs.as_subclass(torch.Tensor)
+        a = self._inferer_dim  # tensor dim of the inferer's slice axis
         outputs = []
-        for view, net in zip(self.views, networks):
-            moved = x.transpose(view + 2, a)  # the view's axis where the inferer slides
-            outputs.append(torch.as_tensor(self.inferer(moved, net, *args, **kwargs)).transpose(view + 2, a))
+        for view, net in zip(views, networks):
+            moved = x.transpose(tensor_dim(view), a)  # the view's axis where the inferer slides
+            out = self.inferer(moved, net, *args, **kwargs).as_subclass(torch.Tensor)
+            outputs.append(out.transpose(tensor_dim(view), a))
         result = fuse_views(outputs, self.fusion)
         if isinstance(inputs, MetaTensor):
             return convert_to_dst_type(result, inputs, device=result.device)[0]

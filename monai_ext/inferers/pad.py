@@ -65,15 +65,18 @@ class PadInferer(Inferer):
             raise ValueError(f"divisor {self.divisor} and min_size {self.min_size} need one entry per axis of {sizes}.")
         return [max(s, m) + (-max(s, m) % d) for s, d, m in zip(sizes, div, low)]
 
-    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
+    def pad(self, inputs: torch.Tensor) -> tuple[torch.Tensor, list[int], list[int]]:
+        """``inputs`` ``(B, C, *spatial)`` padded at the far end of each axis: ``(padded, sizes, padded sizes)``."""
         sizes = list(inputs.shape[2:])
         target = self.padded_size(sizes)
         padding: list[int] = []
         for size, goal in zip(reversed(sizes), reversed(target)):  # F.pad lists (before, after) from the last axis
             padding += [0, goal - size]
         x = torch.as_tensor(inputs)
-        if any(padding):
-            x = F.pad(x, padding, mode=self.mode)
+        return (F.pad(x, padding, mode=self.mode) if any(padding) else x), sizes, target
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
+        x, sizes, target = self.pad(inputs)
         out = self.inferer(x, network, *args, **kwargs)
         if list(out.shape[2:]) != target:
             raise ValueError(f"the network mapped the padded input {target} to spatial size {list(out.shape[2:])}.")

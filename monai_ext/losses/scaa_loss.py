@@ -25,14 +25,14 @@ class SCAALoss(_Loss):
         include_background: whether the background channel counts in both terms.
 
     Shapes:
-        ``input``: ``(slice_logits, aux_logits)`` as :class:`~monai_ext.networks.nets.SCAA` returns them for given
-        slice indices: ``(B, K, *spatial_s)`` and ``(B, K, *spatial_a)``.
+        ``input``: ``[slice_logits, aux_logits]`` as :class:`~monai_ext.networks.nets.SCAA` returns them for given
+        slice indices (the main output first): ``(B, K, *spatial_s)`` and ``(B, K, *spatial_a)``.
         ``target``: ``(label_slices, label)`` as :class:`~monai_ext.engines.RandomSlicesPrepareBatch` returns them:
         ``(B, 1, *spatial_s)`` and ``(B, 1, *spatial)`` with class indices.
 
     Raises:
-        ValueError: for ``aux_weight < 0``; in ``forward`` when input or target is not a pair of 5D tensors, or the
-            slice label does not match the slice logits.
+        ValueError: for ``aux_weight < 0``; in ``forward`` when input or target is not two 5D tensors (input a list
+            ``[slice_logits, aux_logits]``), or the slice label does not match the slice logits.
     """
 
     def __init__(
@@ -47,11 +47,15 @@ class SCAALoss(_Loss):
         )
         self.aux_loss = DiceLoss(include_background=include_background, to_onehot_y=True, softmax=True)
 
-    def forward(self, input, target) -> torch.Tensor:
+    def forward(self, input: list[torch.Tensor], target: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         for name, pair in (("input", input), ("target", target)):
-            if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(t.dim() == 5 for t in pair)):
+            if not (
+                isinstance(pair, (tuple, list))
+                and len(pair) == 2
+                and all(torch.is_tensor(t) and t.dim() == 5 for t in pair)
+            ):
                 raise ValueError(
-                    f"SCAALoss takes {name} as a pair of 5D tensors: input (slice_logits, aux_logits) from "
+                    f"SCAALoss takes {name} as two 5D tensors: input [slice_logits, aux_logits] from "
                     f"SCAA(x, slice_indices), target (label_slices, label) from RandomSlicesPrepareBatch; got "
                     f"{type(pair).__name__}."
                 )

@@ -20,6 +20,7 @@ __all__ = [
     "check_spatial_dim",
     "slices_last",
     "slices_restored",
+    "take_slices",
     "tensor_dim",
 ]
 
@@ -68,3 +69,26 @@ def slices_last(x: torch.Tensor, spatial_dim: int) -> torch.Tensor:
 def slices_restored(x: torch.Tensor, spatial_dim: int) -> torch.Tensor:
     """Undo :func:`slices_last`: move the last axis back to spatial axis ``spatial_dim``."""
     return x.movedim(-1, tensor_dim(spatial_dim))
+
+
+def take_slices(x: torch.Tensor, indices: torch.Tensor, spatial_dim: int) -> torch.Tensor:
+    """Given slices of each volume along spatial axis ``spatial_dim``.
+
+    Args:
+        x: ``(B, C, *spatial)``.
+        indices: ``(B, S)`` integer slice indices per volume (on any device).
+        spatial_dim: the slice axis, 0-2 (see :func:`check_spatial_dim`).
+
+    Returns:
+        ``(B, C, *spatial)`` with ``S`` in place of the slice axis: slice ``j`` of volume ``b`` is its slice
+        ``indices[b, j]``.
+
+    Raises:
+        ValueError: for a bad ``spatial_dim``, or ``indices`` that are not ``(B, S)``.
+    """
+    dim = tensor_dim(check_spatial_dim(spatial_dim, x.dim() - 2))
+    if indices.dim() != 2 or indices.shape[0] != x.shape[0]:
+        raise ValueError(f"indices must be (B, S) = ({x.shape[0]}, S), got {list(indices.shape)}.")
+    batch = torch.arange(x.shape[0], device=x.device).unsqueeze(1)  # (B, 1)
+    picked = x.movedim(dim, 2)[batch, :, indices.to(x.device)]  # (B, S, C, *other spatial)
+    return picked.movedim(1, 2).movedim(2, dim)

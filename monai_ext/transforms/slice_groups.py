@@ -10,21 +10,26 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, SpatialCrop
 from monai.transforms.traits import MultiSampleTrait
 
+from monai_ext.networks.layout import DEFAULT_SPATIAL_DIM, check_spatial_dim, tensor_dim
+
 __all__ = ["RandSliceGroup", "RandSliceGroupd", "slice_group"]
 
 
-def slice_group(img: torch.Tensor, start: int, num_slices: int, spatial_axis: int = 2) -> torch.Tensor:
-    """Slices ``start .. start + num_slices - 1`` of a channel-first ``(C, X, Y, Z)`` volume along ``spatial_axis``,
-    that axis moved last: ``(C, H', W', num_slices)``, the slab layout of
-    :class:`~monai_ext.networks.nets.Thickened2DNet` and :class:`~monai_ext.inferers.SliceGroupInferer`.
+def slice_group(img: torch.Tensor, start: int, num_slices: int, spatial_dim: int = DEFAULT_SPATIAL_DIM) -> torch.Tensor:
+    """Slices ``start .. start + num_slices - 1`` of a channel-first ``(C, H, W, D)`` volume along spatial axis
+    ``spatial_dim`` (0, 1 or 2; default 2, the last), that axis moved last: ``(C, H', W', num_slices)``, the slab
+    layout of :class:`~monai_ext.networks.nets.Thickened2DNet` and :class:`~monai_ext.inferers.SliceGroupInferer`.
 
     A volume with fewer than ``num_slices`` slices along the axis is first padded at the far end by repeating its
     last slice (as the inferer does); ``start`` must then be 0. The crop is MONAI's ``SpatialCrop`` (the affine
     follows the crop); moving the axis does not permute the affine.
+
+    Raises:
+        ValueError: for an input that is not ``(C, H, W, D)``, a bad ``spatial_dim`` or a group that does not fit.
     """
     if img.dim() != 4:
-        raise ValueError(f"expected a channel-first volume (C, X, Y, Z), got shape {list(img.shape)}.")
-    axis = spatial_axis + 1
+        raise ValueError(f"expected a channel-first volume (C, H, W, D), got shape {list(img.shape)}.")
+    axis = tensor_dim(check_spatial_dim(spatial_dim), batched=False)
     depth = img.shape[axis]
     if depth < num_slices:
         last = img.narrow(axis, depth - 1, 1)
@@ -33,28 +38,30 @@ def slice_group(img: torch.Tensor, start: int, num_slices: int, spatial_axis: in
     if not 0 <= start <= depth - num_slices:
         raise ValueError(f"start must be in [0, {depth - num_slices}] for {num_slices} of {depth} slices, got {start}.")
     roi = [slice(None)] * 3
-    roi[spatial_axis] = slice(start, start + num_slices)
+    roi[spatial_dim] = slice(start, start + num_slices)
     return SpatialCrop(roi_slices=roi)(img).movedim(axis, -1)
 
 
 class RandSliceGroup(Randomizable):
-    """Crop a random group of ``num_slices`` consecutive slices along ``spatial_axis`` (see :func:`slice_group`).
+    """Crop a random group of ``num_slices`` consecutive slices along spatial axis ``spatial_dim`` (see
+    :func:`slice_group`).
 
     Args:
         num_slices: slices per group ``k``.
-        spatial_axis: 0, 1 or 2, a spatial axis of ``(C, X, Y, Z)``.
+        spatial_dim: 0, 1 or 2, the spatial axis of ``(C, H, W, D)`` to take slices along (default 2, the last).
 
     Shapes:
-        input ``(C, X, Y, Z)``; output ``(C, H', W', num_slices)``.
+        input ``(C, H, W, D)``; output ``(C, H', W', num_slices)``.
+
+    Raises:
+        ValueError: for ``num_slices < 1`` or a bad ``spatial_dim``.
     """
 
-    def __init__(self, num_slices: int, spatial_axis: int = 2) -> None:
+    def __init__(self, num_slices: int, spatial_dim: int = DEFAULT_SPATIAL_DIM) -> None:
         if num_slices < 1:
             raise ValueError(f"num_slices must be positive, got {num_slices}.")
-        if spatial_axis not in (0, 1, 2):
-            raise ValueError(f"spatial_axis must be 0, 1 or 2 (a spatial axis of (C, X, Y, Z)), got {spatial_axis}.")
         self.num_slices = num_slices
-        self.spatial_axis = spatial_axis
+        self.spatial_dim = check_spatial_dim(spatial_dim)
         self._start = 0
 
     def randomize(self, depth: int) -> None:
@@ -62,8 +69,8 @@ class RandSliceGroup(Randomizable):
 
     def __call__(self, img: torch.Tensor, randomize: bool = True) -> torch.Tensor:
         if randomize:
-            self.randomize(img.shape[self.spatial_axis + 1])
-        return slice_group(img, self._start, self.num_slices, self.spatial_axis)
+            self.randomize(img.shape[tensor_dim(self.spatial_dim, batched=False)])
+        return slice_group(img, self._start, self.num_slices, self.spatial_dim)
 
 
 class RandSliceGroupd(Randomizable, MapTransform, MultiSampleTrait):
@@ -81,7 +88,8 @@ class RandSliceGroupd(Randomizable, MapTransform, MultiSampleTrait):
     Args:
         keys: keys to crop, all with the same spatial shape.
         num_slices: slices per group ``k``.
-        spatial_axis: 0, 1 or 2, the axis of ``(C, X, Y, Z)`` to take slices along (moved last in the output).
+        spatial_dim: 0, 1 or 2, the spatial axis of ``(C, H, W, D)`` to take slices along (default 2, the last;
+            moved last in the output).
         num_samples: groups per input dictionary.
         label_key: label used for foreground sampling (``None``: uniform only).
         pos_fraction: probability of a foreground-centred group, in ``[0, 1]`` (used when ``ratios`` is None).
@@ -97,7 +105,7 @@ class RandSliceGroupd(Randomizable, MapTransform, MultiSampleTrait):
         self,
         keys: KeysCollection,
         num_slices: int,
-        spatial_axis: int = 2,
+        spatial_dim: int = DEFAULT_SPATIAL_DIM,
         num_samples: int = 1,
         label_key: str | None = None,
         pos_fraction: float = 0.5,
@@ -105,7 +113,7 @@ class RandSliceGroupd(Randomizable, MapTransform, MultiSampleTrait):
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
-        self.cropper = RandSliceGroup(num_slices, spatial_axis)
+        self.cropper = RandSliceGroup(num_slices, spatial_dim)
         if num_samples < 1:
             raise ValueError(f"num_samples must be positive, got {num_samples}.")
         if not 0.0 <= pos_fraction <= 1.0:
@@ -152,7 +160,7 @@ class RandSliceGroupd(Randomizable, MapTransform, MultiSampleTrait):
         shapes = {tuple(d[k].shape[1:]) for k in keys}
         if len(shapes) > 1:
             raise ValueError(f"the keys {keys} have different spatial shapes {sorted(shapes)}; resample them first.")
-        axis = self.cropper.spatial_axis + 1
+        axis = tensor_dim(self.cropper.spatial_dim, batched=False)
         depth = d[keys[0]].shape[axis]
         pools: list[np.ndarray | None] = [None]
         weights = [1.0]
@@ -175,6 +183,6 @@ class RandSliceGroupd(Randomizable, MapTransform, MultiSampleTrait):
             sample = dict(d)
             for key in keys:
                 sample[key] = slice_group(d[key], min(start, max(depth - self.cropper.num_slices, 0)),
-                                          self.cropper.num_slices, self.cropper.spatial_axis)  # fmt: skip
+                                          self.cropper.num_slices, self.cropper.spatial_dim)  # fmt: skip
             out.append(sample)
         return out

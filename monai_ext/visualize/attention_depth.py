@@ -8,42 +8,61 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.transforms import Compose, DivisiblePad, SpatialPad
+from monai.utils import convert_to_tensor
 
+from monai_ext.networks.layout import DEFAULT_SPATIAL_DIM, tensor_dim
 from monai_ext.networks.nets.scaa import SpatialContextAwareNet
 from monai_ext.visualize.figures import pyplot, save_png
 
 __all__ = ["bundle_depth_attention_png", "depth_attention", "save_depth_attention_png"]
 
 
-def depth_attention(net: SpatialContextAwareNet, image: torch.Tensor) -> list[np.ndarray]:
+def depth_attention(net: SpatialContextAwareNet, image: torch.Tensor, slice_chunk: int = 16) -> list[np.ndarray]:
     """MSFA weights of ``net`` on one volume, averaged over the heads.
+
+    The volume is zero-padded at its far ends to a size the network takes (as the bundle's
+    :class:`~monai_ext.inferers.PadInferer` pads it), the 3D context is encoded once, and the slices go through the
+    2D path ``slice_chunk`` at a time (:meth:`~monai_ext.networks.nets.SCAA.forward_slices` with
+    ``return_attention=True``).
 
     Args:
         net: a :class:`~monai_ext.networks.nets.SCAA` with attention (configuration ``"SCAA"`` or ``"SCAA*"``).
-        image: ``(C, *spatial)`` or ``(1, C, *spatial)``, laid out as the network expects.
+        image: ``(C, *spatial)`` or ``(1, C, *spatial)``, slices on the network's ``spatial_dim``; any size.
+        slice_chunk: slices per pass through the 2D path.
 
     Returns:
-        one array per MSFA scale ``2 .. L``: ``(D, d_i)``, row ``z`` = the weights of axial slice ``z`` over the
-        ``d_i`` depth slices of ``F3D_i`` (rows sum to 1).
+        one array per MSFA scale ``2 .. L``: ``(D, d_i)``, row ``z`` = the weights of slice ``z`` over the ``d_i``
+        depth slices of ``F3D_i`` of the padded volume (rows sum to 1).
 
     Raises:
         ValueError: for a network without attention (CA, C-CA).
     """
     if net.msfa_mode != "attention":
         raise ValueError(f"depth_attention needs an SCAA with attention (SCAA or SCAA*), got {net.configuration!r}.")
-    x = image if image.dim() == 5 else image.unsqueeze(0)
+    volume = image[0] if image.dim() == 5 else image  # (C, *spatial)
+    pad = Compose([SpatialPad(net.min_size, method="end"), DivisiblePad(net.divisor, method="end")])
+    x = convert_to_tensor(pad(volume), track_meta=False).unsqueeze(0)  # (1, C, *padded spatial)
+    slices = torch.arange(volume.shape[tensor_dim(net.spatial_dim, batched=False)], device=x.device)
     was_training = net.training
     net.eval()
     try:
         with torch.no_grad():
-            _, attention = net.forward_with_attention(x)
+            context = net.encode_context(x)
+            chunks = [
+                net.forward_slices(x, context, idx, return_attention=True)[1] for idx in slices.split(slice_chunk)
+            ]
     finally:
         net.train(was_training)
-    return [a[0].mean(dim=1).cpu().numpy() for a in attention]  # (D, d_i) per scale
+    return [torch.cat(scale, dim=1)[0].mean(dim=1).cpu().numpy() for scale in zip(*chunks)]  # (D, d_i) per scale
 
 
 def save_depth_attention_png(
-    attention: list[np.ndarray], path: str | Path, label: np.ndarray | None = None, title: str = ""
+    attention: list[np.ndarray],
+    path: str | Path,
+    label: np.ndarray | None = None,
+    title: str = "",
+    spatial_dim: int = DEFAULT_SPATIAL_DIM,
 ) -> Path:
     """Plot :func:`depth_attention`'s maps side by side (x: 3D slice of ``F3D_i`` in image-slice units, y: axial
     slice), with the diagonal where the 3D slice holds the axial slice, and optionally the label's foreground
@@ -52,8 +71,9 @@ def save_depth_attention_png(
     Args:
         attention: ``(D, d_i)`` arrays, scales 2, 3, ...
         path: PNG to write (folders are created).
-        label: optional ``(X, Y, D)`` label map (axial axis last) for the per-slice foreground profile.
+        label: optional label map ``(*spatial)`` (the three spatial axes) for the per-slice foreground profile.
         title: figure title.
+        spatial_dim: the slice axis of ``label``, 0-2 (default 2, the last).
     """
     plt = pyplot()
 
@@ -73,7 +93,7 @@ def save_depth_attention_png(
             ax.set_ylabel("axial slice z")
     if label is not None:
         ax = axes[0, -1]
-        fractions = [(label[..., z] > 0).mean() for z in range(label.shape[-1])]
+        fractions = (np.moveaxis(label, spatial_dim, 0) > 0).reshape(label.shape[spatial_dim], -1).mean(axis=1)
         ax.plot(fractions, np.arange(len(fractions)))
         ax.set_ylim(0, len(fractions))
         ax.set_title("label foreground")
@@ -112,4 +132,5 @@ def bundle_depth_attention_png(
     label_file = Path(dataset_dir) / name.replace("imagesTs", "labelsTs")
     label = np.asarray(nib.load(label_file).dataobj) if label_file.is_file() else None
     title = f"{net.configuration} on {Path(name).name}: MSFA weights of each axial slice (mean over heads)"
-    return save_depth_attention_png(depth_attention(net, image), path, label=label, title=title)
+    maps = depth_attention(net, image)
+    return save_depth_attention_png(maps, path, label=label, title=title, spatial_dim=net.spatial_dim)

@@ -17,9 +17,10 @@ from monai_ext.bench.attention import (
     rsanet_bottleneck_shape,
 )
 from monai_ext.bench.process import run_fresh
+from monai_ext.inferers import PadInferer
 from monai_ext.networks.nets import RSANet
 
-SHAPE = (1, 4, 2, 3, 4)  # N = 24 voxels, C = 4, inner channels 2; RSA attends along sizes 3, 4 then 2
+SHAPE = (1, 4, 2, 3, 4)  # N = 24 voxels, C = 4, inner channels 2; RSA attends along sizes 2, 3 then 4
 
 
 @pytest.mark.parametrize("shape", [(2, 6, 3, 4, 5), (1, 5, 7, 1, 2)])
@@ -55,7 +56,7 @@ def test_flops_by_hand():
         flops = count_flops(build_variant(variant, c), torch.randn(*SHAPE))
         assert flops == {"total": conv_nl + attn_nl, "attention": attn_nl}, variant
     # RSA along a dimension with S slices of length L = C * N / S: (S x L)(L x S) then (S x S)(S x L)
-    attn_rsa = sum(2 * (2 * s * s * (c * n // s)) for s in (3, 4, 2))
+    attn_rsa = sum(2 * (2 * s * s * (c * n // s)) for s in (2, 3, 4))
     conv_rsa = 3 * 3 * 2 * n * c * c  # theta, phi, g (C -> C) recomputed for each of the 3 directions
     assert count_flops(build_variant("RSA", c), torch.randn(*SHAPE)) == {
         "total": conv_rsa + attn_rsa,
@@ -77,20 +78,21 @@ def test_map_bytes_by_hand():
     assert map_bytes("non-local sdpa", SHAPE) == 0
     assert map_bytes("RSA", (2, *SHAPE[1:])) == 2 * map_bytes("RSA", SHAPE)  # one map per batch element
     assert map_bytes("non-local naive", (2, *SHAPE[1:])) == 2 * 24 * 24 * 4
-    # the full-size rows: RSANet's bottleneck 4x12x12 and a 24^3 map
-    assert map_bytes("RSA", (1, 512, 4, 12, 12)) == 4 * (144 + 144 + 16)
-    assert map_bytes("non-local naive", (1, 512, 4, 12, 12)) == 576**2 * 4
+    assert map_bytes("RSA", SHAPE, spatial_dims_order=(2,)) == 4 * 4 * 4  # along the last axis only
+    # the full-size rows: RSANet's bottleneck 12x12x4 and a 24^3 map
+    assert map_bytes("RSA", (1, 512, 12, 12, 4)) == 4 * (144 + 144 + 16)
+    assert map_bytes("non-local naive", (1, 512, 12, 12, 4)) == 576**2 * 4
     assert map_bytes("non-local naive", (1, 64, 24, 24, 24)) == 24**6 * 4  # 729 MiB
 
 
 def test_bottleneck_shape_matches_rsanet():
-    assert rsanet_bottleneck_shape() == (1, 512, 4, 12, 12)  # RSANet's default filters, 1x3x64x192x192
+    assert rsanet_bottleneck_shape() == (1, 512, 12, 12, 4)  # RSANet's default filters, 1x3x192x192x64
     net = RSANet(filters=(8, 16, 16), dropout=None).eval()
     seen = []
     net.rsa_bottleneck.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
     for image in [(1, 3, 8, 12, 20), (2, 3, 6, 11, 17)]:  # divisible, and padded up to multiples of 4
         with torch.inference_mode():
-            net(torch.randn(*image))
+            PadInferer(4)(torch.randn(*image), net)
         assert seen[-1] == rsanet_bottleneck_shape(image, (8, 16, 16)) == (image[0], 16, 2, 3, 5)
 
 
@@ -113,7 +115,7 @@ def test_run_attention_quick_writes_json_with_ratios(tmp_path, capsys):
     assert set(report["meta"]) == {"torch", "machine", "threads", "repeats", "fresh_process", "malloc_env"}
     assert report["meta"]["fresh_process"] is False and report["meta"]["repeats"] == 3
     assert [(r["shape"], r["variant"]) for r in rows] == [
-        (s, v) for s in ([1, 16, 2, 6, 6], [1, 16, 8, 8, 8]) for v in VARIANTS
+        (s, v) for s in ([1, 16, 6, 6, 2], [1, 16, 8, 8, 8]) for v in VARIANTS
     ]
     ratio_keys = {"map", "peak_growth", "gflop", "gflop_attention", "time"}
     for r in rows:

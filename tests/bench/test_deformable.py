@@ -20,11 +20,14 @@ from monai_ext.bench.deformable import (
 from monai_ext.networks.blocks import MSDeformableAttention, deformable_reference_points
 
 
-def test_cotr_sizes():
+def test_sizes_are_read_from_the_registrys_cotr():
     s = sizes()
-    assert s["levels"] == [(12, 24, 24), (6, 12, 12)]
-    assert sum(d * h * w for d, h, w in s["levels"]) == 7776  # the tokens of one 48 x 192 x 192 patch
+    assert s["patch"] == (192, 192, 48)  # the paper patch, slices last
+    assert s["levels"] == [(24, 24, 12), (12, 12, 6)]
+    assert sum(h * w * d for h, w, d in s["levels"]) == 7776  # the tokens of one 192 x 192 x 48 patch
     assert (s["d"], s["heads"], s["points"], s["layers"], s["ffn"]) == (384, 6, 4, 6, 1536)
+    assert s["dynunet_filters"] == (32, 64, 128, 256, 320, 320)
+    assert sizes(quick=True)["levels"] == [(4, 4, 4), (2, 2, 2)]
 
 
 @pytest.mark.parametrize("group", ["core", "encoder"])

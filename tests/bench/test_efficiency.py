@@ -6,9 +6,11 @@ import json
 
 import pytest
 import torch
+from monai.inferers import SliceInferer, SlidingWindowInferer
 
 from monai_ext.bench import efficiency, measure, run_efficiency
-from monai_ext.bench.registry import BenchNetwork
+from monai_ext.networks import NetworkEntry
+from monai_ext.networks import registry as network_registry
 
 
 def _tiny_net() -> torch.nn.Module:
@@ -54,30 +56,38 @@ def test_measure_counts_what_the_forward_function_runs():
     assert r["gflop"] == pytest.approx(2 * (2 * 16 * 9) * 6 / 1e9, rel=1e-12)  # 6 slices of 2 x 4^2 outputs
 
 
-def _tiny3d(i, o, roi):
-    return torch.nn.Sequential(torch.nn.Conv3d(i, 4, 3, padding=1), torch.nn.Conv3d(4, o, 1))
+def _tiny3d(in_channels=1, out_channels=2):
+    return torch.nn.Sequential(torch.nn.Conv3d(in_channels, 4, 3, padding=1), torch.nn.Conv3d(4, out_channels, 1))
 
 
 @pytest.fixture
 def tiny_rows(monkeypatch):
+    """A toy 2D row, and a toy in place of the reference dynunet_3d."""
     rows = {
-        "Tiny 2D": BenchNetwork("Tiny 2D", lambda i, o, roi: torch.nn.Conv2d(i, o, 1), "2d", (8, 8, 1)),
-        "DynUNet 3D": BenchNetwork("DynUNet 3D", _tiny3d, "3d", family="monai"),
-    }
-    monkeypatch.setattr(efficiency, "NETWORKS", rows)
+        "tiny_2d": NetworkEntry(
+            "tiny_2d", lambda in_channels=1, out_channels=2: torch.nn.Conv2d(in_channels, out_channels, 1), "2d",
+            "Tiny 2D", inferer=lambda **kw: SliceInferer(2, roi_size=(-1, -1), sw_batch_size=16), patch=(8, 8, 1),
+        ),
+        "dynunet_3d": NetworkEntry(
+            "dynunet_3d", _tiny3d, "3d", "Tiny 3D", family="monai",
+            inferer=lambda **kw: SlidingWindowInferer(**{"roi_size": (96, 96, 96), "overlap": 0.25, **kw}),
+        ),
+    }  # fmt: skip
+    for name, entry in rows.items():
+        monkeypatch.setitem(network_registry._REGISTRY, name, entry)
     return rows
 
 
 def test_run_efficiency_records_ratios_and_reports(tiny_rows, tmp_path, capsys):
     out = tmp_path / "bench" / "nested"
-    records = run_efficiency(quick=True, output_dir=str(out), threads=1, fresh_process=False)
+    records = run_efficiency(quick=True, output_dir=str(out), networks=list(tiny_rows), threads=1, fresh_process=False)
     assert json.loads((out / "efficiency.json").read_text()) == records
     assert (out / "efficiency.md").read_text() in capsys.readouterr().out
     assert [(r["network"], r["allocator"]) for r in records] == [
-        ("Tiny 2D", "default"),
-        ("Tiny 2D", "tuned"),
-        ("DynUNet 3D", "default"),
-        ("DynUNet 3D", "tuned"),
+        ("tiny_2d", "default"),
+        ("tiny_2d", "tuned"),
+        ("dynunet_3d", "default"),
+        ("dynunet_3d", "tuned"),
     ]
     voxels = 64 * 64 * 32
     for r in records:
@@ -86,7 +96,7 @@ def test_run_efficiency_records_ratios_and_reports(tiny_rows, tmp_path, capsys):
         assert r["gflops_achieved"] == pytest.approx(r["gflop"] / r["latency_s"]["median"])
         assert r["peak_fraction"] == pytest.approx(r["gflops_achieved"] / r["matmul_gflops"])
         assert r["gflop_own_patch"] is None  # quick mode skips the paper patch
-        ref = next(x for x in records if x["network"] == "DynUNet 3D" and x["allocator"] == r["allocator"])
+        ref = next(x for x in records if x["network"] == "dynunet_3d" and x["allocator"] == r["allocator"])
         assert r["latency_vs_reference"] == pytest.approx(r["latency_s"]["median"] / ref["latency_s"]["median"])
         assert r["volume_vs_reference"] == pytest.approx(r["volume_s"] / ref["volume_s"])
     assert records[0]["params"] == 1 * 14 + 14 and records[0]["gflop"] == pytest.approx(2 * voxels * 14 / 1e9)
@@ -103,14 +113,14 @@ def test_run_efficiency_refuses_unknown_rows_and_settings(tiny_rows):
 
 def test_run_efficiency_falls_back_to_cpu_without_cuda(tiny_rows, monkeypatch, capsys):
     monkeypatch.setattr(efficiency.torch.cuda, "is_available", lambda: False)
-    kw = {"networks": ["Tiny 2D"], "allocators": ["default"], "fresh_process": False}
+    kw = {"networks": ["tiny_2d"], "allocators": ["default"], "fresh_process": False}
     records = run_efficiency(device="cuda", quick=True, **kw)
     assert "CUDA is not available: measuring on the CPU" in capsys.readouterr().out
     assert records[0]["machine"]["device"] == "cpu"
-    assert records[0]["latency_vs_reference"] is None  # no DynUNet 3D row in this run
+    assert records[0]["latency_vs_reference"] is None  # no dynunet_3d row in this run
 
 
 def test_a_real_row_in_a_fresh_process_with_the_tuned_allocator():
-    (r,) = run_efficiency(quick=True, networks=["DynUNet 2D"], allocators=["tuned"], threads=1)
+    (r,) = run_efficiency(quick=True, networks=["dynunet_2d"], allocators=["tuned"], threads=1)
     assert r["params"] == 10_705_134 and r["allocator"] == "tuned"
     assert r["peak_memory_source"] == "VmHWM" and 0.1 < r["peak_memory_gib"] < 8

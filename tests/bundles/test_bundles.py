@@ -32,6 +32,7 @@ class Case:
     in_channels: int = 1
     num_classes: int = 3
     trace_export: bool = False  # TorchScript by tracing (networks that do not script)
+    export_size: tuple[int, int, int] = (32, 32, 32)  # the exported network's input (H, W, D)
 
     @property
     def root(self) -> Path:
@@ -120,6 +121,7 @@ CASES = [
             "val_fraction": 0.5,
         },
         trace_export=True,
+        export_size=(64, 64, 32),  # a size SCAA takes (2^5 divides it, in-plane at least 2^6); the data are 32^3
     ),
     Case(
         "thick2d",
@@ -137,6 +139,7 @@ CASES = [
             "num_workers": 0,
             "val_fraction": 0.5,
         },
+        export_size=(32, 32, 6),  # one group of num_slices: whole volumes are the inferer's job
     ),
 ]
 
@@ -267,7 +270,7 @@ def test_torchscript_and_onnx_export(case, trained, tmp_path):
         "meta_file": case.configs_dir / "metadata.json",
         "config_file": case.configs_dir / "inference.json",
     }
-    shape = [1, case.in_channels, 32, 32, 32]
+    shape = [1, case.in_channels, *case.export_size]
     ts, onnx_path = tmp_path / "model.ts", tmp_path / "model.onnx"
     trace = {"use_trace": True, "input_shape": str(shape).replace(" ", "")}
     ok(case.run("ckpt_export", "network_def", filepath=ts, **common, **(trace if case.trace_export else {})))

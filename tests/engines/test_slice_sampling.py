@@ -4,6 +4,7 @@ from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 
 from monai_ext.engines import RandomSlicesPrepareBatch
+from monai_ext.inferers import SliceTrainingPadInferer
 from monai_ext.losses import SCAALoss
 from monai_ext.networks.nets import SCAA
 
@@ -28,12 +29,13 @@ def test_draws_distinct_sorted_slices_and_takes_the_label_there():
     torch.testing.assert_close(label, batch["label"])
 
 
-def test_fewer_slices_than_asked_takes_them_all_and_other_slice_dim():
+def test_fewer_slices_than_asked_takes_them_all_and_other_spatial_dim():
     batch = _batch(b=1, depth=3)
     _, (label_slices, _), _, kwargs = RandomSlicesPrepareBatch(num_slices=16)(batch)
     assert kwargs["slice_indices"].tolist() == [[0, 1, 2]]
-    _, (label_slices, _), _, kwargs = RandomSlicesPrepareBatch(num_slices=4, slice_dim=2)(batch)
+    _, (label_slices, _), _, kwargs = RandomSlicesPrepareBatch(num_slices=4, spatial_dim=0)(batch)
     assert label_slices.shape == (1, 1, 4, 6, 3)
+    assert kwargs["slice_indices"].max() < 8
 
 
 def test_seeded_draws_repeat():
@@ -75,7 +77,7 @@ def test_class_balanced_draw_fills_up_when_a_class_has_too_few_slices():
 def test_supervised_trainer_runs_scaa_with_the_loss_and_learns():
     torch.manual_seed(0)
     net = SCAA(1, 2, filters=(4, 8, 8, 16, 16), context_channels=(4, 4, 8, 8), global_channels=4)
-    image = torch.rand(1, 1, 32, 32, 32)
+    image = torch.rand(1, 1, 32, 32, 24)  # not a size SCAA takes: the training inferer pads it
     label = (image > 0.5).long()
     data = [{"image": image[0], "label": label[0]}] * 2
     loader = torch.utils.data.DataLoader(data, batch_size=1)
@@ -88,6 +90,7 @@ def test_supervised_trainer_runs_scaa_with_the_loss_and_learns():
         optimizer=torch.optim.Adam(net.parameters(), 1e-2),
         loss_function=SCAALoss(),
         prepare_batch=RandomSlicesPrepareBatch(num_slices=4),
+        inferer=SliceTrainingPadInferer(net.divisor, net.min_size),
         decollate=False,
     )
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss"].item()))
@@ -99,8 +102,8 @@ def test_supervised_trainer_runs_scaa_with_the_loss_and_learns():
 def test_bad_arguments_and_batches():
     with pytest.raises(ValueError, match="num_slices"):
         RandomSlicesPrepareBatch(0)
-    with pytest.raises(ValueError, match="slice_dim"):
-        RandomSlicesPrepareBatch(4, slice_dim=1)
+    with pytest.raises(ValueError, match="spatial_dim counts spatial axes"):
+        RandomSlicesPrepareBatch(4, spatial_dim=4)
     with pytest.raises(ValueError, match="class_fraction"):
         RandomSlicesPrepareBatch(4, class_fraction=1.5)
     with pytest.raises(ValueError, match="needs batch keys"):

@@ -1,4 +1,5 @@
-"""Three-view fusion: axes swapped for any slice inferer, majority vote with its tie-break, mean, one net per view."""
+"""Three-view fusion: axes swapped for any inferer with a spatial_dim, majority vote with its tie-break, mean, one
+net per view."""
 
 from __future__ import annotations
 
@@ -42,41 +43,36 @@ def _axis_marker(x: torch.Tensor) -> torch.Tensor:
 
 def test_each_view_slides_along_its_own_axis_and_outputs_come_back_in_place():
     x = torch.randn(1, 1, 4, 5, 6)
-    outs = []
-    for view in (0, 1, 2):
-        inferer = MultiViewInferer(SliceGroupInferer(1), views=[view], fusion="mean")
-        outs.append(inferer(x, _axis_marker))
-    for view, out in enumerate(outs):
-        torch.testing.assert_close(out[:, :1], x)  # the volume comes back in its own orientation
-        # with groups of one slice the index within the slab is 0: compare to a direct run along that axis
-        torch.testing.assert_close(out, SliceGroupInferer(1, spatial_axis=view)(x, _axis_marker))
-    # groups of 2 along each axis: mean position differs between edge and inner slices along that axis only
-    for view in (0, 1, 2):
-        out = MultiViewInferer(SliceGroupInferer(2), views=[view], fusion="mean")(x, _axis_marker)
-        torch.testing.assert_close(out, SliceGroupInferer(2, spatial_axis=view)(x, _axis_marker))
+    # groups of 2: the mean position within the group differs between edge and inner slices along that axis only
+    for along in (2, 0):  # the wrapped inferer's own spatial_dim
+        for view in (0, 1, 2):
+            inferer = MultiViewInferer(SliceGroupInferer(2, spatial_dim=along), [view], fusion="mean")
+            out = inferer(x, _axis_marker)
+            torch.testing.assert_close(out[:, :1], x)  # the volume comes back in its own orientation
+            torch.testing.assert_close(out, SliceGroupInferer(2, spatial_dim=view)(x, _axis_marker))
 
 
 def test_wraps_monai_slice_inferer_and_one_network_per_view():
     torch.manual_seed(0)
     nets = [torch.nn.Conv2d(1, 3, 1) for _ in range(3)]
     x = torch.randn(1, 1, 6, 7, 8)
-    inferer = MultiViewInferer(SliceInferer(roi_size=(-1, -1), spatial_dim=2), fusion="vote")
-    assert inferer.inferer_axis == 2
+    inferer = MultiViewInferer(SliceInferer(roi_size=(-1, -1), spatial_dim=2), spatial_dims_order=(2, 1, 0))
     with torch.no_grad():
         fused = inferer(x, nets)
-        per_view = [SliceInferer(roi_size=(-1, -1), spatial_dim=v)(x, n) for v, n in zip((0, 1, 2), nets)]
+        per_view = [SliceInferer(roi_size=(-1, -1), spatial_dim=v)(x, n) for v, n in zip((2, 1, 0), nets)]
     torch.testing.assert_close(fused, fuse_views(per_view, "vote"))
     with pytest.raises(ValueError, match="got 2 networks for 3 views"):
         inferer(x, nets[:2])
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="views must be distinct"):
-        MultiViewInferer(SliceGroupInferer(3), views=(0, 0))
+    with pytest.raises(ValueError, match="spatial_dims_order must list distinct spatial axes"):
+        MultiViewInferer(SliceGroupInferer(3), spatial_dims_order=(0, 0))
+    with pytest.raises(ValueError, match="spatial_dims_order counts spatial axes"):
+        MultiViewInferer(SliceGroupInferer(3), spatial_dims_order=(2, 3))
     with pytest.raises(ValueError, match="fusion must be one of"):
         MultiViewInferer(SliceGroupInferer(3), fusion="max")
-    with pytest.raises(ValueError, match="pass inferer_axis"):
+    with pytest.raises(ValueError, match="must say which spatial axis it slides along"):
         MultiViewInferer(lambda x, n: n(x))
-    assert MultiViewInferer(lambda x, n: n(x), inferer_axis=1).inferer_axis == 1
-    with pytest.raises(ValueError, match=r"expects a \(B, C, X, Y, Z\) volume"):
+    with pytest.raises(ValueError, match=r"expects a \(B, C, H, W, D\) volume"):
         MultiViewInferer(SliceGroupInferer(3))(torch.zeros(1, 1, 4, 4), _axis_marker)

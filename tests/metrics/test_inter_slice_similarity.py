@@ -27,7 +27,10 @@ def test_by_hand_on_three_slices_and_other_axes():
     # slices 2 and 3 empty: pair (1, 2) counts (one side non-empty, Dice 0), pair (2, 3) does not
     expected = (2 * 2 / (4 + 2) + 0.0) / 2
     assert math.isclose(inter_slice_similarity(m).item(), expected, rel_tol=1e-6)
-    assert math.isclose(inter_slice_similarity(m.movedim(4, 2), spatial_axis=0).item(), expected, rel_tol=1e-6)
+    assert math.isclose(inter_slice_similarity(m.movedim(4, 2), spatial_dim=0).item(), expected, rel_tol=1e-6)
+    metric = InterSliceSimilarityMetric(spatial_dim=1, include_background=True)
+    metric(y_pred=m.movedim(4, 3))
+    assert math.isclose(metric.aggregate().item(), expected, rel_tol=1e-6)
 
 
 def test_empty_channel_is_nan_and_metric_aggregates():
@@ -59,7 +62,9 @@ def test_errors():
         InterSliceSimilarityMetric().aggregate()
     with pytest.raises(ValueError, match="at least 2 spatial axes"):
         inter_slice_similarity(torch.zeros(1, 1, 4))
-    with pytest.raises(ValueError, match="spatial_axis must be in"):
-        inter_slice_similarity(torch.zeros(1, 1, 4, 4), spatial_axis=2)
+    with pytest.raises(ValueError, match="spatial_dim counts spatial axes"):
+        inter_slice_similarity(torch.zeros(1, 1, 4, 4), spatial_dim=2)
+    with pytest.raises(ValueError, match="spatial_dim counts spatial axes"):
+        InterSliceSimilarityMetric(spatial_dim=-1)
     with pytest.raises(ValueError, match="binarized|binarised|binary"):
         InterSliceSimilarityMetric()(y_pred=torch.full((1, 1, 4, 4, 4), 0.5))

@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from monai_ext.networks.layout import check_spatial_axes, check_spatial_dim, slices_last, slices_restored, tensor_dim
+from monai_ext.networks.layout import (
+    check_spatial_axes,
+    check_spatial_dim,
+    slices_last,
+    slices_restored,
+    take_slices,
+    tensor_dim,
+)
 
 
 @pytest.mark.parametrize("spatial_dim", [0, 1, 2])
@@ -40,3 +47,24 @@ def test_slices_last_round_trip(spatial_dim):
     assert moved.shape[-1] == x.shape[2 + spatial_dim]
     assert torch.equal(moved[..., 1], x.select(2 + spatial_dim, 1))
     assert torch.equal(slices_restored(moved, spatial_dim), x)
+
+
+@pytest.mark.parametrize("spatial_dim", [0, 1, 2])
+def test_take_slices_picks_each_volumes_own_slices(spatial_dim):
+    x = torch.randn(2, 3, 5, 6, 7)
+    indices = torch.tensor([[4, 0], [1, 1]])
+    picked = take_slices(x, indices, spatial_dim)
+    expected_shape = list(x.shape)
+    expected_shape[2 + spatial_dim] = 2
+    assert list(picked.shape) == expected_shape
+    for b in range(2):
+        for j in range(2):
+            assert torch.equal(picked[b].select(1 + spatial_dim, j), x[b].select(1 + spatial_dim, int(indices[b, j])))
+
+
+def test_take_slices_refuses_bad_axes_and_indices():
+    x = torch.randn(2, 1, 4, 4, 4)
+    with pytest.raises(ValueError, match="SliceInferer"):
+        take_slices(x, torch.zeros(2, 1, dtype=torch.long), 4)
+    with pytest.raises(ValueError, match=r"\(B, S\) = \(2, S\)"):
+        take_slices(x, torch.zeros(3, dtype=torch.long), 2)

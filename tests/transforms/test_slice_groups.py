@@ -14,12 +14,14 @@ def _volume(shape=(1, 6, 7, 10)) -> torch.Tensor:
     return torch.arange(float(np.prod(shape))).reshape(shape)
 
 
-@pytest.mark.parametrize("axis", [0, 1, 2])
-def test_slice_group_moves_the_axis_last_and_keeps_the_slices(axis):
+@pytest.mark.parametrize("spatial_dim", [0, 1, 2])
+def test_slice_group_moves_the_axis_last_and_keeps_the_slices(spatial_dim):
     img = _volume()
-    out = slice_group(img, 2, 3, axis)
-    expected = img.narrow(axis + 1, 2, 3).movedim(axis + 1, -1)
+    out = slice_group(img, 2, 3, spatial_dim)
+    expected = img.narrow(spatial_dim + 1, 2, 3).movedim(spatial_dim + 1, -1)
     assert torch.equal(out, expected)
+    sample = RandSliceGroupd(["image", "label"], 3, spatial_dim=spatial_dim)({"image": img, "label": img})[0]
+    assert sample["image"].shape == expected.shape and torch.equal(sample["image"], sample["label"])
 
 
 def test_slice_group_crop_updates_the_affine_and_pads_short_volumes():
@@ -32,8 +34,10 @@ def test_slice_group_crop_updates_the_affine_and_pads_short_volumes():
     assert torch.equal(padded[..., 2:], short[..., 1:].expand(1, 4, 4, 3))
     with pytest.raises(ValueError, match=r"start must be in \[0, 7\]"):
         slice_group(_volume(), 8, 3)
-    with pytest.raises(ValueError, match=r"channel-first volume \(C, X, Y, Z\)"):
+    with pytest.raises(ValueError, match=r"channel-first volume \(C, H, W, D\)"):
         slice_group(torch.zeros(4, 4, 4), 0, 2)
+    with pytest.raises(ValueError, match="spatial_dim counts spatial axes"):
+        slice_group(_volume(), 0, 2, spatial_dim=3)
 
 
 def test_random_group_is_uniform_and_reproducible():
@@ -46,8 +50,8 @@ def test_random_group_is_uniform_and_reproducible():
     assert torch.equal(again(img), RandSliceGroup(4).set_random_state(0)(img))
     with pytest.raises(ValueError, match="num_slices must be positive"):
         RandSliceGroup(0)
-    with pytest.raises(ValueError, match="spatial_axis must be 0, 1 or 2"):
-        RandSliceGroup(3, spatial_axis=3)
+    with pytest.raises(ValueError, match="spatial_dim counts spatial axes"):
+        RandSliceGroup(3, spatial_dim=3)
 
 
 def test_dictionary_version_crops_image_and_label_alike_and_samples():

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 from monai_ext.bundles import bundle_dir
 from monai_ext.data import write_msd_dataset
@@ -12,14 +13,21 @@ TINY = {"filters": (4, 8, 8, 16, 16), "context_channels": (4, 4, 8, 8), "global_
 
 def test_depth_attention_rows_sum_to_one_and_png_is_written(tmp_path):
     net = SCAA(1, 3, **TINY).train()
-    maps = depth_attention(net, torch.rand(1, 32, 32, 40))
+    image = torch.rand(1, 32, 32, 40)
+    maps = depth_attention(net, image, slice_chunk=16)
     assert net.training  # mode restored
+    # the volume is padded to 64^3 as the bundle's inferer pads it: F3D_i has 64 / 2^i slices
     assert [m.shape for m in maps] == [(40, 16), (40, 8), (40, 4), (40, 2)]
     for m in maps:
         np.testing.assert_allclose(m.sum(1), 1.0, rtol=1e-5)
-    label = np.zeros((32, 32, 40), dtype=np.uint8)
-    label[10:20, 10:20, 5:15] = 1
-    path = save_depth_attention_png(maps, tmp_path / "fig" / "a.png", label=label, title="t")
+    with torch.no_grad():
+        padded = F.pad(image, (0, 24, 0, 32, 0, 32))[None]
+        _, attention = net.eval().forward_slices(padded, net.encode_context(padded), range(40), return_attention=True)
+    for m, a in zip(maps, attention):
+        np.testing.assert_allclose(m, a[0].mean(dim=1).numpy(), rtol=1e-5, atol=1e-6)
+    label = np.zeros((40, 32, 32), dtype=np.uint8)  # slices first: spatial_dim=0
+    label[5:15, 10:20, 10:20] = 1
+    path = save_depth_attention_png(maps, tmp_path / "fig" / "a.png", label=label, title="t", spatial_dim=0)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

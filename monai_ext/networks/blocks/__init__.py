@@ -7,7 +7,15 @@ from monai_ext.networks.blocks.deformable_attention import (
 )
 from monai_ext.networks.blocks.detrans import DeTransEncoder, DeTransLayer, SinePositionEncoding, sine_position_encoding
 from monai_ext.networks.blocks.msfa import MSFA, MultiSliceFeatureAggregation, aggregate_slices
-from monai_ext.networks.blocks.multi_view import MultiViewFuse, MultiViewStack, from_view, to_view, views_stackable
+from monai_ext.networks.blocks.multi_view import (
+    MULTI_VIEW_ORDER,
+    MultiViewFuse,
+    MultiViewStack,
+    from_view,
+    to_view,
+    view_axes,
+    views_stackable,
+)
 from monai_ext.networks.blocks.multiplexing import ESM, EarlyStageMultiplexing
 from monai_ext.networks.blocks.slice_attention import RSA, RecurrentSliceAttention, SliceAttention, slice_attention
 from monai_ext.networks.blocks.slice_sensitive_attention import (
@@ -32,6 +40,7 @@ __all__ = [
     "GlobalDescriptor",
     "MSDeformableAttention",
     "MSFA",
+    "MULTI_VIEW_ORDER",
     "MultiSliceFeatureAggregation",
     "MultiViewFuse",
     "MultiViewStack",
@@ -57,5 +66,6 @@ __all__ = [
     "slice_attention",
     "slice_shift",
     "to_view",
+    "view_axes",
     "views_stackable",
 ]

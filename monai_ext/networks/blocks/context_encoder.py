@@ -10,6 +10,8 @@ from monai.networks.blocks.dynunet_block import UnetResBlock
 from torch import nn
 from torch.nn import functional as F
 
+from monai_ext.networks.checks import check_input
+
 __all__ = ["ContextEncoder3D", "GlobalDescriptor"]
 
 
@@ -26,8 +28,10 @@ class ContextEncoder3D(nn.Module):
     - ``F3D_(len(channels)+1)``: one more max-pool of the last stage's output (hence its channels equal the last
       stage's: the paper's 24, 32, 64, 64).
 
-    ``F3D_i`` is ``2 ** i`` smaller than ``x`` on every axis, so every axis must be divisible by
-    ``2 ** (len(channels) + 1)`` (32 by default): :class:`~monai_ext.networks.nets.SCAA` pads its input.
+    ``F3D_i`` is ``2 ** i`` smaller than ``x`` on every axis, so every axis must be divisible by ``divisor``
+    ``= 2 ** (len(channels) + 1)`` (32 by default): pad the volume first (``monai.transforms.DivisiblePad``, or
+    :class:`~monai_ext.inferers.PadInferer` around the network). Every operation treats the three spatial axes alike,
+    so the maps keep the input's layout (slices last for MONAI's ``(B, C, H, W, D)``).
 
     Args:
         in_channels: image channels.
@@ -37,8 +41,8 @@ class ContextEncoder3D(nn.Module):
         act_name: activation.
 
     Shapes:
-        input ``(B, in_channels, D, H, W)``; output: a list of ``len(channels)`` maps, ``F3D_i`` of shape
-        ``(B, channels[i - 2], D / 2^i, H / 2^i, W / 2^i)`` for ``i = 2 ..``.
+        input ``(B, in_channels, H, W, D)``; output: a list of ``len(channels)`` maps, ``F3D_i`` of shape
+        ``(B, channels[i - 2], H / 2^i, W / 2^i, D / 2^i)`` for ``i = 2 ..``.
 
     Raises:
         ValueError: for bad channel counts; in ``forward`` for a wrong rank, channel count or an axis not divisible
@@ -81,13 +85,7 @@ class ContextEncoder3D(nn.Module):
             prev = c
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if x.dim() != 5 or x.shape[1] != self.in_channels:
-            raise ValueError(f"ContextEncoder3D expects (B, {self.in_channels}, D, H, W), got {list(x.shape)}.")
-        if any(s % self.divisor for s in x.shape[2:]):
-            raise ValueError(
-                f"ContextEncoder3D needs every spatial size divisible by {self.divisor}, got {list(x.shape[2:])}: "
-                f"pad the volume (SCAA does this itself)."
-            )
+        check_input(x, "ContextEncoder3D", self.in_channels, spatial_dims=3, divisor=self.divisor)
         x = F.avg_pool3d(x, 2)  # scale 1: the whole volume at half resolution
         features: list[torch.Tensor] = []
         for stage in self.stages:

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from monai_ext.networks.layout import check_spatial_axes
+
 __all__ = [
     "CORES",
     "MSDeformableAttention",
@@ -78,8 +80,8 @@ def deformable_attention_grid_sample(
             each level in row-major order of its spatial axes.
         spatial_shapes: ``(L, n)`` sizes of the levels (``n`` = 2 or 3 spatial axes), a long tensor or nested ints.
         sampling_locations: ``(N, Lq, heads, L, points, n)`` in ``[0, 1]`` (0 and 1 are the outer edges of the map),
-            coordinates in *array axis order*: ``(d, h, w)`` for 3D and ``(h, w)`` for 2D level shapes ``(D, H, W)``
-            and ``(H, W)``.
+            coordinates in the levels' *array axis order* (``(h, w, d)`` for a ``(H, W, D)`` level, ``(h, w)`` for
+            ``(H, W)``).
         attention_weights: ``(N, Lq, heads, L, points)``.
 
     Returns:
@@ -185,26 +187,17 @@ CORES = {"fast": deformable_attention_core, "grid_sample": deformable_attention_
 
 def deformable_reference_points(
     spatial_shapes: torch.Tensor | Sequence[Sequence[int]],
-    cotr_axis_order: bool = False,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Normalised voxel centres of every level, in the flattened token order: ``(S, n)`` in ``(0, 1)``.
-
-    Coordinates are in array axis order (``(d, h, w)`` or ``(h, w)``); with ``cotr_axis_order`` (3D only)
-    they are ``(d, w, h)`` as the release builds them.
-    """
+    """Normalised voxel centres of every level, in the flattened (row-major) token order: ``(S, n)`` in ``(0, 1)``,
+    coordinates in array axis order (``(h, w, d)`` for a ``(H, W, D)`` level)."""
     points = []
     for shape in _shapes(spatial_shapes):
         axes = [(torch.arange(s, device=device, dtype=dtype) + 0.5) / s for s in shape]
         grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(shape))
         points.append(grid)
-    out = torch.cat(points, dim=0)
-    if cotr_axis_order:
-        if out.shape[-1] != 3:
-            raise ValueError("cotr_axis_order applies to 3D levels only.")
-        out = out[:, [0, 2, 1]]
-    return out
+    return torch.cat(points, dim=0)
 
 
 class MSDeformableAttention(nn.Module):
@@ -217,17 +210,16 @@ class MSDeformableAttention(nn.Module):
     at ``reference + offset / level size`` and summed with those weights, then projected.
 
     Parameter names equal the release's (``sampling_offsets``, ``attention_weights``, ``value_proj``,
-    ``output_proj``), so its state dict loads with ``load_state_dict``. Initialisation as the release:
-    offset weights 0 and biases along ``num_heads`` directions scaled by the point index (1..K), attention
-    weights 0, value and output projections Xavier-uniform with zero bias.
+    ``output_proj``). Initialisation as the release: offset weights 0 and biases along ``num_heads`` directions
+    scaled by the point index (1..K), attention weights 0, value and output projections Xavier-uniform with zero
+    bias.
 
-    Axis order: by default reference points, offsets and normalisers are in array axis order (``(d, h, w)``
-    for 3D, ``(h, w)`` for 2D), so a query with zero offsets samples its own voxel. The release orders them
-    ``(d, w, h)`` but grid_sample reads ``(x=w, y=h, z=d)``, so there a query at voxel ``(d, h, w)`` samples
-    around the normalised location ``(h / H, w / W, d / D)`` of the ``(D, H, W)`` map (on a cubic level: voxel
-    ``(h, w, d)``) even with zero offsets. ``cotr_axis_order=True`` (3D only) reproduces that exactly, for
-    released weights; with it, ``reference_points`` must be given in the release's ``(d, w, h)`` order
-    (:func:`deformable_reference_points` builds either).
+    Sampling axes: along spatial axis ``a`` of a level, a sample lies at ``reference[reference_axes[a]] +
+    offset[offset_axes[a]] / size[reference_axes[a]]``. The default (both ``None``, the identity) is
+    geometrically correct: reference points, offsets and level sizes share the levels' array axis order, and a
+    query with zero offsets samples its own voxel. Other permutations only serve to run weights trained with
+    transposed sampling: CoTr's released code samples that way, and
+    :func:`monai_ext.networks.compat.use_cotr_release_axes` sets its permutations (see :meth:`set_sampling_axes`).
 
     Args:
         hidden_size: model width ``d`` (the release's ``d_model``), divisible by ``num_heads``.
@@ -235,18 +227,22 @@ class MSDeformableAttention(nn.Module):
         num_heads: attention heads.
         num_points: sampling points ``K`` per head and level.
         spatial_dims: 3 or 2.
-        cotr_axis_order: reproduce the release's sampling axis order (3D only), see above.
         core: ``"fast"`` (:func:`deformable_attention_core`, default) or ``"grid_sample"``
             (:func:`deformable_attention_grid_sample`); same results.
+        reference_axes: for each spatial axis, the axis whose reference coordinate and level size its sampling
+            location starts from; default ``None`` (the identity).
+        offset_axes: for each spatial axis, the offset component added along it; default ``None`` (the identity).
 
     Shapes:
-        query ``(N, Lq, d)``; reference_points ``(N or 1, Lq, n)`` or ``(N or 1, Lq, L, n)`` in ``[0, 1]``;
-        input_flatten ``(N, S, d)`` with ``S = sum prod(spatial_shapes[l])``; spatial_shapes ``(L, n)``;
+        query ``(N, Lq, d)``; reference_points ``(N or 1, Lq, n)`` or ``(N or 1, Lq, L, n)`` in ``[0, 1]``, in the
+        levels' array axis order (:func:`deformable_reference_points`); input_flatten ``(N, S, d)`` with
+        ``S = sum prod(spatial_shapes[l])``, each level flattened row-major; spatial_shapes ``(L, n)``;
         padding_mask ``(N, S)`` bool, True where a token is padding; output ``(N, Lq, d)``.
 
     Raises:
         ValueError: for bad settings (``hidden_size`` not divisible by ``num_heads``, ``spatial_dims`` not
-            2 or 3, ``cotr_axis_order`` in 2D, an unknown core), and in ``forward`` for inconsistent shapes.
+            2 or 3, an unknown core, sampling axes that are not a permutation of the spatial axes), and in
+            ``forward`` for inconsistent shapes.
     """
 
     def __init__(
@@ -256,8 +252,9 @@ class MSDeformableAttention(nn.Module):
         num_heads: int = 6,
         num_points: int = 4,
         spatial_dims: int = 3,
-        cotr_axis_order: bool = False,
         core: str = "fast",
+        reference_axes: Sequence[int] | None = None,
+        offset_axes: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -267,8 +264,6 @@ class MSDeformableAttention(nn.Module):
                 f"need positive sizes and hidden_size divisible by num_heads, got hidden_size={hidden_size}, "
                 f"num_heads={num_heads}, num_levels={num_levels}, num_points={num_points}."
             )
-        if cotr_axis_order and spatial_dims != 3:
-            raise ValueError("cotr_axis_order reproduces CoTr's 3D sampling quirk; use it with spatial_dims=3 only.")
         if core not in CORES:
             raise ValueError(f"core must be one of {sorted(CORES)}, got {core!r}.")
         self.hidden_size = hidden_size
@@ -276,13 +271,32 @@ class MSDeformableAttention(nn.Module):
         self.num_heads = num_heads
         self.num_points = num_points
         self.spatial_dims = spatial_dims
-        self.cotr_axis_order = cotr_axis_order
         self.core = core
+        self.reference_axes: list[int] | None = None
+        self.offset_axes: list[int] | None = None
+        self.set_sampling_axes(reference_axes, offset_axes)
         self.sampling_offsets = nn.Linear(hidden_size, num_heads * num_levels * num_points * spatial_dims)
         self.attention_weights = nn.Linear(hidden_size, num_heads * num_levels * num_points)
         self.value_proj = nn.Linear(hidden_size, hidden_size)
         self.output_proj = nn.Linear(hidden_size, hidden_size)
         self.reset_parameters()
+
+    def set_sampling_axes(
+        self, reference_axes: Sequence[int] | None = None, offset_axes: Sequence[int] | None = None
+    ) -> None:
+        """Set the sampling axes (see the class docstring); ``None`` or the identity is the geometric order.
+
+        Raises:
+            ValueError: for an argument that is not a permutation of ``range(spatial_dims)``.
+        """
+        identity = list(range(self.spatial_dims))
+        orders = []
+        for name, axes in (("reference_axes", reference_axes), ("offset_axes", offset_axes)):
+            axes = identity if axes is None else list(check_spatial_axes(axes, self.spatial_dims, name))
+            if sorted(axes) != identity:
+                raise ValueError(f"{name} must list every spatial axis of {identity} once, got {axes}.")
+            orders.append(None if axes == identity else axes)
+        self.reference_axes, self.offset_axes = orders
 
     def reset_parameters(self) -> None:
         """The release's initialisation (see the class docstring)."""
@@ -350,11 +364,11 @@ class MSDeformableAttention(nn.Module):
         weights = self.attention_weights(query).view(n, queries, heads, levels * points)
         weights = weights.softmax(-1).view(n, queries, heads, levels, points)
 
-        normaliser = torch.tensor(shapes, dtype=query.dtype, device=query.device)  # (L, n), array axis order
-        if self.cotr_axis_order:
-            normaliser = normaliser[:, [0, 2, 1]]  # the release's (D, W, H)
-        locations = reference_points[:, :, None, :, None, :] + offsets / normaliser[None, None, None, :, None, :]
-        if self.cotr_axis_order:
-            locations = locations.flip(-1)  # the release's grid_sample reads its (d, w, h) as (x, y, z) = (w, h, d)
+        sizes = torch.tensor(shapes, dtype=query.dtype, device=query.device)  # (L, n), array axis order
+        if self.reference_axes is not None:
+            reference_points, sizes = reference_points[..., self.reference_axes], sizes[:, self.reference_axes]
+        if self.offset_axes is not None:
+            offsets = offsets[..., self.offset_axes]
+        locations = reference_points[:, :, None, :, None, :] + offsets / sizes[None, None, None, :, None, :]
         out = CORES[self.core](value, shapes, locations, weights)
         return self.output_proj(out)

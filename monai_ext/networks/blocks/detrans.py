@@ -23,29 +23,45 @@ def sine_position_encoding(
     scale: float = 2 * math.pi,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    spatial_dims_order: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Sine/cosine position encoding of a 2D or 3D grid with CoTr's frequency rule: ``(hidden_size, *spatial_shape)``.
 
-    The channels are split over the ``n`` axes (``hidden_size // n`` each, the remainder to the first axis),
-    axes concatenated in array order (``d, y, x`` in 3D). For an axis with ``c`` channels, position ``p``
+    The channels are split over the ``n`` axes (``hidden_size // n`` each, the remainder to the first axis of
+    ``spatial_dims_order``), one group per axis, groups concatenated in the order ``spatial_dims_order`` (default:
+    array order, e.g. ``(h, w, d)`` for a ``(H, W, D)`` grid). For an axis with ``c`` channels, position ``p``
     (1-based, or with ``normalize`` ``(p - 0.5) / size * scale``) gives channel ``i`` the value
     ``p / temperature ** (n * (i // n) / c)``, then ``sin`` on even and ``cos`` on odd channels. For ``n = 3``
     that is CoTr's rule ``10000 ** (3 * (i // 3) / c)``; for ``n = 2`` it is DETR's ``2 * (i // 2) / c``.
 
+    Args:
+        spatial_shape: the grid, 2 or 3 sizes.
+        hidden_size: channels of the encoding.
+        temperature, normalize, scale: the frequency rule above.
+        device, dtype: of the result.
+        spatial_dims_order: the spatial axes in the order their channel groups are concatenated; default
+            ``None``, array order (:func:`monai_ext.networks.compat.use_cotr_release_axes` sets the order of
+            CoTr's released code).
+
     Raises:
-        ValueError: for a grid that is not 2D or 3D, or channel counts per axis that are not even.
+        ValueError: for a grid that is not 2D or 3D, channel counts per axis that are not even, or a
+            ``spatial_dims_order`` that does not list every axis once.
     """
     ndim = len(spatial_shape)
     if ndim not in (2, 3):
         raise ValueError(f"spatial_shape must have 2 or 3 axes, got {list(spatial_shape)}.")
+    order = list(range(ndim)) if spatial_dims_order is None else list(spatial_dims_order)
+    if sorted(order) != list(range(ndim)):
+        raise ValueError(f"spatial_dims_order must list every axis of {list(range(ndim))} once, got {order}.")
     base = hidden_size // ndim
-    feats = [base + hidden_size % ndim] + [base] * (ndim - 1)  # the release gives the remainder to d (first)
+    feats = [base + hidden_size % ndim] + [base] * (ndim - 1)  # the first group takes the remainder
     if any(f % 2 or f < 2 for f in feats):
         raise ValueError(
             f"hidden_size={hidden_size} splits into {feats} channels per axis; each must be even (sin/cos pairs)."
         )
     parts = []
-    for axis, (size, channels) in enumerate(zip(spatial_shape, feats)):
+    for axis, channels in zip(order, feats):
+        size = spatial_shape[axis]
         pos = torch.arange(1, size + 1, device=device, dtype=torch.float32)
         if normalize:
             pos = (pos - 0.5) / (size + 1e-6) * scale
@@ -62,22 +78,38 @@ def sine_position_encoding(
 class SinePositionEncoding(nn.Module):
     """:func:`sine_position_encoding` of a feature map's grid, repeated over the batch (no parameters).
 
+    Args:
+        hidden_size, temperature, normalize, scale, spatial_dims_order: see :func:`sine_position_encoding`.
+
     Shapes:
         input ``(N, C, *spatial)`` (only its shape, device and dtype are used); output ``(N, hidden_size, *spatial)``.
     """
 
     def __init__(
-        self, hidden_size: int, temperature: float = 10000.0, normalize: bool = True, scale: float = 2 * math.pi
+        self,
+        hidden_size: int,
+        temperature: float = 10000.0,
+        normalize: bool = True,
+        scale: float = 2 * math.pi,
+        spatial_dims_order: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.hidden_size = hidden_size
         self.temperature = temperature
         self.normalize = normalize
         self.scale = scale
+        self.spatial_dims_order = None if spatial_dims_order is None else tuple(spatial_dims_order)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pos = sine_position_encoding(
-            x.shape[2:], self.hidden_size, self.temperature, self.normalize, self.scale, x.device, x.dtype
+            x.shape[2:],
+            self.hidden_size,
+            self.temperature,
+            self.normalize,
+            self.scale,
+            x.device,
+            x.dtype,
+            self.spatial_dims_order,
         )
         return pos.unsqueeze(0).expand(x.shape[0], *pos.shape)
 
@@ -92,7 +124,7 @@ class DeTransLayer(nn.Module):
     Args:
         hidden_size: token width ``d``.
         mlp_dim: FFN width (1536 in CoTr).
-        num_heads, num_levels, num_points, spatial_dims, cotr_axis_order, core: see
+        num_heads, num_levels, num_points, spatial_dims, core: see
             :class:`~monai_ext.networks.blocks.MSDeformableAttention`.
         dropout_rate: dropout after the attention, inside and after the FFN (0.1 in CoTr).
         act: FFN activation, a MONAI factory name (CoTr: ``"gelu"``).
@@ -112,15 +144,12 @@ class DeTransLayer(nn.Module):
         dropout_rate: float = 0.1,
         act: str | tuple = "gelu",
         spatial_dims: int = 3,
-        cotr_axis_order: bool = False,
         core: str = "fast",
     ) -> None:
         super().__init__()
         if not 0 <= dropout_rate <= 1:
             raise ValueError(f"dropout_rate must be in [0, 1], got {dropout_rate}.")
-        self.self_attn = MSDeformableAttention(
-            hidden_size, num_levels, num_heads, num_points, spatial_dims, cotr_axis_order, core
-        )
+        self.self_attn = MSDeformableAttention(hidden_size, num_levels, num_heads, num_points, spatial_dims, core)
         self.dropout1 = nn.Dropout(dropout_rate)
         self.norm1 = nn.LayerNorm(hidden_size)
         self.linear1 = nn.Linear(hidden_size, mlp_dim)
@@ -157,9 +186,10 @@ class DeTransEncoder(nn.Module):
     back to the input maps. Works on any list of ``(N, d, *spatial)`` maps with the same ``N`` and ``d`` and
     ``num_levels`` entries, e.g. the skip features of a MONAI U-Net (project them to ``d`` channels first).
 
-    The release's ``DeformableTransformer`` names its parameters ``level_embed`` and ``encoder.layers.{i}.*``;
-    ours are ``level_embed`` and ``layers.{i}.*``: :meth:`load_release_state_dict` maps them. Its padding
-    masks are always empty in CoTr (valid ratios 1) and are not modelled.
+    Weights of the release's ``DeformableTransformer`` load through
+    :func:`monai_ext.networks.compat.convert_detrans_release_state_dict` (key names), then
+    :func:`~monai_ext.networks.compat.use_cotr_release_axes` (its sampling and position-encoding axis orders).
+    Its padding masks are always empty in CoTr (valid ratios 1) and are not modelled.
 
     Args:
         hidden_size: channels ``d`` of every input map.
@@ -167,12 +197,13 @@ class DeTransEncoder(nn.Module):
         num_layers: DeTrans layers (6 in CoTr).
         mlp_dim, num_heads, num_points, dropout_rate, act: see :class:`DeTransLayer`.
         spatial_dims: 3 or 2.
-        cotr_axis_order: reproduce the release's sampling axis order (3D only), see
-            :class:`~monai_ext.networks.blocks.MSDeformableAttention`; needed for released weights.
         core: sampling core, ``"fast"`` or ``"grid_sample"``.
 
     Shapes:
         input: a list of ``num_levels`` tensors ``(N, hidden_size, *spatial_l)``; output: a list of the same shapes.
+        With ``num_levels=1`` the input may also be one tensor ``(N, hidden_size, *spatial)``, and the output is
+        then one tensor: that makes the encoder a drop-in block for one level of any network (e.g. after
+        ``DynUNet``'s bottleneck with :func:`monai_ext.networks.attach_block`).
 
     Raises:
         ValueError: in ``forward`` for a wrong number of maps, a wrong channel count, mixed batch sizes or ranks.
@@ -189,7 +220,6 @@ class DeTransEncoder(nn.Module):
         dropout_rate: float = 0.1,
         act: str | tuple = "gelu",
         spatial_dims: int = 3,
-        cotr_axis_order: bool = False,
         core: str = "fast",
     ) -> None:
         super().__init__()
@@ -198,23 +228,11 @@ class DeTransEncoder(nn.Module):
         self.hidden_size = hidden_size
         self.num_levels = num_levels
         self.spatial_dims = spatial_dims
-        self.cotr_axis_order = cotr_axis_order
         self.position_encoding = SinePositionEncoding(hidden_size)
         sine_position_encoding((2,) * spatial_dims, hidden_size)  # fail early on an unusable hidden_size
         self.level_embed = nn.Parameter(torch.empty(num_levels, hidden_size))
         self.layers = nn.ModuleList(
-            DeTransLayer(
-                hidden_size,
-                mlp_dim,
-                num_heads,
-                num_levels,
-                num_points,
-                dropout_rate,
-                act,
-                spatial_dims,
-                cotr_axis_order,
-                core,
-            )  # fmt: skip
+            DeTransLayer(hidden_size, mlp_dim, num_heads, num_levels, num_points, dropout_rate, act, spatial_dims, core)
             for _ in range(num_layers)
         )
         self.reset_parameters()
@@ -229,16 +247,14 @@ class DeTransEncoder(nn.Module):
                 m.reset_parameters()
         nn.init.normal_(self.level_embed)
 
-    @staticmethod
-    def release_key(key: str) -> str:
-        """Our name for a key of the release's ``DeformableTransformer`` state dict."""
-        return key.replace("encoder.layers.", "layers.", 1) if key.startswith("encoder.layers.") else key
-
-    def load_release_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True):
-        """Load a state dict of the release's ``DeformableTransformer`` (keys ``level_embed``, ``encoder.layers.*``)."""
-        return self.load_state_dict({self.release_key(k): v for k, v in state_dict.items()}, strict=strict)
-
-    def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def forward(self, features: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        if isinstance(features, torch.Tensor):
+            if self.num_levels != 1:
+                raise ValueError(
+                    f"DeTransEncoder was built for {self.num_levels} levels and takes a list of as many maps; "
+                    f"one tensor is one level (num_levels=1)."
+                )
+            return self.forward([features])[0]
         features = list(features)
         if len(features) != self.num_levels:
             raise ValueError(f"DeTransEncoder expects {self.num_levels} feature maps, got {len(features)}.")
@@ -259,7 +275,7 @@ class DeTransEncoder(nn.Module):
             ],
             dim=1,
         )
-        reference = deformable_reference_points(shapes, self.cotr_axis_order, tokens.device, tokens.dtype)[None]
+        reference = deformable_reference_points(shapes, tokens.device, tokens.dtype)[None]
         for layer in self.layers:
             tokens = layer(tokens, pos, reference, shapes)
         outs = tokens.split([math.prod(s) for s in shapes], dim=1)

@@ -9,23 +9,32 @@ from monai.networks.blocks.dynunet_block import UnetBasicBlock
 from torch import nn
 from torch.nn import functional as F
 
+from monai_ext.networks.checks import check_input
+from monai_ext.networks.layout import DEFAULT_SPATIAL_DIM, check_spatial_dim, tensor_dim
+
 __all__ = ["MSFA", "MultiSliceFeatureAggregation", "aggregate_slices"]
 
 _MODES = ("attention", "center")
 
 
-def aggregate_slices(attention: torch.Tensor, volume: torch.Tensor) -> torch.Tensor:
+def aggregate_slices(
+    attention: torch.Tensor, volume: torch.Tensor, spatial_dim: int = DEFAULT_SPATIAL_DIM
+) -> torch.Tensor:
     """Weighted sums of a 3D feature map's depth slices (pure function).
 
     Args:
         attention: ``(B, S, M, d)`` weights: for each of ``S`` 2D slices of volume ``b`` and head ``m``, one weight per
             depth slice of ``volume[b]``.
-        volume: ``(B, C, d, h, w)``.
+        volume: ``(B, C, *3 spatial)`` with its ``d`` depth slices on spatial axis ``spatial_dim``: ``(B, C, h, w, d)``
+            for the default 2.
+        spatial_dim: the depth axis of ``volume``, 0-2.
 
     Returns:
         ``(B * S, M * C, h, w)``: the ``M`` aggregated maps of each 2D slice, heads stacked on the channels
-        (head-major), the 2D slices of volume ``b`` at rows ``b * S .. b * S + S - 1``.
+        (head-major), the 2D slices of volume ``b`` at rows ``b * S .. b * S + S - 1``; ``(h, w)`` are the other two
+        spatial axes of ``volume`` in their order.
     """
+    volume = volume.movedim(tensor_dim(check_spatial_dim(spatial_dim)), 2)  # (B, C, d, h, w)
     b, s, m, _ = attention.shape
     agg = torch.einsum("bsmd,bcdhw->bsmchw", attention, volume)  # (B, S, M, C, h, w)
     return agg.reshape(b * s, m * volume.shape[1], volume.shape[3], volume.shape[4])
@@ -43,7 +52,7 @@ def _pool_in_plane(x: torch.Tensor, size: int) -> torch.Tensor:
 
 class MultiSliceFeatureAggregation(nn.Module):
     """Multi-slice feature aggregation (MSFA): fuse a 2D slice's features with an attention-weighted sum of a 3D
-    feature map's depth slices.
+    feature map's depth slices (its slices along ``spatial_dim``).
 
     From Tang et al., "Spatial Context-Aware Self-Attention Model For Multi-Organ Segmentation", WACV 2021
     (https://arxiv.org/abs/2012.09279). No public code exists: the details below marked *our reading* are not fixed
@@ -56,7 +65,8 @@ class MultiSliceFeatureAggregation(nn.Module):
     - ``q`` and every depth slice of ``k`` adaptively average-pooled to ``pool_size x pool_size`` and flattened per
       head to vectors of length ``L = embed_channels * pool_size ** 2``;
     - ``a = softmax_d(q . k_d / sqrt(L))`` over the ``d`` depth slices of ``x3d``;
-    - ``F_agg_m = sum_d a_d * x3d[b, :, d]`` (the 3D map itself is the value, *our reading*);
+    - ``F_agg_m = sum_d a_d * X_d``, ``X_d`` the depth slice ``d`` of ``x3d[b]`` (the 3D map itself is the value,
+      *our reading*);
     - heads concatenated and merged by a ``1 x 1`` conv (``num_heads * in_channels_3d -> in_channels_3d``);
     - output ``fusion(concat(x2d, F_agg))``: two (conv ``3 x 3`` + norm + act) blocks,
       ``in_channels_2d + in_channels_3d -> out_channels``.
@@ -64,7 +74,9 @@ class MultiSliceFeatureAggregation(nn.Module):
     With ``mode="center"`` (the paper's C-CA ablation) ``F_agg`` is the depth slice of ``x3d`` at ``positions``
     (the 3D slice that holds the 2D slice), with no query, key or head merge; the returned attention is one-hot.
 
-    ``F_agg`` is resized (bilinear) to the 2D map's size when the 3D map's in-plane size differs.
+    ``F_agg`` is resized (bilinear) to the 2D map's size when the 3D map's in-plane size differs. The in-plane axes
+    of ``x3d`` are its two spatial axes other than ``spatial_dim``, in their order: for the default (slices last,
+    ``(B, C, H, W, D)``) a 2D slice ``(h, w)`` of ``x3d`` is ``x3d[..., j]``.
 
     Args:
         in_channels_2d: channels of ``x2d``.
@@ -74,19 +86,22 @@ class MultiSliceFeatureAggregation(nn.Module):
         embed_channels: query/key channels per head (paper: 2, 2, 4, 4).
         pool_size: side of the pooled query/key maps (paper: 16, 8, 4, 4).
         mode: ``"attention"`` (MSFA) or ``"center"`` (C-CA).
+        spatial_dim: the depth (slice) axis of ``x3d`` among its spatial axes, 0-2; default 2, the last.
         norm_name: normalisation of the fusion blocks, MONAI factory name and arguments.
         act_name: activation of the fusion blocks.
 
     Shapes:
         ``x2d``: ``(B * S, in_channels_2d, h, w)``, the ``S`` slices of volume ``b`` at rows ``b * S ..``;
-        ``x3d``: ``(B, in_channels_3d, d, h3, w3)``; ``positions``: ``(B, S)`` integer depth indices into ``x3d``
+        ``x3d``: ``(B, in_channels_3d, h3, w3, d)`` with the default ``spatial_dim=2`` (the ``d`` depth slices on
+        spatial axis ``spatial_dim``); ``positions``: ``(B, S)`` integer depth indices into ``x3d``
         (required for ``mode="center"``, ignored otherwise). Output ``(B * S, out_channels, h, w)``, and with
         ``return_attention=True`` also the weights ``(B * S, num_heads, d)`` (``(B * S, 1, d)`` for C-CA), each row
         summing to 1.
 
     Raises:
-        ValueError: for non-positive sizes or an unknown ``mode``; in ``forward`` for inputs of the wrong rank or
-            channels, a 2D batch that is not a multiple of the 3D batch, or missing / out-of-range ``positions``.
+        ValueError: for non-positive sizes, an unknown ``mode`` or a bad ``spatial_dim``; in ``forward`` for inputs of
+            the wrong rank or channels, a 2D batch that is not a multiple of the 3D batch, or missing / out-of-range
+            ``positions``.
     """
 
     def __init__(
@@ -98,6 +113,7 @@ class MultiSliceFeatureAggregation(nn.Module):
         embed_channels: int = 2,
         pool_size: int = 16,
         mode: str = "attention",
+        spatial_dim: int = DEFAULT_SPATIAL_DIM,
         norm_name: tuple | str = "instance",
         act_name: tuple | str = ("relu", {"inplace": True}),
     ) -> None:
@@ -122,6 +138,7 @@ class MultiSliceFeatureAggregation(nn.Module):
         self.embed_channels = embed_channels
         self.pool_size = pool_size
         self.mode = mode
+        self.spatial_dim = check_spatial_dim(spatial_dim)
         if mode == "attention":
             self.query = nn.Conv2d(in_channels_2d, num_heads * embed_channels, kernel_size=1)
             self.key = nn.Conv3d(in_channels_3d, num_heads * embed_channels, kernel_size=1)
@@ -133,6 +150,14 @@ class MultiSliceFeatureAggregation(nn.Module):
 
     def attention(self, x2d: torch.Tensor, x3d: torch.Tensor) -> torch.Tensor:
         """Softmax weights ``(B, S, num_heads, d)`` of the 2D slices over the depth slices of ``x3d``."""
+        return self._attention(x2d, self._depth_first(x3d))
+
+    def _depth_first(self, x3d: torch.Tensor) -> torch.Tensor:
+        """``x3d`` with its depth axis first among the spatial ones: ``(B, C3, d, h3, w3)``."""
+        return x3d.movedim(tensor_dim(self.spatial_dim), 2)
+
+    def _attention(self, x2d: torch.Tensor, x3d: torch.Tensor) -> torch.Tensor:
+        """:meth:`attention` for ``x3d`` laid out depth first ``(B, C3, d, h3, w3)``."""
         b, d = x3d.shape[0], x3d.shape[2]
         s, m, p = x2d.shape[0] // b, self.num_heads, self.pool_size
         q = _pool_in_plane(self.query(x2d), p)  # (B * S, M * E, p, p)
@@ -149,14 +174,9 @@ class MultiSliceFeatureAggregation(nn.Module):
         positions: torch.Tensor | None = None,
         return_attention: bool = False,
     ):
-        if x2d.dim() != 4 or x2d.shape[1] != self.in_channels_2d:
-            raise ValueError(
-                f"MultiSliceFeatureAggregation expects x2d (B * S, {self.in_channels_2d}, h, w), got {list(x2d.shape)}."
-            )
-        if x3d.dim() != 5 or x3d.shape[1] != self.in_channels_3d:
-            raise ValueError(
-                f"MultiSliceFeatureAggregation expects x3d (B, {self.in_channels_3d}, d, h, w), got {list(x3d.shape)}."
-            )
+        check_input(x2d, "MultiSliceFeatureAggregation (x2d, 2D slices)", self.in_channels_2d, spatial_dims=2)
+        check_input(x3d, "MultiSliceFeatureAggregation (x3d, 3D context)", self.in_channels_3d, spatial_dims=3)
+        x3d = self._depth_first(x3d)  # (B, C3, d, h3, w3)
         b, d = x3d.shape[0], x3d.shape[2]
         if x2d.shape[0] % b != 0:
             raise ValueError(
@@ -164,8 +184,8 @@ class MultiSliceFeatureAggregation(nn.Module):
             )
         s = x2d.shape[0] // b
         if self.mode == "attention":
-            weights = self.attention(x2d, x3d)  # (B, S, M, d)
-            agg = self.merge(aggregate_slices(weights, x3d))  # (B * S, C3, h3, w3)
+            weights = self._attention(x2d, x3d)  # (B, S, M, d)
+            agg = self.merge(aggregate_slices(weights, x3d, spatial_dim=0))  # (B * S, C3, h3, w3)
         else:
             if positions is None or tuple(positions.shape) != (b, s):
                 got = None if positions is None else list(positions.shape)
@@ -173,7 +193,7 @@ class MultiSliceFeatureAggregation(nn.Module):
             if positions.numel() > 0 and (int(positions.min()) < 0 or int(positions.max()) >= d):
                 raise ValueError(f"positions must index the {d} depth slices of x3d, got {positions.tolist()}.")
             weights = F.one_hot(positions.long(), d).to(x3d.dtype).unsqueeze(2)  # (B, S, 1, d)
-            agg = aggregate_slices(weights, x3d)  # (B * S, C3, h3, w3): the picked slices
+            agg = aggregate_slices(weights, x3d, spatial_dim=0)  # (B * S, C3, h3, w3): the picked slices
         if agg.shape[2:] != x2d.shape[2:]:
             agg = F.interpolate(agg, size=x2d.shape[2:], mode="bilinear", align_corners=False)
         out = self.fusion(torch.cat([x2d, agg], dim=1))

@@ -19,6 +19,9 @@ class EarlyStageMultiplexing(nn.Module):
     are concatenated on channels and compressed by two ``1^n`` convolutions with norm and activation, to half the
     channels, then to ``out_channels`` (our reading of "two convolutions"; the kernel size is not given).
 
+    In another network, e.g. MONAI's ``DynUNet``, ESM can be the input stage with that network's own input block
+    as ``early`` (docs/thick2d.md, "Drop-in", shows the two-line wrapper that keeps the fused map).
+
     Args:
         early: module mapping ``(N, in_channels // num_groups, H, W)`` to ``(N, early_channels, h, w)``;
             its weights are shared by the mini-groups.

@@ -1,4 +1,8 @@
-"""Slice-wise attention (SA) and recurrent slice-wise attention (RSA), the attention blocks of RSANet."""
+"""Slice-wise attention (SA) and recurrent slice-wise attention (RSA), the attention blocks of RSANet.
+
+Axes follow :mod:`monai_ext.networks.layout`: inputs are ``(N, C, *spatial)`` (``(N, C, H, W, D)`` for volumes) and
+the slice axis is named by ``spatial_dim``, an index over the spatial axes (0 = H, 1 = W, 2 = D).
+"""
 
 from __future__ import annotations
 
@@ -9,25 +13,28 @@ import torch
 from monai.networks.layers.factories import Conv
 from torch import nn
 
+from monai_ext.networks.layout import DEFAULT_SPATIAL_DIM, check_spatial_axes, check_spatial_dim
+
 __all__ = ["RSA", "RecurrentSliceAttention", "SliceAttention", "slice_attention"]
 
 
 def slice_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dim: int, scaled: bool = False
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, spatial_dim: int, scaled: bool = False
 ) -> torch.Tensor:
-    """Attention between the slices of a feature map along one tensor dimension (pure function).
+    """Attention between the slices of a feature map along one spatial axis (pure function).
 
     Every slice (all channels and the other spatial positions, flattened into one vector of length ``L``)
     is a token: the ``S x S`` map ``softmax(q k^T)`` over the ``S`` slices mixes the value slices.
 
     Args:
         query, key, value: ``(N, C, *spatial)`` tensors of the same shape (theta, phi and g in the paper).
-        dim: tensor dimension holding the slices, ``2 <= dim < query.dim()``.
+        spatial_dim: spatial axis holding the slices (0 = the first spatial axis; 2 = D of ``(N, C, H, W, D)``).
         scaled: divide the logits by ``sqrt(L)``, ``L = C * prod(other spatial sizes)``; the release does not.
 
     Returns:
         ``(N, C, *spatial)``, the attended values (without the residual).
     """
+    dim = spatial_dim + 2  # tensor dimension of the slice axis in (N, C, *spatial)
     n, s = query.shape[0], query.shape[dim]
     q = query.movedim(dim, 1)  # (N, S, C, *other spatial): slices first
     slice_shape = q.shape
@@ -48,26 +55,26 @@ class RecurrentSliceAttention(nn.Module):
     From Zhang et al., "RSANet: Recurrent Slice-wise Attention Network for Multiple Sclerosis Lesion
     Segmentation", MICCAI 2019 (https://arxiv.org/abs/2002.12470; code: github.com/tinymilky/RSANet).
 
-    For each tensor dimension ``d`` in ``dims``, in order, the same three ``1 x 1 (x 1)`` convolutions
+    For each spatial axis ``a`` in ``spatial_dims_order``, in order, the same three ``1 x 1 (x 1)`` convolutions
     (``theta_conv``, ``phi_conv``, ``g_conv``, with bias, ``C -> C``) are applied to the *current* ``x`` and
 
-        ``x = x + betas[i] * slice_attention(theta(x), phi(x), g(x), dim=d)``
+        ``x = x + betas[i] * slice_attention(theta(x), phi(x), g(x), spatial_dim=a)``
 
     (see :func:`slice_attention`). Each direction has one scalar ``beta``, initialised to 0, so the block
     starts as the identity. Parameter names equal the release's (``theta_conv``, ``phi_conv``, ``g_conv``,
-    ``betas.{i}``): the authors' ``rsaBlock`` state dict loads with ``load_state_dict`` unchanged.
+    ``betas.{i}``, one beta per direction in the same order): the authors' ``rsaBlock`` state dict loads with
+    ``load_state_dict`` unchanged.
 
-    Tensor layout: dims are *tensor* dimensions of ``(N, C, *spatial)``. The release calls its volumes
-    ``(N, C, D, H, W)`` and attends along H (dim 3), then W (dim 4), then D (dim 2), which is the default
-    ``dims=(3, 4, 2)``; this order reproduces the authors' ``rsaBlock`` output, the other five do not.
-    (Under MONAI's ``(N, C, H, W, D)`` naming the same default reads W, D, then H: only the numbers matter.)
+    The default order is the release's: H, then W, then D, i.e. ``spatial_dims_order=(0, 1, 2)`` on MONAI's
+    ``(N, C, H, W, D)`` (the release names its tensors ``(N, C, D, H, W)``; with the slices moved last, see
+    :func:`monai_ext.networks.compat.rsanet_release_to_monai`, the block reproduces the authors' ``rsaBlock``).
     The order in which the other axes are flattened into a slice vector does not change the result.
 
     Args:
         spatial_dims: 2 or 3.
         in_channels: channels ``C`` of input and output.
-        dims: tensor dimensions to attend along, in order; each in ``[2, spatial_dims + 2)`` (negative counts
-            from the end), no repeats. Default ``(3, 4, 2)`` for 3D (the release) and ``(2, 3)`` for 2D.
+        spatial_dims_order: spatial axes to attend along, in order (0 = H, 1 = W, 2 = D), distinct.
+            Default ``(0, 1, 2)`` for 3D (the release) and ``(0, 1)`` for 2D.
         scaled: divide the attention logits by ``sqrt(L)`` (``L`` = length of a flattened slice). Off in the
             release; with many channels its softmax saturates, which the scaling avoids.
 
@@ -75,38 +82,34 @@ class RecurrentSliceAttention(nn.Module):
         input and output ``(N, in_channels, *spatial)`` with ``spatial_dims`` spatial axes.
 
     Raises:
-        ValueError: for ``spatial_dims`` not 2 or 3, ``in_channels < 1``, empty, repeated or out-of-range
-            ``dims``; in ``forward`` for an input of the wrong rank or channel count.
+        ValueError: for ``spatial_dims`` not 2 or 3, ``in_channels < 1``, an empty, repeated or out-of-range
+            ``spatial_dims_order``; in ``forward`` for an input of the wrong rank or channel count.
     """
 
     def __init__(
-        self, spatial_dims: int, in_channels: int, dims: Sequence[int] | None = None, scaled: bool = False
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        spatial_dims_order: Sequence[int] | None = None,
+        scaled: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
         if in_channels < 1:
             raise ValueError(f"in_channels must be a positive integer, got {in_channels}.")
-        if dims is None:
-            dims = (3, 4, 2) if spatial_dims == 3 else (2, 3)
-        given = list(dims)
-        dims = [d + spatial_dims + 2 if isinstance(d, int) and d < 0 else d for d in given]  # -1 = last axis
-        valid = list(range(2, spatial_dims + 2))
-        if not dims or any(d not in valid for d in dims) or len(set(dims)) != len(dims):
-            raise ValueError(
-                f"dims must be distinct spatial dimensions of an (N, C, *spatial) input with {spatial_dims} spatial "
-                f"axes, i.e. taken from {valid} (or {[d - spatial_dims - 2 for d in valid]}), got {given}."
-            )
+        if spatial_dims_order is None:
+            spatial_dims_order = tuple(range(spatial_dims))
         self.name = type(self).__name__  # for messages (TorchScript cannot evaluate type(self))
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
-        self.dims = dims
+        self.spatial_dims_order = list(check_spatial_axes(spatial_dims_order, spatial_dims))
         self.scaled = scaled
         conv_type = Conv[Conv.CONV, spatial_dims]
         self.theta_conv = conv_type(in_channels, in_channels, kernel_size=1)
         self.phi_conv = conv_type(in_channels, in_channels, kernel_size=1)
         self.g_conv = conv_type(in_channels, in_channels, kernel_size=1)
-        self.betas = nn.ParameterList([nn.Parameter(torch.zeros(())) for _ in dims])
+        self.betas = nn.ParameterList([nn.Parameter(torch.zeros(())) for _ in self.spatial_dims_order])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
@@ -116,7 +119,9 @@ class RecurrentSliceAttention(nn.Module):
             )
         for i, beta in enumerate(self.betas):
             # theta, phi and g are recomputed on the x updated by the previous direction
-            attended = slice_attention(self.theta_conv(x), self.phi_conv(x), self.g_conv(x), self.dims[i], self.scaled)
+            attended = slice_attention(
+                self.theta_conv(x), self.phi_conv(x), self.g_conv(x), self.spatial_dims_order[i], self.scaled
+            )
             x = x + beta * attended
         return x
 
@@ -131,18 +136,23 @@ class SliceAttention(RecurrentSliceAttention):
     Args:
         spatial_dims: 2 or 3.
         in_channels: channels ``C`` of input and output.
-        dim: tensor dimension of ``(N, C, *spatial)`` holding the slices, in ``[2, spatial_dims + 2)`` (or negative).
+        spatial_dim: spatial axis holding the slices (0 = H, 1 = W, 2 = D); default 2, the last axis of
+            ``(N, C, H, W, D)`` (axial slices after ``Orientationd("RAS")``). 2D inputs take 0 or 1.
         scaled: divide the attention logits by ``sqrt(L)``, as in :class:`RecurrentSliceAttention`.
 
     Shapes:
         input and output ``(N, in_channels, *spatial)``.
 
     Raises:
-        ValueError: as :class:`RecurrentSliceAttention`.
+        ValueError: as :class:`RecurrentSliceAttention`, and for a ``spatial_dim`` that is not a spatial axis.
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, dim: int, scaled: bool = False) -> None:
-        super().__init__(spatial_dims, in_channels, dims=[dim], scaled=scaled)
+    def __init__(
+        self, spatial_dims: int, in_channels: int, spatial_dim: int = DEFAULT_SPATIAL_DIM, scaled: bool = False
+    ) -> None:
+        if spatial_dims in (2, 3):
+            check_spatial_dim(spatial_dim, spatial_dims)
+        super().__init__(spatial_dims, in_channels, spatial_dims_order=[spatial_dim], scaled=scaled)
 
 
 RSA = RecurrentSliceAttention

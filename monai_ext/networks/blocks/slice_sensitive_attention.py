@@ -146,6 +146,9 @@ class SliceSensitiveAttention(_Link):
     - output ``F + norm(y)``, the norm switchable by default with its weight zero-initialised (the block starts as
       the identity, as a non-local block).
 
+    In another network, e.g. MONAI's ``DynUNet``, SSA can link a decoder stage's output to that stage's skip
+    (docs/thick2d.md, "Drop-in").
+
     Args:
         spatial_dims: 2 (the paper) or 3.
         in_channels: channels ``C`` of both inputs and of the output.

@@ -5,22 +5,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from monai_ext.networks.layout import DEFAULT_SPATIAL_DIM, check_spatial_dim
+
 __all__ = ["SliceShift", "shift_along", "slice_shift"]
 
 _PLACEMENTS = ("ends", "leading")
 
 
-def shift_along(x: torch.Tensor, dim: int, step: int) -> torch.Tensor:
-    """Move the content of ``x`` by one position along ``dim``, filling the vacated end with zeros.
+def shift_along(x: torch.Tensor, spatial_dim: int, step: int) -> torch.Tensor:
+    """Move the content of ``x`` ``(B, C, *spatial)`` by one position along spatial axis ``spatial_dim``, filling
+    the vacated end with zeros.
 
     ``step=+1`` gives ``out[s] = x[s - 1]``; ``step=-1`` gives ``out[s] = x[s + 1]``; ``step=0`` returns ``x``.
     """
     if step == 0:
         return x
+    dim = spatial_dim + 2
     n = x.shape[dim]
-    zeros = torch.zeros_like(x.narrow(dim, 0, 1))
     if n <= 1:
         return torch.zeros_like(x)
+    zeros = torch.zeros_like(x.narrow(dim, 0, 1))
     if step > 0:
         return torch.cat([zeros, x.narrow(dim, 0, n - 1)], dim=dim)
     return torch.cat([x.narrow(dim, 1, n - 1), zeros], dim=dim)
@@ -28,12 +32,13 @@ def shift_along(x: torch.Tensor, dim: int, step: int) -> torch.Tensor:
 
 def slice_shift(
     x: torch.Tensor,
-    slice_dim: int = 2,
+    spatial_dim: int = DEFAULT_SPATIAL_DIM,
     fold_div: int = 4,
     placement: str = "ends",
     directions: tuple[int, int] = (1, -1),
 ) -> torch.Tensor:
-    """Functional form of :class:`SliceShift` (see there for the arguments). Returns a new tensor."""
+    """Functional form of :class:`SliceShift` on ``(B, C, *spatial)`` (see there for the arguments). Returns a new
+    tensor."""
     channels = x.shape[1]
     fold = channels // fold_div
     if fold == 0:
@@ -47,18 +52,18 @@ def slice_shift(
     start = 0
     for size, step in groups:
         if size > 0:
-            parts.append(shift_along(x.narrow(1, start, size), slice_dim, step))
+            parts.append(shift_along(x.narrow(1, start, size), spatial_dim, step))
         start += size
     return torch.cat(parts, dim=1)
 
 
 class SliceShift(nn.Module):
-    """Shift a fraction of the channels by one position up or down a slice axis, with zeros at the ends.
+    """Shift a fraction of the channels by one position up or down the slice axis, with zeros at the ends.
 
-    The shift gives 2D (``1 x k x k``) convolutions information from the neighbouring slices at no
-    cost in parameters or FLOPs. It is the core of SSH-UNet (Ugwu et al., "Slice Shift UNet",
-    https://arxiv.org/abs/2307.09148) and comes from the Temporal Shift Module for video
-    (Lin et al., ICCV 2019, https://arxiv.org/abs/1811.08383).
+    The shift gives 2D convolutions (kernel ``(3, 3, 1)`` for slices on the last axis) information from the
+    neighbouring slices at no cost in parameters or FLOPs. It is the core of SSH-UNet (Ugwu et al., "Slice Shift
+    UNet", https://arxiv.org/abs/2307.09148) and comes from the Temporal Shift Module for video (Lin et al.,
+    ICCV 2019, https://arxiv.org/abs/1811.08383).
 
     ``fold = C // fold_div`` channels move each way:
 
@@ -73,8 +78,8 @@ class SliceShift(nn.Module):
     The input is never modified in place.
 
     Args:
-        slice_dim: the slice axis of the input tensor (2 for ``(B, C, S, H, W)``). Negative values count
-            from the end. Must not be the batch (0) or channel (1) axis.
+        spatial_dim: the slice axis, counted over the spatial axes of ``(B, C, *spatial)`` as in MONAI's
+            ``SliceInferer``: 0, 1 or 2; default 2, the last axis of ``(B, C, H, W, D)``.
         fold_div: ``C // fold_div`` channels move in each direction; at least 2.
         placement: ``"ends"`` (first and last fold move) or ``"leading"`` (first and second fold move).
         directions: the step along the slice axis of the first and of the second moving fold; each +1 or -1.
@@ -83,19 +88,19 @@ class SliceShift(nn.Module):
         input ``(B, C, *spatial)``, output the same shape.
 
     Raises:
-        ValueError: for a ``slice_dim`` of 0 or 1, ``fold_div < 2``, an unknown ``placement`` or a
-            direction other than +1 / -1; in ``forward``, an input with fewer than 3 dimensions or
-            without the slice axis.
+        ValueError: for a ``spatial_dim`` outside 0-2, ``fold_div < 2``, an unknown ``placement`` or a
+            direction other than +1 / -1; in ``forward``, an input without spatial axis ``spatial_dim``.
     """
 
     def __init__(
-        self, slice_dim: int = 2, fold_div: int = 4, placement: str = "ends", directions: tuple[int, int] = (1, -1)
+        self,
+        spatial_dim: int = DEFAULT_SPATIAL_DIM,
+        fold_div: int = 4,
+        placement: str = "ends",
+        directions: tuple[int, int] = (1, -1),
     ) -> None:
         super().__init__()
-        if slice_dim in (0, 1):
-            raise ValueError(
-                f"slice_dim={slice_dim} is the batch or channel axis; give a spatial axis, e.g. 2 for (B, C, S, H, W)."
-            )
+        check_spatial_dim(spatial_dim)
         if int(fold_div) < 2:
             raise ValueError(
                 f"fold_div must be an integer >= 2 (C // fold_div channels move each way), got {fold_div}."
@@ -104,27 +109,26 @@ class SliceShift(nn.Module):
             raise ValueError(f"placement must be one of {_PLACEMENTS}, got {placement!r}.")
         if len(directions) != 2 or any(d not in (1, -1) for d in directions):
             raise ValueError(f"directions must be two steps, each +1 or -1, got {directions!r}.")
-        self.slice_dim = int(slice_dim)
+        self.spatial_dim = int(spatial_dim)
         self.fold_div = int(fold_div)
         self.placement = placement
         self.directions = (int(directions[0]), int(directions[1]))
 
     @classmethod
-    def tsm(cls, slice_dim: int = 2) -> SliceShift:
+    def tsm(cls, spatial_dim: int = DEFAULT_SPATIAL_DIM) -> SliceShift:
         """The Temporal Shift Module's semantics: fold = C // 8, first fold from t+1, second fold from t-1."""
-        return cls(slice_dim=slice_dim, fold_div=8, placement="leading", directions=(-1, 1))
+        return cls(spatial_dim=spatial_dim, fold_div=8, placement="leading", directions=(-1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dim = self.slice_dim if self.slice_dim >= 0 else x.dim() + self.slice_dim
-        if x.dim() < 3 or dim < 2 or dim >= x.dim():
+        if x.dim() < self.spatial_dim + 3:
             raise ValueError(
-                f"SliceShift(slice_dim={self.slice_dim}) needs an input (B, C, *spatial) that has that spatial axis, "
-                f"got shape {list(x.shape)}."
+                f"SliceShift(spatial_dim={self.spatial_dim}) needs an input (B, C, *spatial) with at least "
+                f"{self.spatial_dim + 1} spatial axes, got shape {list(x.shape)}."
             )
-        return slice_shift(x, dim, self.fold_div, self.placement, self.directions)
+        return slice_shift(x, self.spatial_dim, self.fold_div, self.placement, self.directions)
 
     def extra_repr(self) -> str:
         return (
-            f"slice_dim={self.slice_dim}, fold_div={self.fold_div}, placement={self.placement!r}, "
+            f"spatial_dim={self.spatial_dim}, fold_div={self.fold_div}, placement={self.placement!r}, "
             f"directions={self.directions}"
         )

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from monai.networks.blocks.dynunet_block import UnetResBlock, get_conv_layer
-from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
 from monai_ext.networks.blocks.slice_shift import SliceShift
+from monai_ext.networks.layout import DEFAULT_SPATIAL_DIM
 
 __all__ = ["SHIFT_POSITIONS", "SliceShiftResBlock", "SliceShiftUpBlock", "add_slice_shift"]
 
@@ -20,31 +19,42 @@ SHIFT_POSITIONS = ("after_conv", "before_conv")
 class SliceShiftResBlock(nn.Module):
     """MONAI's DynUNet residual block (two convs + norm + activation) with a slice shift at each conv.
 
-    With ``shift_position="after_conv"`` (SSH-UNet release) the shift follows conv1 and conv2; with
-    ``"before_conv"`` (paper text, TSM) it precedes them. ``shift=None`` gives a plain residual block.
+    Part of SSH-UNet (Ugwu et al. 2023, https://arxiv.org/abs/2307.09148). With ``shift_position="after_conv"``
+    (SSH-UNet release) the shift follows conv1 and conv2; with ``"before_conv"`` (paper text, TSM) it precedes
+    them. ``shift=None`` gives a plain residual block.
 
     Two orders of the residual sum exist and both are kept:
     ``residual_before_norm=True`` (SSH-UNet release): ``act(norm2(conv2(.) + residual))``;
     ``False`` (MONAI ``UnetResBlock``): ``act(norm2(conv2(.)) + residual)``.
 
-    Parameter names equal MONAI ``UnetResBlock``'s (``conv1``, ``conv2``, ``norm1``, ``norm2`` and, when the
-    channels or the stride change, ``conv3``, ``norm3``), so its state dicts load as they are.
+    The layers are those of a MONAI :class:`~monai.networks.blocks.dynunet_block.UnetResBlock`, built from the
+    arguments or taken over from ``layers``; the parameter names are MONAI's (``conv1``, ``conv2``, ``norm1``,
+    ``norm2`` and, when the channels or the stride change, ``conv3``, ``norm3``), so its state dicts load as
+    they are.
 
     Args:
         spatial_dims: number of spatial dimensions.
         in_channels: input channels.
         out_channels: output channels.
-        kernel_size: convolution kernel size, e.g. ``(1, 3, 3)`` for 2D convs on ``(B, C, S, H, W)``.
+        kernel_size: convolution kernel size, e.g. ``(3, 3, 1)`` for 2D convs on ``(B, C, H, W, D)`` with the
+            slices on the last axis.
         stride: stride of conv1 and of the residual projection.
-        norm_name: MONAI norm factory name and arguments.
+        norm_name: MONAI norm factory name and arguments; default the release's ``("INSTANCE", {"affine": True})``.
         act_name: MONAI activation factory name and arguments.
         dropout: dropout of the convs.
-        shift: the shift module, or None for no shift.
+        shift: the shift module (e.g. :class:`SliceShift`), or None for no shift.
         shift_position: ``"after_conv"`` or ``"before_conv"``.
         residual_before_norm: see above.
+        layers: an existing ``UnetResBlock`` whose layers this block takes over (shared, not copied) instead of
+            building new ones; its channels, kernel size and stride must be the ones given. Default: build them.
+            :meth:`from_res_block` fills the arguments in from the block.
 
     Shapes:
         input ``(B, in_channels, *spatial)``, output ``(B, out_channels, *spatial / stride)``.
+
+    Raises:
+        ValueError: for an unknown ``shift_position``, or ``layers`` whose channels, kernel size or stride differ
+            from the arguments.
     """
 
     def __init__(
@@ -54,51 +64,49 @@ class SliceShiftResBlock(nn.Module):
         out_channels: int,
         kernel_size: Sequence[int] | int,
         stride: Sequence[int] | int,
-        norm_name: tuple | str,
+        norm_name: tuple | str = ("INSTANCE", {"affine": True}),
         act_name: tuple | str = ("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
         dropout: tuple | str | float | None = None,
         shift: nn.Module | None = None,
         shift_position: str = "after_conv",
         residual_before_norm: bool = True,
+        layers: UnetResBlock | None = None,
     ) -> None:
         super().__init__()
         if shift_position not in SHIFT_POSITIONS:
             raise ValueError(f"shift_position must be one of {SHIFT_POSITIONS}, got {shift_position!r}.")
-        conv = {"act": None, "norm": None, "conv_only": False, "dropout": dropout}
-        self.conv1 = get_conv_layer(
-            spatial_dims, in_channels, out_channels, kernel_size=kernel_size, stride=stride, **conv
-        )
-        self.conv2 = get_conv_layer(spatial_dims, out_channels, out_channels, kernel_size=kernel_size, stride=1, **conv)
-        self.lrelu = get_act_layer(name=act_name)
-        self.norm1 = get_norm_layer(name=norm_name, spatial_dims=spatial_dims, channels=out_channels)
-        self.norm2 = get_norm_layer(name=norm_name, spatial_dims=spatial_dims, channels=out_channels)
-        self.conv3 = None
-        self.norm3 = None
-        if in_channels != out_channels or not np.all(np.atleast_1d(stride) == 1):
-            self.conv3 = get_conv_layer(spatial_dims, in_channels, out_channels, kernel_size=1, stride=stride, **conv)
-            self.norm3 = get_norm_layer(name=norm_name, spatial_dims=spatial_dims, channels=out_channels)
+        if layers is None:
+            layers = UnetResBlock(
+                spatial_dims, in_channels, out_channels, kernel_size, stride, norm_name, act_name, dropout
+            )
+        else:
+            given = (in_channels, out_channels, _as_tuple(kernel_size, spatial_dims), _as_tuple(stride, spatial_dims))
+            if _geometry(layers) != given:
+                raise ValueError(
+                    f"layers has (in_channels, out_channels, kernel_size, stride) = {_geometry(layers)}, but "
+                    f"{given} were given; build the block with SliceShiftResBlock.from_res_block(layers, shift)."
+                )
+        self.conv1, self.conv2, self.lrelu, self.norm1, self.norm2 = (
+            layers.conv1, layers.conv2, layers.lrelu, layers.norm1, layers.norm2,
+        )  # fmt: skip
+        self.conv3 = getattr(layers, "conv3", None)
+        self.norm3 = getattr(layers, "norm3", None)
         self.shift = shift if shift is not None else nn.Identity()
         self.shift_before = shift_position == "before_conv"
         self.residual_before_norm = residual_before_norm
 
     @classmethod
     def from_res_block(
-        cls, block: UnetResBlock, shift: nn.Module, shift_position: str = "after_conv"
+        cls, block: UnetResBlock, shift: nn.Module | None, shift_position: str = "after_conv"
     ) -> SliceShiftResBlock:
-        """Wrap the layers of an existing MONAI ``UnetResBlock`` (shared, not copied), keeping MONAI's order."""
-        new = cls.__new__(cls)
-        nn.Module.__init__(new)
-        if shift_position not in SHIFT_POSITIONS:
-            raise ValueError(f"shift_position must be one of {SHIFT_POSITIONS}, got {shift_position!r}.")
-        new.conv1, new.conv2, new.lrelu, new.norm1, new.norm2 = (
-            block.conv1, block.conv2, block.lrelu, block.norm1, block.norm2,
+        """A block that runs the layers of an existing MONAI ``UnetResBlock`` (shared, not copied) with ``shift``,
+        in MONAI's residual order (``residual_before_norm=False``): without a shift it computes what ``block``
+        computes."""
+        conv = block.conv1.conv
+        return cls(
+            conv.weight.dim() - 2, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+            shift=shift, shift_position=shift_position, residual_before_norm=False, layers=block,
         )  # fmt: skip
-        new.conv3 = getattr(block, "conv3", None)
-        new.norm3 = getattr(block, "norm3", None)
-        new.shift = shift
-        new.shift_before = shift_position == "before_conv"
-        new.residual_before_norm = False
-        return new
 
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
         out = self.conv1(self.shift(inp) if self.shift_before else inp)
@@ -116,6 +124,15 @@ class SliceShiftResBlock(nn.Module):
         return self.lrelu(self.norm2(out) + residual)
 
 
+def _as_tuple(value: Sequence[int] | int, spatial_dims: int) -> tuple[int, ...]:
+    return tuple(int(v) for v in value) if isinstance(value, Sequence) else (int(value),) * spatial_dims
+
+
+def _geometry(block: UnetResBlock) -> tuple[int, int, tuple[int, ...], tuple[int, ...]]:
+    conv = block.conv1.conv
+    return conv.in_channels, conv.out_channels, tuple(conv.kernel_size), tuple(conv.stride)
+
+
 class SliceShiftUpBlock(nn.Module):
     """DynUNet up-sampling block (transposed conv, concatenation with the skip) followed by a
     :class:`SliceShiftResBlock` (the SSH-UNet release uses residual blocks in the decoder too).
@@ -130,6 +147,9 @@ class SliceShiftUpBlock(nn.Module):
     Shapes:
         ``forward(inp, skip)``: ``(B, in_channels, *s)`` and ``(B, out_channels, *s * upsample)`` ->
         ``(B, out_channels, *s * upsample)``.
+
+    Raises:
+        ValueError: for an unknown ``shift_position``.
     """
 
     def __init__(
@@ -139,7 +159,7 @@ class SliceShiftUpBlock(nn.Module):
         out_channels: int,
         kernel_size: Sequence[int] | int,
         upsample_kernel_size: Sequence[int] | int,
-        norm_name: tuple | str,
+        norm_name: tuple | str = ("INSTANCE", {"affine": True}),
         act_name: tuple | str = ("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
         dropout: tuple | str | float | None = None,
         trans_bias: bool = False,
@@ -162,18 +182,22 @@ class SliceShiftUpBlock(nn.Module):
 
 
 def add_slice_shift(
-    network: nn.Module, slice_dim: int = 2, fold_div: int = 4, shift_position: str = "after_conv"
+    network: nn.Module,
+    spatial_dim: int = DEFAULT_SPATIAL_DIM,
+    fold_div: int = 4,
+    shift_position: str = "after_conv",
 ) -> nn.Module:
     """Turn every MONAI ``UnetResBlock`` inside ``network`` into a :class:`SliceShiftResBlock`, in place.
 
     Weights are kept (the layers are reused), state-dict keys do not change, and MONAI's residual order is
-    preserved, so a plain ``DynUNet(res_block=True)`` becomes a slice-shifting one: with ``(1, 3, 3)``
-    kernels it is a 2D network that sees neighbouring slices. Up-sampling blocks of ``DynUNet`` use
-    ``UnetBasicBlock`` and are left alone.
+    preserved, so a plain ``DynUNet(res_block=True)`` becomes a slice-shifting one: with ``(3, 3, 1)`` kernels
+    (slices on the last axis, ``spatial_dim=2``) it is a 2D network that sees neighbouring slices. A block held
+    by several parents (DynUNet's ``skip_layers`` alias its blocks) becomes one shifting block under all of them.
+    Up-sampling blocks of ``DynUNet`` use ``UnetBasicBlock`` and are left alone.
 
     Args:
         network: any module; it is changed in place and returned.
-        slice_dim: slice axis of the feature maps (2 for ``(B, C, S, H, W)``).
+        spatial_dim: the slice axis of the feature maps ``(B, C, H, W, D)``, 0-2 over the spatial axes; default 2.
         fold_div: ``C // fold_div`` channels move each way.
         shift_position: ``"after_conv"`` (SSH-UNet release) or ``"before_conv"``.
 
@@ -181,21 +205,23 @@ def add_slice_shift(
         ``network`` itself (or a new block if ``network`` is itself a ``UnetResBlock``).
 
     Raises:
-        ValueError: if ``network`` contains no ``UnetResBlock`` (e.g. a DynUNet built with ``res_block=False``).
+        ValueError: if ``network`` contains no ``UnetResBlock`` (e.g. a DynUNet built with ``res_block=False``),
+            or for a bad ``spatial_dim``, ``fold_div`` or ``shift_position``.
     """
+
+    def shifting(block: UnetResBlock) -> SliceShiftResBlock:
+        return SliceShiftResBlock.from_res_block(block, SliceShift(spatial_dim, fold_div), shift_position)
+
     if isinstance(network, UnetResBlock):
-        return SliceShiftResBlock.from_res_block(network, SliceShift(slice_dim, fold_div), shift_position)
-    replaced = 0
-    for name, child in list(network.named_children()):
-        if isinstance(child, UnetResBlock):
-            setattr(
-                network, name, SliceShiftResBlock.from_res_block(child, SliceShift(slice_dim, fold_div), shift_position)
-            )
-            replaced += 1
-        elif any(isinstance(m, UnetResBlock) for m in child.modules()):
-            add_slice_shift(child, slice_dim, fold_div, shift_position)
-            replaced += 1
-    if replaced == 0:
+        return shifting(network)
+    converted: dict[int, SliceShiftResBlock] = {}
+    for parent in list(network.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, UnetResBlock):
+                if id(child) not in converted:
+                    converted[id(child)] = shifting(child)
+                setattr(parent, name, converted[id(child)])
+    if not converted:
         raise ValueError(
             f"add_slice_shift found no MONAI UnetResBlock in {type(network).__name__}; "
             "build the DynUNet with res_block=True."

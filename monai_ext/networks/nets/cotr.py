@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
+from monai.inferers import SlidingWindowInferer
 from monai.networks.layers.factories import Conv
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
 from monai_ext.networks.blocks.detrans import DeTransEncoder
+from monai_ext.networks.checks import check_input
+from monai_ext.networks.compat import load_cotr_release
+from monai_ext.networks.layout import DEFAULT_SPATIAL_DIM, check_spatial_dim
+from monai_ext.networks.registry import NetworkEntry, register_network
 
-__all__ = ["COTR_CONFIGS", "CoTr", "convert_cotr_release_state_dict", "load_cotr_release"]
+__all__ = ["CoTr", "cotr_inferer"]
 
 _NORM = ("instance", {"affine": True})
 _ACT = ("leakyrelu", {"negative_slope": 0.01, "inplace": True})
-
-COTR_CONFIGS: dict[str, dict] = {
-    "cotr": {},
-    # our reading of the paper's smaller-encoder variants (Table 1: 27.9 M and 36.9 M); see docs/cotr.md
-    "cotr_star": {"encoder_blocks": (1, 1, 1)},
-    "cotr_plus": {"encoder_blocks": (2, 2, 2)},
-    "without_detrans": {"use_detrans": False},
-}
-"""Named configurations for :class:`CoTr` (keyword overrides of its defaults): the release (``"cotr"``), the
-paper's CoTr* and CoTr+ (smaller CNN encoders, our reading), and the ablation without DeTrans."""
 
 
 class _EncoderBlock(nn.Module):
@@ -70,10 +64,10 @@ class CoTr(nn.Module):
     """CoTr (Xie et al., MICCAI 2021, https://arxiv.org/abs/2103.03024; code: github.com/YtongXie/CoTr).
 
     "CoTr: Efficiently Bridging CNN and Transformer for 3D Medical Image Segmentation". Laid out as the
-    released ``ResTranUnet``:
+    released ``ResTranUnet``, on MONAI's ``(B, C, H, W, D)`` with the slices on spatial axis ``spatial_dim``:
 
-    - stem: ``7^3`` convolution with stride ``stem_stride`` (``(1, 2, 2)``) to ``encoder_channels[0]`` (64),
-      norm, act;
+    - stem: ``7^3`` convolution to ``encoder_channels[0]`` (64), norm, act; stride 1 along the slice axis and 2 on
+      the two in-plane axes (``(2, 2, 1)`` for slices last);
     - encoder stage ``i`` (stride 2): ``encoder_blocks[i]`` residual blocks (one ``3^3`` conv + norm, shortcut,
       act) to ``encoder_channels[i + 1]`` (3, 3, 2 blocks; 192, 384, 384 channels);
     - DeTrans (:class:`~monai_ext.networks.blocks.DeTransEncoder`) on the last two encoder levels jointly
@@ -81,39 +75,42 @@ class CoTr(nn.Module):
     - decoder level ``k`` (deep to shallow): ``2^3`` stride-2 transposed convolution (no bias), sum with the
       skip (the DeTrans output on the second-deepest level, CNN features above), a residual block of two
       conv-norm-act, and a ``1^3`` deep-supervision head;
-    - output: trilinear upsampling by ``stem_stride`` and a ``1^3`` convolution to ``out_channels``.
+    - output: trilinear upsampling by the stem's stride and a ``1^3`` convolution to ``out_channels``.
 
     With the defaults (1 input channel, 14 classes) the network has 41,872,504 parameters, the release's
-    count (encoder 20,500,800, DeTrans 9,316,992). Named variants are in :data:`COTR_CONFIGS`.
+    count (encoder 20,500,800, DeTrans 9,316,992). The paper's variants are registry entries
+    (:func:`monai_ext.networks.create_network`): ``"cotr"``, ``"cotr_star"``, ``"cotr_plus"``,
+    ``"cotr_without_detrans"``. Released weights load through :func:`monai_ext.networks.compat.load_cotr_release`.
 
-    In training mode with ``deep_supervision`` the output is a list ``[full, level 0, level 1, level 2]`` of
-    logits at decreasing resolution (the release's order); otherwise only the full-resolution logits.
-
-    Axis order: as the release, the first spatial axis is the slice axis ``D`` (stride 1 in the stem):
-    inputs ``(B, C, D, H, W)``. Each spatial size must be divisible by ``stem_stride[a] * 2 ** len(encoder_blocks)``
-    (D by 8, H and W by 16 with the defaults).
+    Output: in eval mode, or without ``deep_supervision``, one tensor of full-resolution logits. In training mode
+    with ``deep_supervision`` a list ``[full, level 0, level 1, level 2]``: the full-resolution logits, then the
+    decoder heads' logits from the shallowest level to the deepest, each at its own resolution (the release's
+    order, and what :class:`monai.losses.DeepSupervisionLoss` takes).
 
     Args:
         in_channels: input channels.
         out_channels: classes, background included.
         encoder_channels: stem and stage channels; the last two must equal (DeTrans runs on both levels).
         encoder_blocks: residual blocks per encoder stage.
-        stem_stride: stride of the stem convolution per spatial axis (also the final upsampling factor).
+        spatial_dim: the slice axis, 0-2 over the spatial axes (default 2, the last, as MONAI's ``SliceInferer``);
+            the stem does not stride along it.
         use_detrans: False for the ablation without DeTrans (the decoder reads the CNN features directly).
         num_heads, num_layers, mlp_dim, num_points, dropout_rate: DeTrans settings.
         norm_name: MONAI norm factory name/arguments (release default: instance norm with affine).
         act_name: MONAI activation factory name/arguments (release default: LeakyReLU 0.01).
-        deep_supervision: return the four outputs in training mode.
-        cotr_axis_order: sample with the release's axis order (needed for released weights), see
-            :class:`~monai_ext.networks.blocks.MSDeformableAttention`.
+        deep_supervision: return the deep-supervision list in training mode.
         core: DeTrans sampling core, ``"fast"`` or ``"grid_sample"``.
 
     Shapes:
-        input ``(B, in_channels, D, H, W)``; output ``(B, out_channels, D, H, W)`` (or the deep-supervision list).
+        input ``(B, in_channels, H, W, D)``, each spatial size divisible by ``divisors`` (the stem's stride times
+        ``2 ** len(encoder_blocks)``: the slice axis by 8, the others by 16 with the defaults); output
+        ``(B, out_channels, H, W, D)``. With deep supervision in training, the heads' outputs follow at the
+        stem's resolution and then halved per level: ``(H / 2, W / 2, D)``, ``(H / 4, W / 4, D / 2)``,
+        ``(H / 8, W / 8, D / 4)`` for slices last.
 
     Raises:
         ValueError: for bad settings, and in ``forward`` for a wrong rank, channel count, or sizes that are
-            not divisible as above (the message names the padding to use).
+            not divisible as above (:func:`monai_ext.networks.checks.check_input` names the padding to use).
     """
 
     def __init__(
@@ -122,7 +119,7 @@ class CoTr(nn.Module):
         out_channels: int = 14,
         encoder_channels: Sequence[int] = (64, 192, 384, 384),
         encoder_blocks: Sequence[int] = (3, 3, 2),
-        stem_stride: Sequence[int] = (1, 2, 2),
+        spatial_dim: int = DEFAULT_SPATIAL_DIM,
         use_detrans: bool = True,
         num_heads: int = 6,
         num_layers: int = 6,
@@ -132,12 +129,11 @@ class CoTr(nn.Module):
         norm_name: tuple | str = _NORM,
         act_name: tuple | str = _ACT,
         deep_supervision: bool = True,
-        cotr_axis_order: bool = False,
         core: str = "fast",
     ) -> None:
         super().__init__()
         spatial_dims = 3
-        encoder_channels, encoder_blocks, stem_stride = list(encoder_channels), list(encoder_blocks), list(stem_stride)
+        encoder_channels, encoder_blocks = list(encoder_channels), list(encoder_blocks)
         if min(in_channels, out_channels) < 1:
             raise ValueError(f"in_channels and out_channels must be positive, got {in_channels}, {out_channels}.")
         if len(encoder_channels) != len(encoder_blocks) + 1 or len(encoder_blocks) < 2:
@@ -145,10 +141,9 @@ class CoTr(nn.Module):
                 f"need one more encoder channel count than stages and at least 2 stages, got channels "
                 f"{encoder_channels} and blocks {encoder_blocks}."
             )
-        if min(encoder_channels) < 1 or min(encoder_blocks) < 1 or len(stem_stride) != 3 or min(stem_stride) < 1:
+        if min(encoder_channels) < 1 or min(encoder_blocks) < 1:
             raise ValueError(
-                f"encoder_channels, encoder_blocks and stem_stride (3 entries) must be positive, got "
-                f"{encoder_channels}, {encoder_blocks}, {stem_stride}."
+                f"encoder_channels and encoder_blocks must be positive, got {encoder_channels}, {encoder_blocks}."
             )
         if use_detrans and encoder_channels[-1] != encoder_channels[-2]:
             raise ValueError(
@@ -156,13 +151,15 @@ class CoTr(nn.Module):
             )
         self.in_channels = in_channels
         self.out_channels = out_channels
+        self.spatial_dim = check_spatial_dim(spatial_dim)
         self.deep_supervision = deep_supervision
-        self.divisors = [s * 2 ** len(encoder_blocks) for s in stem_stride]
+        stem_strides = [1 if a == spatial_dim else 2 for a in range(spatial_dims)]
+        self.divisors = [s * 2 ** len(encoder_blocks) for s in stem_strides]  # of every input size, per axis
         conv = Conv[Conv.CONV, spatial_dims]
         conv_t = Conv[Conv.CONVTRANS, spatial_dims]
 
         self.stem = nn.Sequential(
-            conv(in_channels, encoder_channels[0], kernel_size=7, stride=stem_stride, padding=3, bias=False),
+            conv(in_channels, encoder_channels[0], kernel_size=7, stride=stem_strides, padding=3, bias=False),
             get_norm_layer(norm_name, spatial_dims, encoder_channels[0]),
             get_act_layer(act_name),
         )
@@ -184,8 +181,7 @@ class CoTr(nn.Module):
         if use_detrans:
             self.detrans = DeTransEncoder(
                 encoder_channels[-1], num_levels=2, num_layers=num_layers, mlp_dim=mlp_dim, num_heads=num_heads,
-                num_points=num_points, dropout_rate=dropout_rate, act="gelu", spatial_dims=spatial_dims,
-                cotr_axis_order=cotr_axis_order, core=core,
+                num_points=num_points, dropout_rate=dropout_rate, act="gelu", spatial_dims=spatial_dims, core=core,
             )  # fmt: skip
         decoder_levels = list(reversed(range(len(encoder_blocks))))  # skip levels, deep to shallow
         self.upsamples = nn.ModuleList(
@@ -196,7 +192,7 @@ class CoTr(nn.Module):
             _DecoderBlock(spatial_dims, encoder_channels[k], norm_name, act_name) for k in decoder_levels
         )
         self.deep_heads = nn.ModuleList(conv(encoder_channels[k], out_channels, kernel_size=1) for k in decoder_levels)
-        self.final_upsample = nn.Upsample(scale_factor=tuple(float(s) for s in stem_stride), mode="trilinear")
+        self.final_upsample = nn.Upsample(scale_factor=tuple(float(s) for s in stem_strides), mode="trilinear")
         self.out_conv = conv(encoder_channels[0], out_channels, kernel_size=1)
         self._init_convolutions()
 
@@ -209,21 +205,8 @@ class CoTr(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise a ValueError naming the fix for an input CoTr cannot take."""
-        if x.dim() != 5 or x.shape[1] != self.in_channels:
-            raise ValueError(f"CoTr expects an input (B, {self.in_channels}, D, H, W), got shape {list(x.shape)}.")
-        sizes = list(x.shape[2:])
-        if any(s % d for s, d in zip(sizes, self.divisors)):
-            padded = [-(-s // d) * d for s, d in zip(sizes, self.divisors)]
-            raise ValueError(
-                f"CoTr needs spatial sizes divisible by {self.divisors} (D, H, W), got {sizes}: pad the input to "
-                f"{padded} (e.g. monai.transforms.DivisiblePad(k={self.divisors})) or infer with a sliding window "
-                f"whose roi_size is a multiple of {self.divisors}."
-            )
-
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        self.check_input(x)
+        check_input(x, "CoTr", self.in_channels, spatial_dims=3, divisor=self.divisors)
         feats = [self.stem(x)]
         for stage in self.encoder_stages:
             feats.append(stage(feats[-1]))
@@ -240,65 +223,64 @@ class CoTr(nn.Module):
         return result
 
 
-# the release's ResTranUnet keys (after an optional "module." / "U_ResTran3D." prefix) -> ours
-_RELEASE_RULES = [
-    (r"^backbone\.conv1\.", "stem.0."),
-    (r"^backbone\.norm1\.", "stem.1."),
-    (r"^backbone\.layer(\d+)\.(\d+)\.conv1\.", lambda m: f"encoder_stages.{int(m[1]) - 1}.{m[2]}.conv."),
-    (r"^backbone\.layer(\d+)\.(\d+)\.norm1\.", lambda m: f"encoder_stages.{int(m[1]) - 1}.{m[2]}.norm."),
-    (r"^backbone\.layer(\d+)\.(\d+)\.downsample\.", lambda m: f"encoder_stages.{int(m[1]) - 1}.{m[2]}.downsample."),
-    (r"^encoder_Detrans\.encoder\.layers\.", "detrans.layers."),
-    (r"^encoder_Detrans\.level_embed$", "detrans.level_embed"),
-    (r"^transposeconv_stage(\d+)\.", "upsamples.{level}."),
-    (r"^stage(\d+)_de\.resconv(\d)\.conv\.", "decoder_blocks.{level}.conv{1}."),
-    (r"^stage(\d+)_de\.resconv(\d)\.norm\.", "decoder_blocks.{level}.norm{1}."),
-    (r"^ds(\d+)_cls_conv\.", "deep_heads.{level}."),
-    (r"^cls_conv\.", "out_conv."),
-]
+def cotr_inferer(
+    spatial_dim: int = DEFAULT_SPATIAL_DIM,
+    roi_size: Sequence[int] | None = None,
+    sw_batch_size: int = 1,
+    overlap: float = 0.5,
+    mode: str = "gaussian",
+    cval: float = (-958.0 - 82.92) / 136.97,
+) -> SlidingWindowInferer:
+    """The whole-volume inferer of ``bundles/cotr`` (``configs/inference.json``, without mirroring).
 
+    Gaussian-weighted sliding windows of the paper's training patch, 50 % overlap, padding with the value of air
+    after the bundle's intensity normalisation (HU -958, the window's floor, as ``(x - 82.92) / 136.97``).
 
-def convert_cotr_release_state_dict(state_dict: Mapping[str, torch.Tensor], num_stages: int = 3) -> dict:
-    """Map a state dict saved by the released CoTr (``ResTranUnet``) onto :class:`CoTr`'s parameter names.
-
-    Accepts keys with or without the ``module.`` (DataParallel) and ``U_ResTran3D.`` prefixes, and a checkpoint
-    dict holding the weights under ``state_dict`` (nnU-Net's ``.model`` files) or ``network_weights``.
-    ``num_stages`` is the number of encoder stages (3 in the release; the release's decoder stage ``k`` is our
-    decoder block ``num_stages - 1 - k``).
-
-    Raises:
-        KeyError: for a key no rule maps (the message names it).
+    Args:
+        spatial_dim: the slice axis (as :class:`CoTr`'s); places the patch's 48 slices.
+        roi_size: the window; default: the paper's 48 x 192 x 192 patch with the 48 on ``spatial_dim``
+            (``(192, 192, 48)`` for slices last).
+        sw_batch_size, overlap, mode, cval: see :class:`monai.inferers.SlidingWindowInferer`.
     """
-    for holder in ("state_dict", "network_weights", "model"):
-        if holder in state_dict and isinstance(state_dict[holder], Mapping):
-            state_dict = state_dict[holder]
-    converted = {}
-    for key, value in state_dict.items():
-        name = re.sub(r"^(module\.)?(U_ResTran3D\.)?", "", key)
-        for pattern, target in _RELEASE_RULES:
-            match = re.match(pattern, name)
-            if match is None:
-                continue
-            if callable(target):
-                prefix = target(match)
-            else:
-                groups = match.groups()
-                level = num_stages - 1 - int(groups[0]) if groups else 0
-                prefix = target.format(*groups, level=level)
-            converted[prefix + name[match.end() :]] = value
-            break
-        else:
-            raise KeyError(f"no CoTr parameter for the release key {key!r}.")
-    return converted
+    check_spatial_dim(spatial_dim)
+    if roi_size is None:
+        roi_size = tuple(48 if a == spatial_dim else 192 for a in range(3))
+    return SlidingWindowInferer(roi_size, sw_batch_size, overlap, mode=mode, cval=cval)
 
 
-def load_cotr_release(state_dict: Mapping[str, torch.Tensor], strict: bool = True, **kwargs) -> CoTr:
-    """Build :class:`CoTr` with the release's sampling order (``cotr_axis_order=True``) and load a released
-    checkpoint's weights (see :func:`convert_cotr_release_state_dict`). ``out_channels`` defaults to the
-    checkpoint's class count; other ``kwargs`` go to :class:`CoTr`."""
-    converted = convert_cotr_release_state_dict(state_dict, len(kwargs.get("encoder_blocks", (3, 3, 2))))
-    kwargs.setdefault("out_channels", converted["out_conv.weight"].shape[0])
-    kwargs.setdefault("in_channels", converted["stem.0.weight"].shape[1])
-    kwargs.setdefault("cotr_axis_order", True)
-    net = CoTr(**kwargs)
-    net.load_state_dict(converted, strict=strict)
-    return net
+_PAPER = "Xie et al. 2021, Table 1"
+_PATCH = (192, 192, 48)  # the paper's 48 x 192 x 192, slices last
+register_network(
+    NetworkEntry(
+        "cotr",
+        CoTr,
+        "3d",
+        "CoTr",
+        f"{_PAPER}: CoTr",
+        inferer=cotr_inferer,
+        bundle="cotr",
+        loader=load_cotr_release,
+        patch=_PATCH,
+        method=4,
+    )
+)
+for _name, _title, _defaults in (
+    ("cotr_star", "CoTr*", {"encoder_blocks": (1, 1, 1)}),  # the paper's smaller CNN encoders: our reading
+    ("cotr_plus", "CoTr†", {"encoder_blocks": (2, 2, 2)}),
+    ("cotr_without_detrans", "CoTr w/o DeTrans", {"use_detrans": False}),
+):
+    register_network(
+        NetworkEntry(
+            _name,
+            CoTr,
+            "3d",
+            _title,
+            f"{_PAPER}: {_title}",
+            defaults=_defaults,
+            inferer=cotr_inferer,
+            bundle="cotr",
+            variant_of="cotr",
+            patch=_PATCH,
+            method=4,
+        )
+    )

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+from monai.inferers import SlidingWindowInferer
 from monai.networks.blocks import Convolution
 from monai.networks.blocks.dynunet_block import UnetBasicBlock
 from monai.networks.layers.utils import get_dropout_layer
 from torch import nn
-from torch.nn.functional import pad
 
 from monai_ext.networks.blocks.slice_attention import RecurrentSliceAttention
+from monai_ext.networks.checks import check_input
+from monai_ext.networks.registry import NetworkEntry, register_network
 
-__all__ = ["RSANet"]
+__all__ = ["RSANET_PATCH", "RSANet", "rsanet_inferer"]
 
 _PLACEMENT_CHARS = ("0", "1")
 
@@ -40,9 +43,10 @@ class RSANet(nn.Module):
     paper's other variants and ``"000"`` is its 3D U-Net baseline. With the defaults (3 modalities,
     2 classes, RSA-010) the network has 24,554,339 parameters, as the release.
 
-    Sizes that are not multiples of ``2 ** (len(filters) - 1)`` are zero-padded at the far end of each axis
-    and the output is cropped back (the release instead zero-pads the upsampled decoder features at the
-    near end; for divisible sizes the two agree).
+    The network takes spatial sizes that are multiples of ``2 ** (len(filters) - 1)`` (16 by default) and raises
+    otherwise: a whole volume reaches it through an inferer whose windows are divisible, as the bundle's
+    :func:`rsanet_inferer` (or :class:`monai_ext.inferers.PadInferer`). The release instead zero-pads the
+    upsampled decoder features at the near end; for divisible sizes the two agree.
 
     Args:
         spatial_dims: 3 (the release) or 2.
@@ -50,8 +54,9 @@ class RSANet(nn.Module):
         out_channels: output channels (classes, background included).
         filters: channels per level, top to bottom; at least 2 levels. Default ``(32, 64, 128, 256, 512)``.
         rsa_placement: three characters from ``"01"`` (encoder, bottleneck, decoder), see above.
-        rsa_dims: tensor dimensions for every RSA block, see
-            :class:`~monai_ext.networks.blocks.RecurrentSliceAttention` (default: the release's order).
+        rsa_spatial_dims_order: spatial axes every RSA block attends along, in order (0 = H, 1 = W, 2 = D of
+            ``(B, C, H, W, D)``), see :class:`~monai_ext.networks.blocks.RecurrentSliceAttention`. Default: the
+            release's H, W, then D (``(0, 1, 2)``; ``(0, 1)`` in 2D).
         rsa_scaled: scale the RSA attention logits by ``1 / sqrt(L)`` (off in the release).
         norm_name: normalisation, MONAI factory name and arguments. Default ``("group", {"num_groups": 8})``.
         act_name: activation, MONAI factory name and arguments. Default ``("relu", {"inplace": True})``.
@@ -59,11 +64,13 @@ class RSANet(nn.Module):
             for none).
 
     Shapes:
-        input ``(B, in_channels, *spatial)``; output ``(B, out_channels, *spatial)`` (logits).
+        input ``(B, in_channels, *spatial)`` (``(B, C, H, W, D)`` in 3D), every spatial size a multiple of
+        ``2 ** (len(filters) - 1)``; output ``(B, out_channels, *spatial)`` (logits).
 
     Raises:
         ValueError: for ``spatial_dims`` not 2 or 3, non-positive channel counts, fewer than two levels,
-            a malformed ``rsa_placement``; in ``forward`` for an input of the wrong rank or channel count.
+            a malformed ``rsa_placement`` or ``rsa_spatial_dims_order``; in ``forward`` for an input of the wrong
+            rank or channel count, or with a spatial size that is not a multiple of ``2 ** (len(filters) - 1)``.
     """
 
     def __init__(
@@ -73,7 +80,7 @@ class RSANet(nn.Module):
         out_channels: int = 2,
         filters: Sequence[int] = (32, 64, 128, 256, 512),
         rsa_placement: str = "010",
-        rsa_dims: Sequence[int] | None = None,
+        rsa_spatial_dims_order: Sequence[int] | None = None,
         rsa_scaled: bool = False,
         norm_name: tuple | str = ("group", {"num_groups": 8}),
         act_name: tuple | str = ("relu", {"inplace": True}),
@@ -113,7 +120,9 @@ class RSANet(nn.Module):
 
         def rsa(channels: int, enabled: str) -> nn.Module:
             if enabled == "1":
-                return RecurrentSliceAttention(spatial_dims, channels, dims=rsa_dims, scaled=rsa_scaled)
+                return RecurrentSliceAttention(
+                    spatial_dims, channels, spatial_dims_order=rsa_spatial_dims_order, scaled=rsa_scaled
+                )
             return nn.Identity()
 
         self.init_conv = conv(in_channels, filters[0], 3)
@@ -136,18 +145,7 @@ class RSANet(nn.Module):
         self.rsa_decoder = rsa(filters[-2], rsa_placement[2])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"RSANet expects an input (B, {self.in_channels}, *spatial) with {self.spatial_dims} spatial axes, "
-                f"got shape {list(x.shape)}."
-            )
-        sizes = x.shape[2:]
-        # F.pad lists (before, after) pairs from the last axis backwards; pad only after
-        padding: list[int] = []
-        for size in sizes[::-1]:
-            padding += [0, -size % self.divisor]
-        x = pad(x, padding)
-
+        check_input(x, "RSANet", self.in_channels, self.spatial_dims, divisor=self.divisor)
         x = self.dropout(self.init_conv(x))
         skips: list[torch.Tensor] = []
         last = len(self.encoders) - 1
@@ -162,8 +160,46 @@ class RSANet(nn.Module):
             x = decoder(torch.cat([skips[last - j], up(x)], dim=1))  # channels: [skip, upsampled]
             if j == 0:
                 x = self.rsa_decoder(x)
-        x = self.final(x)
+        return self.final(x)
 
-        for axis, size in enumerate(sizes):
-            x = x.narrow(axis + 2, 0, size)  # crop the padding back off
-        return x
+
+RSANET_PATCH = (128, 128, 32)
+"""The rsanet bundle's training patch and sliding window ``(H, W, D)`` (``roi_size`` in its configs)."""
+
+
+def rsanet_inferer(**overrides: Any) -> SlidingWindowInferer:
+    """The rsanet bundle's whole-volume inferer (``configs/inference.json``): MONAI's
+    :class:`~monai.inferers.SlidingWindowInferer` with :data:`RSANET_PATCH` windows, ``sw_batch_size=1``,
+    ``overlap=0.5``, ``mode="gaussian"``.
+
+    Its windows are multiples of 16 (smaller volumes are padded to a window by MONAI), so every window is a size
+    :class:`RSANet` takes. ``overrides`` replace any of these settings (any other SlidingWindowInferer argument too).
+    """
+    settings: dict[str, Any] = {"roi_size": RSANET_PATCH, "sw_batch_size": 1, "overlap": 0.5, "mode": "gaussian"}
+    return SlidingWindowInferer(**{**settings, **overrides})
+
+
+def _register(name: str, placement: str, title: str, row: str) -> None:
+    """Register the RSANet of ``rsa_placement=placement``, the paper's Table 1 row ``row``."""
+    main = name == "rsanet"
+    register_network(
+        NetworkEntry(
+            name=name,
+            builder=RSANet,
+            kind="3d",
+            title=title,
+            paper=f"Zhang et al. 2019, Table 1: {row}",
+            defaults={"rsa_placement": placement},
+            inferer=rsanet_inferer,
+            bundle="rsanet",
+            variant_of=None if main else "rsanet",
+            patch=RSANET_PATCH,
+            method=5,
+        )
+    )
+
+
+_register("rsanet", "010", "RSANet (RSA-010)", "RSA-010")  # the release and the bundle
+_register("rsanet_101", "101", "RSANet (RSA-101)", "RSA-101")
+_register("rsanet_111", "111", "RSANet (RSA-111)", "RSA-111")
+_register("rsanet_000", "000", "3D U-Net (RSANet without RSA)", "3D U-Net")

@@ -4,24 +4,21 @@ feature aggregation (MSFA)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import torch
+from monai.inferers import Inferer
 from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetUpBlock
 from torch import nn
 from torch.nn import functional as F
 
 from monai_ext.networks.blocks.context_encoder import ContextEncoder3D, GlobalDescriptor
 from monai_ext.networks.blocks.msfa import MultiSliceFeatureAggregation
+from monai_ext.networks.checks import check_input
+from monai_ext.networks.layout import DEFAULT_SPATIAL_DIM, check_spatial_dim, take_slices, tensor_dim
+from monai_ext.networks.registry import NetworkEntry, register_network
 
-__all__ = ["CONFIGURATIONS", "SCAA", "SpatialContextAwareNet", "take_slices"]
-
-
-def take_slices(x: torch.Tensor, indices: torch.Tensor, slice_dim: int) -> torch.Tensor:
-    """Slices ``indices`` ``(B, S)`` of each volume of ``x`` ``(B, C, *spatial)`` along tensor dim ``slice_dim``:
-    ``(B, C, *spatial)`` with ``S`` in place of that axis."""
-    batch = torch.arange(x.shape[0], device=x.device).unsqueeze(1)
-    picked = x.movedim(slice_dim, 2)[batch, :, indices.to(x.device)]  # (B, S, C, *other spatial)
-    return picked.movedim(1, 2).movedim(2, slice_dim)
+__all__ = ["CONFIGURATIONS", "SCAA", "SliceContext", "SpatialContextAwareNet", "scaa_inferer", "scaa_sizes"]
 
 
 class _UpLevel(UnetUpBlock):
@@ -46,6 +43,31 @@ CONFIGURATIONS: dict[str, tuple[str | None, bool]] = {
 }
 
 
+def scaa_sizes(levels: int = 5, spatial_dim: int = DEFAULT_SPATIAL_DIM) -> tuple[int, tuple[int, int, int]]:
+    """The sizes an SCAA of ``levels`` 2D levels takes: ``(divisor, min_size)``.
+
+    Every spatial axis must be a multiple of ``divisor = 2^levels``; the two in-plane axes (those other than
+    ``spatial_dim``) must also be at least ``2^(levels + 1)``, so that the deepest 2D maps keep ``2 x 2`` positions
+    for instance norm. ``min_size`` lists the smallest size per spatial axis (``divisor`` on the slice axis), as
+    :class:`~monai_ext.inferers.PadInferer` and :func:`~monai_ext.networks.checks.check_input` take it.
+    """
+    divisor = 2**levels
+    return divisor, tuple(divisor if axis == spatial_dim else 2 * divisor for axis in range(3))
+
+
+class SliceContext(NamedTuple):
+    """What :meth:`SpatialContextAwareNet.encode_context` gives for a batch of volumes, for its slices.
+
+    Attributes:
+        features: ``F3D_2 .. F3D_L``, ``F3D_i`` of shape ``(B, context_channels[i - 2], *spatial / 2^i)``, in the
+            input's layout (the slice axis on ``spatial_dim``).
+        descriptor: the global descriptor ``F_globe`` ``(B, global_channels)``, or None for configurations without it.
+    """
+
+    features: list[torch.Tensor]
+    descriptor: torch.Tensor | None
+
+
 class SpatialContextAwareNet(nn.Module):
     """SCAA, the spatial context-aware self-attention network (Tang et al., WACV 2021,
     https://arxiv.org/abs/2012.09279): "Spatial Context-Aware Self-Attention Model For Multi-Organ Segmentation".
@@ -54,10 +76,11 @@ class SpatialContextAwareNet(nn.Module):
 
     - :class:`~monai_ext.networks.blocks.ContextEncoder3D` runs once on the whole volume and gives ``F3D_i`` at
       scales ``i = 2 .. L`` (``L = len(filters)``), ``F3D_i`` being ``2^i`` smaller on every axis;
-    - a 2D U-Net runs on axial slices: encoder level ``i`` (``i = 0 .. L-1``) is two (conv ``3 x 3`` + norm + act)
-      to ``filters[i]`` (the skip at scale ``i``) then a ``2 x 2`` max-pool to scale ``i + 1``; at scales ``2 .. L``
-      the pooled features pass through :class:`~monai_ext.networks.blocks.MultiSliceFeatureAggregation` with
-      ``F3D_i`` (the configuration decides: attention, centre slice, or none);
+    - a 2D U-Net runs on the slices along ``spatial_dim``: encoder level ``i`` (``i = 0 .. L-1``) is two (conv
+      ``3 x 3`` + norm + act) to ``filters[i]`` (the skip at scale ``i``) then a ``2 x 2`` max-pool to scale ``i + 1``;
+      at scales ``2 .. L`` the pooled features pass through
+      :class:`~monai_ext.networks.blocks.MultiSliceFeatureAggregation` with ``F3D_i`` (the configuration decides:
+      attention, centre slice, or none);
     - decoder from scale ``L`` back to 0, one level per skip (:class:`monai.networks.blocks.UnetUpBlock`: transposed
       conv ``2 x 2`` + two convs on the concatenated skip); the level at scale ``i`` has ``decoder_channels[i]``
       channels, by default the width of the 2D features arriving at scale ``i`` (``filters[i - 1]``, and
@@ -67,24 +90,36 @@ class SpatialContextAwareNet(nn.Module):
     - auxiliary 3D head: ``1 x 1 x 1`` conv on ``F3D_L`` upsampled (trilinear) ``x 2^(L-1)``, i.e. to half the input
       resolution (the 3D encoder's input).
 
-    Configurations (the paper's ablation, ``configuration=``): ``"CA"`` global descriptor only, ``"C-CA"`` the
-    centre 3D slice instead of attention (+ global descriptor), ``"SCAA"`` attention + global descriptor,
-    ``"SCAA*"`` attention without it (the paper's best, 86.9 % DSC on ABD-110; the default). With the defaults,
-    one input channel and 14 classes, SCAA* has 7,750,948 parameters (the paper reports 7.82 M; with
-    ``decoder_channels=filters``, 9,425,188; see ``docs/scaa.md``).
+    Inside, the 3D encoder and the global descriptor see the volume with its slice axis first (``(B, C, D, H, W)``
+    for the default ``spatial_dim``); inputs and outputs are in the caller's layout.
+
+    Configurations (the paper's ablation, ``configuration=``; each is also a registry entry, see
+    :func:`monai_ext.networks.create_network`): ``"CA"`` global descriptor only (``scaa_ca``), ``"C-CA"`` the centre
+    3D slice instead of attention (+ global descriptor, ``scaa_c_ca``), ``"SCAA"`` attention + global descriptor
+    (``scaa``), ``"SCAA*"`` attention without it (the paper's best, 86.9 % DSC on ABD-110; the default,
+    ``scaa_star``). With the defaults, one input channel and 14 classes, SCAA* has 7,750,948 parameters (the paper
+    reports 7.82 M; with ``decoder_channels=filters``, 9,425,188; see ``docs/scaa.md``).
+
+    The two stages are public, so that an inferer can run the 3D encoder once and the slices in chunks
+    (:class:`~monai_ext.inferers.ContextSliceInferer`):
+
+    - :meth:`encode_context` ``(x) -> SliceContext``: the 3D encoder (and global descriptor) on the whole volume;
+    - :meth:`forward_slices` ``(x, context, slice_indices) -> (B, out_channels, *spatial)`` with ``S`` slices in place
+      of the slice axis;
+    - :meth:`forward_aux` ``(context) -> (B, out_channels, *spatial / 2)``: the auxiliary 3D head.
 
     Forward:
 
-    - ``net(x)``: the whole volume. The 3D encoder runs once; the slices go through the 2D path ``slice_chunk``
-      at a time, so the 2D activations never exceed one chunk (under ``torch.no_grad``). Returns the logits
-      ``(B, out_channels, *spatial)``.
-    - ``net(x, slice_indices)``: training. Only the given slices go through the 2D path. Returns
-      ``(slice_logits, aux_logits)``: ``slice_logits`` is ``(B, out_channels, *spatial)`` with ``S`` in place of
-      the slice axis (slice ``j`` = input slice ``slice_indices[:, j]``), ``aux_logits`` is the 3D head's output at
-      half resolution, ``(B, out_channels, *ceil(spatial / 2))``.
+    - ``net(x)``: the whole volume, every slice at once (no chunking). Returns the logits ``(B, out_channels,
+      *spatial)``.
+    - ``net(x, slice_indices)``: training. Only the given slices go through the 2D path. Returns the list
+      ``[slice_logits, aux_logits]``: ``slice_logits`` as :meth:`forward_slices`, ``aux_logits`` as :meth:`forward_aux`
+      (half resolution).
 
-    Any size works: each axis is zero-padded at its far end to a multiple of ``2^L`` (32), the in-plane axes to at
-    least ``2^(L+1)`` (64, so the deepest 2D maps are at least 2 x 2), and the outputs are cropped back.
+    Sizes: every spatial axis must be a multiple of ``divisor = 2^L`` (32), and the in-plane axes at least
+    ``2^(L+1)`` (64); the network raises for other sizes (:attr:`divisor`, :attr:`min_size`, :func:`scaa_sizes`).
+    :class:`~monai_ext.inferers.PadInferer` pads a volume of any size (its far end, with zeros) and crops the output
+    back; :func:`scaa_inferer` is the bundle's whole-volume inferer.
 
     Args:
         in_channels: image channels.
@@ -98,16 +133,15 @@ class SpatialContextAwareNet(nn.Module):
         decoder_channels: channels of the decoder level at scales ``0 .. L-1``; default
             ``(filters[0], *filters[:-1])`` (7.75 M parameters, near the paper's 7.82 M). ``filters`` gives
             decoder levels as wide as their skips (the classic U-Net layout; 9.43 M).
-        slice_dim: tensor dimension of the axial (slice) axis in ``(B, C, *spatial)``: 4 (default) for MONAI's
-            ``(B, C, X, Y, Z)`` layout of RAS-oriented volumes, 2 for ``(B, C, D, H, W)``.
-        slice_chunk: slices per 2D pass in whole-volume mode.
+        spatial_dim: the slice (axial) axis among the spatial axes, 0-2; default 2, the last axis of MONAI's
+            ``(B, C, H, W, D)`` (axial slices after ``Orientationd("RAS")``).
         norm_name: normalisation, MONAI factory name and arguments (paper: instance norm).
         act_name: activation (paper: ReLU).
 
     Raises:
-        ValueError: for an unknown configuration, mismatched per-scale argument lengths, a bad ``slice_dim`` or
-            ``slice_chunk``; in ``forward`` for a wrong rank or channel count, or slice indices of the wrong shape
-            or out of range.
+        ValueError: for an unknown configuration, mismatched per-scale argument lengths or a bad ``spatial_dim``; when
+            called, for a wrong rank, channel count or size (:func:`~monai_ext.networks.checks.check_input`), or slice
+            indices of the wrong shape or out of range.
     """
 
     def __init__(
@@ -122,8 +156,7 @@ class SpatialContextAwareNet(nn.Module):
         pool_sizes: Sequence[int] = (16, 8, 4, 4),
         global_channels: int = 64,
         decoder_channels: Sequence[int] | None = None,
-        slice_dim: int = 4,
-        slice_chunk: int = 16,
+        spatial_dim: int = DEFAULT_SPATIAL_DIM,
         norm_name: tuple | str = "instance",
         act_name: tuple | str = ("relu", {"inplace": True}),
     ) -> None:
@@ -148,20 +181,13 @@ class SpatialContextAwareNet(nn.Module):
             )
         if min(in_channels, out_channels, global_channels) < 1:
             raise ValueError(f"channel counts must be positive, got {in_channels}, {out_channels}, {global_channels}.")
-        if slice_dim not in (2, 3, 4, -1, -2, -3):
-            raise ValueError(
-                f"slice_dim must be a spatial tensor dimension of (B, C, *3 spatial): 2, 3 or 4, got {slice_dim}."
-            )
-        if slice_chunk < 1:
-            raise ValueError(f"slice_chunk must be a positive integer, got {slice_chunk}.")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.configuration = configuration
         self.msfa_mode, self.use_global = CONFIGURATIONS[configuration]
-        self.slice_dim = slice_dim % 5
-        self.slice_chunk = slice_chunk
+        self.spatial_dim = check_spatial_dim(spatial_dim)
         self.levels = len(filters)
-        self.divisor = 2**self.levels
+        self.divisor, self.min_size = scaa_sizes(self.levels, self.spatial_dim)
 
         self.context_encoder = ContextEncoder3D(in_channels, context_channels, norm_name=norm_name, act_name=act_name)
         self.encoders = nn.ModuleList(
@@ -179,6 +205,7 @@ class SpatialContextAwareNet(nn.Module):
                         embed_channels=e,
                         pool_size=p,
                         mode=self.msfa_mode,
+                        spatial_dim=self.spatial_dim,
                         norm_name=norm_name,
                         act_name=act_name,
                     )  # fmt: skip
@@ -194,37 +221,84 @@ class SpatialContextAwareNet(nn.Module):
         self.head = nn.Conv2d(head_in, out_channels, kernel_size=1)
         self.aux_head = nn.Conv3d(context_channels[-1], out_channels, kernel_size=1)
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 5 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"SCAA expects a whole volume (B, {self.in_channels}, *3 spatial) with the slice axis at tensor dim "
-                f"{self.slice_dim}, got shape {list(x.shape)}."
-            )
+    def _check(self, x: torch.Tensor) -> None:
+        check_input(x, "SCAA", self.in_channels, spatial_dims=3, divisor=self.divisor, min_size=self.min_size)
 
-    def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        """Zero-pad ``(B, C, D, H, W)`` at the far end: every axis to a multiple of ``2^L``, and H, W to at least
-        ``2^(L+1)`` so that the deepest 2D maps keep 2 x 2 positions for instance norm."""
-        padding: list[int] = []
-        for axis in (4, 3, 2):  # F.pad lists (before, after) from the last axis backwards
-            size = x.shape[axis]
-            target = size + (-size % self.divisor)
-            if axis > 2:
-                target = max(target, 2 * self.divisor)
-            padding += [0, target - size]
-        return F.pad(x, padding)
+    def _slices_first(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, *spatial)`` with the slice axis moved first among the spatial axes (a view)."""
+        return x.movedim(tensor_dim(self.spatial_dim), 2)
+
+    def _slices_restored(self, x: torch.Tensor) -> torch.Tensor:
+        """Undo :meth:`_slices_first`."""
+        return x.movedim(2, tensor_dim(self.spatial_dim))
+
+    def encode_context(self, x: torch.Tensor) -> SliceContext:
+        """Run the 3D context encoder (and the global descriptor, where the configuration has one) on whole volumes.
+
+        Args:
+            x: ``(B, in_channels, *spatial)``, slices on ``spatial_dim``, of a size the network takes.
+
+        Returns:
+            :class:`SliceContext`: ``F3D_2 .. F3D_L`` in the input's layout and the global descriptor (or None).
+        """
+        self._check(x)
+        features = self.context_encoder(self._slices_first(x))  # F3D_i (B, C_i, D_i, H_i, W_i)
+        descriptor = self.global_descriptor(features[-1]) if self.global_descriptor is not None else None
+        return SliceContext([self._slices_restored(f) for f in features], descriptor)
+
+    def forward_slices(
+        self,
+        x: torch.Tensor,
+        context: SliceContext,
+        slice_indices: torch.Tensor | Sequence[int],
+        return_attention: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run the 2D path on the given slices of ``x``, against ``context`` from :meth:`encode_context` of ``x``.
+
+        Args:
+            x: the volumes ``(B, in_channels, *spatial)`` the context was computed on.
+            context: :meth:`encode_context` of ``x``.
+            slice_indices: ``(S,)`` (the same slices of every volume) or ``(B, S)`` indices along ``spatial_dim``.
+            return_attention: also return the MSFA weights (for pictures such as the paper's Fig. 2).
+
+        Returns:
+            the logits ``(B, out_channels, *spatial)`` with ``S`` in place of the slice axis (slice ``j`` = input slice
+            ``slice_indices[:, j]``); with ``return_attention``, also a list of the MSFA weights per scale
+            ``2 .. L``, ``(B, S, heads, d_i)`` over the ``d_i`` slices of ``F3D_i`` (empty for CA).
+
+        Raises:
+            ValueError: for an input the network does not take, or slice indices of the wrong shape or out of range.
+        """
+        self._check(x)
+        indices = torch.as_tensor(slice_indices, device=x.device).long()
+        if indices.dim() == 1:
+            indices = indices.expand(x.shape[0], -1)
+        depth = x.shape[tensor_dim(self.spatial_dim)]
+        if indices.dim() != 2 or indices.shape[0] != x.shape[0] or indices.shape[1] < 1:
+            raise ValueError(
+                f"slice_indices must be (S,) or (B, S) = ({x.shape[0]}, S) with S >= 1, "
+                f"got {list(torch.as_tensor(slice_indices).shape)}."
+            )
+        if int(indices.min()) < 0 or int(indices.max()) >= depth:
+            raise ValueError(
+                f"slice_indices must lie in [0, {depth}) (slices along spatial_dim={self.spatial_dim}), got values in "
+                f"[{int(indices.min())}, {int(indices.max())}]."
+            )
+        attention: list[torch.Tensor] | None = [] if return_attention else None
+        logits = self._slices(x, context, indices, attention)
+        return (logits, attention) if attention is not None else logits
 
     def _slices(
         self,
         x: torch.Tensor,
-        context: list[torch.Tensor],
-        descriptor: torch.Tensor | None,
+        context: SliceContext,
         indices: torch.Tensor,
-        attention: list[list[torch.Tensor]] | None = None,
+        attention: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """2D path for slices ``indices`` ``(B, S)`` of the padded ``x`` ``(B, C, D, H, W)``; logits
-        ``(B, K, S, H, W)``. Appends the MSFA weights ``(B, S, heads, d_i)`` per scale to ``attention`` if given."""
+        """The 2D path for valid slice indices ``(B, S)``; appends the MSFA weights per scale to ``attention``."""
         b, s = indices.shape
-        h = take_slices(x, indices, 2).transpose(1, 2).reshape(b * s, x.shape[1], x.shape[3], x.shape[4])  # (B*S,C,H,W)
+        volume = self._slices_first(x)  # (B, C, D, H, W)
+        h = take_slices(volume, indices, 0).transpose(1, 2).reshape(b * s, x.shape[1], *volume.shape[3:])  # (B*S,C,H,W)
         skips: list[torch.Tensor] = []
         for level, encoder in enumerate(self.encoders):
             h = encoder(h)
@@ -233,65 +307,77 @@ class SpatialContextAwareNet(nn.Module):
             scale = level + 1
             if scale >= 2 and len(self.msfa) > 0:
                 positions = torch.div(indices, 2**scale, rounding_mode="floor")  # the 3D slice holding each slice
+                msfa = self.msfa[scale - 2]
                 if attention is None:
-                    h = self.msfa[scale - 2](h, context[scale - 2], positions)
+                    h = msfa(h, context.features[scale - 2], positions)
                 else:
-                    h, weights = self.msfa[scale - 2](h, context[scale - 2], positions, return_attention=True)
-                    attention[scale - 2].append(weights.reshape(b, s, weights.shape[1], weights.shape[2]))
+                    h, weights = msfa(h, context.features[scale - 2], positions, return_attention=True)
+                    attention.append(weights.reshape(b, s, weights.shape[1], weights.shape[2]))
         for decoder, skip in zip(self.decoders, reversed(skips)):
             h = decoder(h, skip)
-        if descriptor is not None:
-            g = descriptor.repeat_interleave(s, dim=0)[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])
+        if context.descriptor is not None:
+            g = context.descriptor.repeat_interleave(s, dim=0)[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])
             h = torch.cat([h, g], dim=1)
         logits = self.head(h)  # (B * S, K, H, W)
-        return logits.reshape(b, s, *logits.shape[1:]).transpose(1, 2)  # (B, K, S, H, W)
+        return self._slices_restored(logits.reshape(b, s, *logits.shape[1:]).transpose(1, 2))  # S on spatial_dim
 
-    def _whole_volume(self, x: torch.Tensor, attention: list[list[torch.Tensor]] | None = None) -> torch.Tensor:
-        self._check_input(x)
-        sizes = x.movedim(self.slice_dim, 2).shape[2:]
-        x = self._pad(x.movedim(self.slice_dim, 2))  # (B, C, D, H, W), padded
-        context = self.context_encoder(x)
-        descriptor = self.global_descriptor(context[-1]) if self.global_descriptor is not None else None
-        depth = sizes[0]
-        chunks = []
-        for start in range(0, depth, self.slice_chunk):
-            idx = torch.arange(start, min(start + self.slice_chunk, depth), device=x.device)
-            chunks.append(self._slices(x, context, descriptor, idx.expand(x.shape[0], -1), attention))
-        out = torch.cat(chunks, dim=2)  # (B, K, D, H_pad, W_pad)
-        out = out[:, :, :, : sizes[1], : sizes[2]]
-        return out.movedim(2, self.slice_dim)
-
-    def forward(self, x: torch.Tensor, slice_indices: torch.Tensor | None = None):
-        if slice_indices is None:
-            return self._whole_volume(x)
-        self._check_input(x)
-        sizes = x.movedim(self.slice_dim, 2).shape[2:]
-        indices = torch.as_tensor(slice_indices, device=x.device).long()
-        if indices.dim() == 1:
-            indices = indices.expand(x.shape[0], -1)
-        if indices.dim() != 2 or indices.shape[0] != x.shape[0] or indices.shape[1] < 1:
-            raise ValueError(
-                f"slice_indices must be (S,) or (B, S) = (S,) or ({x.shape[0]}, S) with S >= 1, "
-                f"got {list(torch.as_tensor(slice_indices).shape)}."
-            )
-        if int(indices.min()) < 0 or int(indices.max()) >= sizes[0]:
-            raise ValueError(f"slice_indices must lie in [0, {sizes[0]}) (slices along dim {self.slice_dim}), got "
-                             f"values in [{int(indices.min())}, {int(indices.max())}].")  # fmt: skip
-        x = self._pad(x.movedim(self.slice_dim, 2))
-        context = self.context_encoder(x)
-        descriptor = self.global_descriptor(context[-1]) if self.global_descriptor is not None else None
-        slices = self._slices(x, context, descriptor, indices)[:, :, :, : sizes[1], : sizes[2]]
-        aux = self.aux_head(context[-1])
+    def forward_aux(self, context: SliceContext) -> torch.Tensor:
+        """The auxiliary 3D head on ``context``: logits ``(B, out_channels, *spatial / 2)`` (half resolution)."""
+        aux = self.aux_head(self._slices_first(context.features[-1]))
         aux = F.interpolate(aux, scale_factor=2 ** (self.levels - 1), mode="trilinear", align_corners=False)
-        aux = aux[:, :, : -(-sizes[0] // 2), : -(-sizes[1] // 2), : -(-sizes[2] // 2)]
-        return slices.movedim(2, self.slice_dim), aux.movedim(2, self.slice_dim)
+        return self._slices_restored(aux)
 
-    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Whole-volume logits as :meth:`forward`, and the MSFA weights per scale ``2 .. L``: ``(B, D, heads, d_i)``
-        for every axial slice of the volume over the ``d_i`` depth slices of ``F3D_i`` (empty for CA)."""
-        attention: list[list[torch.Tensor]] = [[] for _ in self.msfa]
-        logits = self._whole_volume(x, attention)
-        return logits, [torch.cat(a, dim=1) for a in attention]
+    def forward(
+        self, x: torch.Tensor, slice_indices: torch.Tensor | Sequence[int] | None = None
+    ) -> torch.Tensor | list[torch.Tensor]:
+        context = self.encode_context(x)
+        if slice_indices is None:
+            depth = x.shape[tensor_dim(self.spatial_dim)]
+            return self._slices(x, context, torch.arange(depth, device=x.device).expand(x.shape[0], -1))
+        return [self.forward_slices(x, context, slice_indices), self.forward_aux(context)]
 
 
 SCAA = SpatialContextAwareNet
+
+
+def scaa_inferer(**overrides: Any) -> Inferer:
+    """The scaa bundle's whole-volume inferer (``configs/inference.json``): a
+    :class:`~monai_ext.inferers.PadInferer` (zeros at the far end of each axis, to the sizes of :func:`scaa_sizes`)
+    around a :class:`~monai_ext.inferers.ContextSliceInferer` (the 3D encoder once, then ``slice_chunk`` slices at a
+    time).
+
+    Args:
+        overrides: ``slice_chunk`` (default 16), ``levels`` (``len(filters)`` of the network, default 5),
+            ``spatial_dim`` (the network's, default 2) and ``mode`` (PadInferer's padding mode, default
+            ``"constant"``).
+    """
+    from monai_ext.inferers import ContextSliceInferer, PadInferer  # here, not at the top: a network needs no inferer
+
+    settings = {"slice_chunk": 16, "levels": 5, "spatial_dim": DEFAULT_SPATIAL_DIM, "mode": "constant", **overrides}
+    divisor, min_size = scaa_sizes(settings["levels"], settings["spatial_dim"])
+    return PadInferer(divisor, min_size, inferer=ContextSliceInferer(settings["slice_chunk"]), mode=settings["mode"])
+
+
+def _register(name: str, configuration: str, title: str) -> None:
+    """Register the SCAA of ``configuration``, a row of the paper's ablation."""
+    main = name == "scaa_star"
+    register_network(
+        NetworkEntry(
+            name=name,
+            builder=SCAA,
+            kind="context",
+            title=title,
+            paper=f"Tang et al. 2021, ablation: {configuration}",
+            defaults={"configuration": configuration},
+            inferer=scaa_inferer,
+            bundle="scaa",
+            variant_of=None if main else "scaa_star",
+            method=2,
+        )
+    )
+
+
+_register("scaa_star", "SCAA*", "SCAA*")  # the paper's best and the bundle
+_register("scaa", "SCAA", "SCAA")
+_register("scaa_c_ca", "C-CA", "SCAA (C-CA)")
+_register("scaa_ca", "CA", "SCAA (CA)")

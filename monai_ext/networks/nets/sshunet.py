@@ -1,46 +1,77 @@
-"""SSH-UNet: a 2D DynUNet with slice shifts, run on three orthogonal views with shared weights."""
+"""SSH-UNet: a 2D U-Net of MONAI DynUNet blocks with slice shifts, run on orthogonal views with shared weights."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import DynUNet
 from torch import nn
-from torch.nn.functional import interpolate
 
-from monai_ext.networks.blocks.multi_view import NUM_VIEWS, MultiViewFuse, to_view, views_stackable
+from monai_ext.networks.blocks.multi_view import MULTI_VIEW_ORDER, MultiViewFuse, to_view, view_axes, views_stackable
 from monai_ext.networks.blocks.slice_shift import SliceShift
 from monai_ext.networks.blocks.slice_shift_block import SHIFT_POSITIONS, SliceShiftResBlock, SliceShiftUpBlock
+from monai_ext.networks.checks import check_input
+from monai_ext.networks.compat import load_sshunet_release
+from monai_ext.networks.layout import check_spatial_axes
+from monai_ext.networks.registry import NetworkEntry, register_network
 
-__all__ = ["SSHUNet", "SliceShiftUNet"]
+__all__ = ["SSH_UNET_PATCH", "SSHUNet", "SliceShiftUNet", "sshunet_inferer"]
+
+SSH_UNET_PATCH = (96, 96, 96)
+"""The paper's training patch ``(H, W, D)`` (AMOS and BTCV), also the bundle's sliding-window ROI."""
 
 
-class SSHUNet(DynUNet):
+def _per_axis(value: Sequence[int] | int, name: str, level: int) -> list[int]:
+    if isinstance(value, int):
+        return [value] * 3
+    if len(value) != 3:
+        raise ValueError(f"{name}[{level}] must be an int or 3 values (one per axis of a view), got {value!r}.")
+    return [int(v) for v in value]
+
+
+class SSHUNet(nn.Module):
     """Slice SHift UNet (Ugwu et al., 2023, https://arxiv.org/abs/2307.09148; code: github.com/cugwu/ssh-unet).
 
-    A DynUNet with ``(1, 3, 3)`` kernels (2D convolutions on every slice) whose residual blocks shift a
-    quarter of the channels to each neighbouring slice (:class:`~monai_ext.networks.blocks.SliceShift`).
-    The volume is seen along its three axes by the same weights: the three views are stacked in the batch,
-    processed, permuted back, summed and mapped to logits by a small head
-    (:class:`~monai_ext.networks.blocks.MultiViewFuse`).
+    A U-Net of MONAI DynUNet blocks whose convolutions are 2D (``(3, 3, 1)`` kernels: in-slice, slices on the last
+    axis) and whose residual blocks shift a quarter of the channels to each neighbouring slice
+    (:class:`~monai_ext.networks.blocks.SliceShiftResBlock`). The volume is seen along several axes by the same
+    weights: each view (:func:`~monai_ext.networks.blocks.to_view`) puts its slice axis last, the views run through
+    the shared encoder-decoder (stacked in the batch when their shapes agree, one after the other otherwise),
+    and :class:`~monai_ext.networks.blocks.MultiViewFuse` permutes them back, sums them and maps them to logits.
 
     Defaults reproduce the released configuration: filters ``[32, 64, 128, 256, 320]``, strides
     ``[1, 2, 2, 2, 2]``, transposed-conv bias, residual blocks in the decoder with the residual added before
     ``norm2``, shifts after conv1 and conv2 in the input block, the encoder levels ``shift_levels``, the
-    bottleneck and the matching decoder levels (the release's rule: the top decoder block does not shift).
-    With 14 classes this is 6,487,822 parameters, and the authors' weights load with ``load_state_dict``.
+    bottleneck and the matching decoder levels (the release's rule: the top decoder block does not shift), and the
+    three views ``(0, 1, 2)``. With 14 classes this is 6,487,822 parameters. The authors' checkpoints (their views
+    hold the slices first, with ``(1, 3, 3)`` kernels) load through
+    :func:`monai_ext.networks.compat.load_sshunet_release`; the network then computes the release's output on the
+    same ``(B, C, H, W, D)`` volumes.
 
-    Beyond the release: inputs whose three sides differ are accepted (the shared trunk then runs once per
-    view instead of on a stacked batch; the result is the same), and ``shift_position="before_conv"`` gives
-    the paper's placement.
+    The state-dict keys are the release's and DynUNet's (``input_block``, ``downsamples``, ``bottleneck``,
+    ``upsamples``, ``output_block``, ``deep_supervision_heads``), without DynUNet's ``skip_layers`` aliases.
+
+    Beyond the release: inputs whose views differ in shape are accepted (the shared trunk then runs once per view;
+    the result equals the stacked path), ``shift_position="before_conv"`` gives the paper's placement, and fewer
+    views give the paper's single-view rows (``spatial_dims_order=(2,)``: 2D+shift; with ``shift_input=False,
+    shift_levels=(), shift_bottleneck=False``: plain 2D). The single-view variants keep the release's output head.
 
     Args:
-        in_channels: input channels.
-        out_channels: output channels (classes, background included).
-        kernel_size: per level; default ``(1, 3, 3)`` everywhere.
-        strides: per level; default ``[1, 2, 2, 2, 2]``. Every spatial size must be divisible by their product.
+        in_channels: input channels; default 1.
+        out_channels: output channels (classes, background included); default 14.
+        kernel_size: per level, each an int or 3 values along the axes of a view (slices last, see
+            :func:`~monai_ext.networks.blocks.view_axes`); default ``(3, 3, 1)`` everywhere: 2D convolutions.
+        strides: per level, each an int or 3 values along the axes of a view (slices last, as the kernels); default
+            ``[1, 2, 2, 2, 2]``. Every spatial size must be divisible by the product of the strides along each view
+            axis it takes (:attr:`divisor`; 16 on every axis by default).
         filters: per level; default ``[32, 64, 128, 256, 320]`` (truncated to the number of levels).
+        spatial_dims_order: the slice axis of each view (distinct spatial axes, 0-2 over ``(H, W, D)``), see
+            :func:`~monai_ext.networks.blocks.to_view`; default ``(0, 1, 2)``. ``(2,)`` is one axial view.
+        shift_input: shift in the input block.
         shift_levels: encoder levels below the input block that shift (0 = first down-sampling block).
             Default: all of them.
         shift_bottleneck: shift in the bottleneck.
@@ -48,14 +79,19 @@ class SSHUNet(DynUNet):
         fold_div: ``C // fold_div`` channels move each way.
         shift_position: ``"after_conv"`` (release) or ``"before_conv"`` (paper text).
         norm_name, act_name, dropout: as for DynUNet.
-        deep_supervision, deep_supr_num: as for DynUNet; in training the output is stacked
-            ``(B, 1 + deep_supr_num, out_channels, D, H, W)``.
+        deep_supervision: in training mode, also return the outputs of ``deep_supr_num`` coarser decoder levels.
+        deep_supr_num: number of extra outputs, 1 to ``len(strides) - 2``.
 
     Shapes:
-        input ``(B, in_channels, D, H, W)``; output ``(B, out_channels, D, H, W)``.
+        input ``(B, in_channels, H, W, D)``; output ``(B, out_channels, H / s0, W / s0, D / s0)`` with ``s0 =
+        strides[0]`` (the input size by default). In training mode with ``deep_supervision`` the output is a list:
+        that tensor first, then ``deep_supr_num`` coarser ones, each at its own resolution (as
+        ``monai.losses.DeepSupervisionLoss`` takes them).
 
     Raises:
-        ValueError: for a wrong number of channels, a non-5D input, or sizes not divisible by the strides.
+        ValueError: for inconsistent arguments (kernel and stride lists, filters, shift levels, views,
+            ``deep_supr_num``); in ``forward``, a wrong number of channels, a non-5D input, or sizes not
+            divisible by the strides (TorchScript builds skip this check).
     """
 
     def __init__(
@@ -65,6 +101,8 @@ class SSHUNet(DynUNet):
         kernel_size: Sequence[Sequence[int] | int] | None = None,
         strides: Sequence[Sequence[int] | int] | None = None,
         filters: Sequence[int] | None = None,
+        spatial_dims_order: Sequence[int] = MULTI_VIEW_ORDER,
+        shift_input: bool = True,
         shift_levels: Sequence[int] | None = None,
         shift_bottleneck: bool = True,
         shift_decoder: bool = True,
@@ -76,112 +114,81 @@ class SSHUNet(DynUNet):
         deep_supervision: bool = False,
         deep_supr_num: int = 1,
     ) -> None:
+        super().__init__()
         strides = list(strides) if strides is not None else [1, 2, 2, 2, 2]
-        kernel_size = list(kernel_size) if kernel_size is not None else [(1, 3, 3)] * len(strides)
+        kernel_size = list(kernel_size) if kernel_size is not None else [(3, 3, 1)] * len(strides)
         filters = list(filters) if filters is not None else [32, 64, 128, 256, 320]
-        if shift_position not in SHIFT_POSITIONS:
-            raise ValueError(f"shift_position must be one of {SHIFT_POSITIONS}, got {shift_position!r}.")
+        if len(strides) < 3 or len(kernel_size) != len(strides):
+            raise ValueError(
+                f"kernel_size and strides need one entry per level and at least 3 levels, got {len(kernel_size)} "
+                f"and {len(strides)}."
+            )
         if len(filters) < len(strides):
             raise ValueError(f"filters needs one entry per level ({len(strides)} levels), got {len(filters)}.")
+        if shift_position not in SHIFT_POSITIONS:
+            raise ValueError(f"shift_position must be one of {SHIFT_POSITIONS}, got {shift_position!r}.")
         num_down = len(strides) - 2
-        self.shift_levels = sorted(set(range(num_down) if shift_levels is None else shift_levels))
-        if any(not 0 <= level < num_down for level in self.shift_levels):
+        levels = sorted(set(range(num_down) if shift_levels is None else shift_levels))
+        if any(not 0 <= level < num_down for level in levels):
             raise ValueError(
                 f"shift_levels must lie in [0, {num_down - 1}] for {len(strides)} levels, got {shift_levels}."
             )
-        self.shift_bottleneck = shift_bottleneck
-        self.shift_decoder = shift_decoder
-        self.fold_div = fold_div
-        self.shift_position = shift_position
-        super().__init__(
-            spatial_dims=3,
-            in_channels=in_channels,
-            out_channels=out_channels,
-            kernel_size=kernel_size,
-            strides=strides,
-            upsample_kernel_size=strides[1:],
-            filters=filters,
-            dropout=dropout,
-            norm_name=norm_name,
-            act_name=act_name,
-            deep_supervision=deep_supervision,
-            deep_supr_num=deep_supr_num,
-            res_block=True,
-            trans_bias=True,
-        )
-        if not deep_supervision:
-            self.deep_supervision_heads = nn.ModuleList()  # so that TorchScript sees the attribute
-        # DynUNet's recursive skip_layers alias the blocks above; forward walks the blocks directly, so the alias
-        # goes, and checkpoints that carry it (the release's, DynUNet's) still load: see _drop_skip_layers.
-        del self.skip_layers
-        self._register_load_state_dict_pre_hook(self._drop_skip_layers)
-        self.num_views = NUM_VIEWS
-        self._divisor = [1, 1, 1]
-        for stride in strides:
-            s = [stride] * 3 if isinstance(stride, int) else list(stride)
-            self._divisor = [a * b for a, b in zip(self._divisor, s)]
-
-    @staticmethod
-    def _drop_skip_layers(state_dict, prefix, *args) -> None:
-        for key in [k for k in state_dict if k.startswith(prefix + "skip_layers.")]:
-            del state_dict[key]
-
-    def _shift(self, enabled: bool) -> nn.Module | None:
-        return SliceShift(slice_dim=2, fold_div=self.fold_div) if enabled else None
-
-    def _res_block(self, in_c: int, out_c: int, kernel, stride, shift: bool) -> SliceShiftResBlock:
-        return SliceShiftResBlock(
-            3, in_c, out_c, kernel, stride, self.norm_name, self.act_name, self.dropout,
-            shift=self._shift(shift), shift_position=self.shift_position,
-        )  # fmt: skip
-
-    # DynUNet builds its topology from these hooks.
-    def get_input_block(self):
-        return self._res_block(self.in_channels, self.filters[0], self.kernel_size[0], self.strides[0], True)
-
-    def get_bottleneck(self):
-        return self._res_block(
-            self.filters[-2], self.filters[-1], self.kernel_size[-1], self.strides[-1], self.shift_bottleneck
-        )
-
-    def get_downsamples(self):
-        return nn.ModuleList(
-            self._res_block(in_c, out_c, kernel, stride, level in self.shift_levels)
-            for level, (in_c, out_c, kernel, stride) in enumerate(
-                zip(self.filters[:-2], self.filters[1:-1], self.kernel_size[1:-1], self.strides[1:-1])
+        if deep_supervision and not 1 <= deep_supr_num <= num_down:
+            raise ValueError(
+                f"deep_supr_num must lie in [1, {num_down}] for {len(strides)} levels, got {deep_supr_num}."
             )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.strides = strides
+        self.filters = filters[: len(strides)]
+        self.spatial_dims_order = list(check_spatial_axes(spatial_dims_order))
+        self.shift_levels = levels
+        self.deep_supervision = deep_supervision
+        self.deep_supr_num = deep_supr_num
+        for level, kernel in enumerate(kernel_size):
+            _per_axis(kernel, "kernel_size", level)  # raises for a kernel without one value per axis
+        per_level = [_per_axis(stride, "strides", level) for level, stride in enumerate(strides)]
+        view_divisor = [math.prod(axis) for axis in zip(*per_level)]  # per axis of a view, slices last
+        # every volume axis takes, in each view, the place view_axes gives it
+        self.divisor = [
+            math.lcm(*(view_divisor[view_axes(s).index(axis)] for s in self.spatial_dims_order)) for axis in range(3)
+        ]
+
+        def shift(enabled: bool) -> SliceShift | None:
+            return SliceShift(fold_div=fold_div) if enabled else None
+
+        def res_block(level: int, in_c: int, out_c: int, shifts: bool) -> SliceShiftResBlock:
+            return SliceShiftResBlock(
+                3, in_c, out_c, kernel_size[level], strides[level], norm_name, act_name, dropout,
+                shift=shift(shifts), shift_position=shift_position,
+            )  # fmt: skip
+
+        def up_block(j: int) -> SliceShiftUpBlock:
+            # decoder block j (from the bottom) pairs with encoder level num_down - 1 - j; the top one (j = num_down)
+            # pairs with the input block and never shifts (the release's rule)
+            return SliceShiftUpBlock(
+                3, f[-1 - j], f[-2 - j], kernel_size[-1 - j], strides[-1 - j], norm_name, act_name, dropout,
+                trans_bias=True, shift=shift(shift_decoder and num_down - 1 - j in levels),
+                shift_position=shift_position,
+            )  # fmt: skip
+
+        def head(channels: int) -> MultiViewFuse:
+            return MultiViewFuse(3, channels, out_channels, self.spatial_dims_order, dropout=dropout)
+
+        f = self.filters
+        self.input_block = res_block(0, in_channels, f[0], shift_input)
+        self.downsamples = nn.ModuleList(res_block(i + 1, f[i], f[i + 1], i in levels) for i in range(num_down))
+        self.bottleneck = res_block(-1, f[-2], f[-1], shift_bottleneck)
+        self.upsamples = nn.ModuleList(up_block(j) for j in range(num_down + 1))
+        self.output_block = head(f[0])
+        self.deep_supervision_heads = nn.ModuleList(
+            head(f[i + 1]) for i in range(deep_supr_num if deep_supervision else 0)
         )
-
-    def get_upsamples(self):
-        num_down = len(self.strides) - 2
-        blocks = []
-        ins, outs = self.filters[1:][::-1], self.filters[:-1][::-1]
-        kernels, ups = self.kernel_size[1:][::-1], self.upsample_kernel_size[::-1]
-        for j, (in_c, out_c, kernel, up) in enumerate(zip(ins, outs, kernels, ups)):
-            # the release pairs decoder block j (counted from the bottom) with encoder level num_down - 1 - j
-            shift = self.shift_decoder and (num_down - 1 - j) in self.shift_levels
-            blocks.append(
-                SliceShiftUpBlock(
-                    3,
-                    in_c,
-                    out_c,
-                    kernel,
-                    up,
-                    self.norm_name,
-                    self.act_name,
-                    self.dropout,
-                    trans_bias=True,
-                    shift=self._shift(shift),
-                    shift_position=self.shift_position,
-                )  # fmt: skip
-            )
-        return nn.ModuleList(blocks)
-
-    def get_output_block(self, idx: int):
-        return MultiViewFuse(3, self.filters[idx], self.out_channels, dropout=self.dropout)
+        self.apply(DynUNet.initialize_weights)
 
     def _trunk(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Encoder-decoder on one batch; returns the decoder outputs, the finest last."""
+        """Shared encoder-decoder on views ``(N, C, *view)``; returns the decoder outputs, the finest last."""
         skips = [self.input_block(x)]
         for down in self.downsamples:
             skips.append(down(skips[-1]))
@@ -192,34 +199,68 @@ class SSHUNet(DynUNet):
             decoded.append(out)
         return decoded
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 5:
-            raise ValueError(f"SSHUNet expects a 5D input (B, C, D, H, W), got shape {list(x.shape)}.")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"SSHUNet was built for {self.in_channels} input channel(s), got {x.shape[1]}.")
-        for axis in range(3):
-            if x.shape[2 + axis] % self._divisor[axis] != 0:
-                raise ValueError(
-                    f"SSHUNet input size {list(x.shape[2:])} is not divisible by {self._divisor} "
-                    "(the product of the strides); pad or crop it, e.g. with monai.transforms.DivisiblePad."
-                )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        if not torch.jit.is_scripting():
+            check_input(x, "SSHUNet", self.in_channels, 3, divisor=self.divisor)
+        num_views = len(self.spatial_dims_order)
         num_levels = len(self.upsamples)
-        if views_stackable(x):
-            stacked = self._trunk(torch.cat([to_view(x, k) for k in range(self.num_views)], dim=0))
-            per_view = [list(level.chunk(self.num_views, dim=0)) for level in stacked]
+        if views_stackable(x, self.spatial_dims_order):
+            stacked = self._trunk(torch.cat([to_view(x, s) for s in self.spatial_dims_order], dim=0))
+            per_level = [list(level.chunk(num_views, dim=0)) for level in stacked]
         else:
-            runs = [self._trunk(to_view(x, k)) for k in range(self.num_views)]
-            per_view = [[runs[k][j] for k in range(self.num_views)] for j in range(num_levels)]
-        out = self.output_block.fuse_views(per_view[num_levels - 1])
+            runs = [self._trunk(to_view(x, s)) for s in self.spatial_dims_order]
+            per_level = [[run[j] for run in runs] for j in range(num_levels)]
+        out = self.output_block.fuse_views(per_level[num_levels - 1])
         if self.training and self.deep_supervision:
-            out_all = [out]
+            outputs = [out]
             for i, head in enumerate(self.deep_supervision_heads):
-                out_all.append(interpolate(head.fuse_views(per_view[num_levels - 2 - i]), out.shape[2:]))
-            return torch.stack(out_all, dim=1)
+                outputs.append(head.fuse_views(per_level[num_levels - 2 - i]))
+            return outputs
         return out
 
 
 SliceShiftUNet = SSHUNet
+
+
+def sshunet_inferer(**overrides: Any) -> SlidingWindowInferer:
+    """The ssh_unet bundle's whole-volume inferer (``configs/inference.json``): MONAI's
+    :class:`~monai.inferers.SlidingWindowInferer` with :data:`SSH_UNET_PATCH` windows ``(H, W, D)``,
+    ``sw_batch_size=1``, ``overlap=0.5``, ``mode="gaussian"``.
+
+    The windows are multiples of 16 (smaller volumes are padded to a window by MONAI), so every window is a size
+    :class:`SSHUNet` takes with its default strides. ``overrides`` replace any of these settings (any other
+    SlidingWindowInferer argument too).
+    """
+    settings: dict[str, Any] = {"roi_size": SSH_UNET_PATCH, "sw_batch_size": 1, "overlap": 0.5, "mode": "gaussian"}
+    return SlidingWindowInferer(**{**settings, **overrides})
+
+
+def _register(name: str, title: str, row: str, defaults: dict[str, Any]) -> None:
+    """Register the SSHUNet built with ``defaults``, the paper's Table 5 row ``row``."""
+    main = name == "ssh_unet"
+    register_network(
+        NetworkEntry(
+            name=name,
+            builder=SSHUNet,
+            kind="2d",
+            title=title,
+            paper=f"Ugwu et al. 2023, Table 5: {row}",
+            defaults=defaults,
+            inferer=sshunet_inferer,
+            bundle="ssh_unet",
+            loader=load_sshunet_release if main else None,
+            variant_of=None if main else "ssh_unet",
+            patch=SSH_UNET_PATCH,
+            method=1,
+        )
+    )
+
+
+_register("ssh_unet", "SSH-UNet", "2D+shift+multi-view", {})  # the release and the bundle
+_register("ssh_unet_2d_shift", "SSH-UNet (2D+shift)", "2D+shift", {"spatial_dims_order": (2,)})
+_register(
+    "ssh_unet_2d",
+    "SSH-UNet (2D)",
+    "2D",
+    {"spatial_dims_order": (2,), "shift_input": False, "shift_levels": (), "shift_bottleneck": False},
+)

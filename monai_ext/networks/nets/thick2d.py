@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+from monai.inferers import Inferer
 from monai.networks.blocks import Convolution
 from monai.networks.nets import ResNet
 from torch import nn
 from torch.nn.functional import interpolate
 
-from monai_ext.inferers.slice_group import slice_group_starts
 from monai_ext.networks.blocks.multiplexing import EarlyStageMultiplexing
 from monai_ext.networks.blocks.slice_sensitive_attention import ConcatLink, DotLink, SliceSensitiveAttention
+from monai_ext.networks.checks import check_input
+from monai_ext.networks.registry import NetworkEntry, register_network
 
-__all__ = ["CONFIGS", "Thick2DNet", "Thickened2DNet", "load_torchvision_resnet"]
+__all__ = ["CONFIGS", "Thick2DNet", "Thickened2DNet", "load_torchvision_resnet", "thick2d_inferer"]
 
 # the paper's Table 3 rows: plain thick input, + ESM, + ESM + SSA, and two alternatives to SSA
 CONFIGS = ("plain", "esm", "esm_ssa", "esm_concat", "esm_dot")
@@ -58,11 +61,11 @@ class Thickened2DNet(nn.Module):
     ``pretrained_path`` names a torchvision-format ResNet state dict (``conv1.weight``, ``layer1.0.conv1.weight``,
     ...), see :func:`load_torchvision_resnet`; nothing is downloaded.
 
-    Slab layout: the network takes ``(B, in_channels, H, W, D)`` (MONAI's layout, slices on the last axis) and
-    returns ``(B, out_channels, H, W, D)``. ``D == num_slices`` is one forward pass; any other ``D`` (a whole
-    volume) is covered by groups ``stride`` slices apart (:func:`~monai_ext.inferers.slice_group_starts`; shorter
-    volumes are padded by repeating the last slice) and every slice's logits are averaged, as
-    :class:`~monai_ext.inferers.SliceGroupInferer` does with batching and any axis.
+    Slab layout: the network segments ONE group of ``k = num_slices`` consecutive slices, a slab
+    ``(B, in_channels, H, W, k)`` with the slices on the last axis, and returns ``(B, out_channels, H, W, k)``. That
+    is the layout :class:`~monai_ext.inferers.SliceGroupInferer` gives it after moving the volume's slice axis
+    (``spatial_dim``) last; the inferer slides the groups over a whole volume (stride 1 in the paper) and averages
+    every slice's logits. Inside, the slices are folded into channels, slice-major (channel ``s * C + c``).
 
     Args:
         in_channels: channels per slice (1 for CT).
@@ -78,16 +81,17 @@ class Thickened2DNet(nn.Module):
             uses batch norm and ReLU).
         link_norm_name: output norm of the link block: ``"switchable"`` (the paper) or a MONAI norm name.
         ssa_pool_size: pooled size of the SSA affinity (32).
-        stride: slices between groups when ``D != num_slices``.
         pretrained_path: optional torchvision ResNet state dict file to initialise the backbone from.
 
     Shapes:
-        input ``(B, in_channels, H, W, D)``; output ``(B, out_channels, H, W, D)`` (logits). ``H, W >= 32``.
+        input ``(B, in_channels, H, W, num_slices)``; output ``(B, out_channels, H, W, num_slices)`` (logits).
+        ``H, W >= 32``.
 
     Raises:
         ValueError: for an unknown ``config``, non-positive sizes, ``num_slices`` not a multiple of ``group_size``
-            with ESM, ``output_stride`` not 16 or 32; in ``forward`` for an input of the wrong rank, channel
-            count, or slices smaller than 32 x 32.
+            with ESM, ``output_stride`` not 16 or 32; in ``forward`` for an input of the wrong rank or channel
+            count, slices smaller than 32 x 32, or other than ``num_slices`` slices (a whole volume: run it
+            through :class:`~monai_ext.inferers.SliceGroupInferer`).
     """
 
     __constants__ = ["use_link"]
@@ -108,27 +112,22 @@ class Thickened2DNet(nn.Module):
         act_name: tuple | str = ("relu", {"inplace": True}),
         link_norm_name: tuple | str = "switchable",
         ssa_pool_size: int = 32,
-        stride: int = 1,
         pretrained_path: str | None = None,
     ) -> None:
         super().__init__()
         if config not in CONFIGS:
             raise ValueError(f"config must be one of {CONFIGS}, got {config!r}.")
-        sizes = [in_channels, out_channels, num_slices, group_size, decoder_channels]
-        if min(sizes + [low_level_channels, stride]) < 1:
+        sizes = [in_channels, out_channels, num_slices, group_size, decoder_channels, low_level_channels]
+        if min(sizes) < 1:
             raise ValueError(
-                "in_channels, out_channels, num_slices, group_size, decoder_channels, "
-                f"low_level_channels and stride must be positive, got {sizes + [low_level_channels, stride]}."
+                "in_channels, out_channels, num_slices, group_size, decoder_channels and low_level_channels must be "
+                f"positive, got {sizes}."
             )
         esm = config != "plain"
         if esm and num_slices % group_size:
             raise ValueError(
                 f"num_slices ({num_slices}) must be a multiple of group_size ({group_size}) with early-stage "
                 f"multiplexing (config {config!r}); the paper uses 12 or 15 slices in mini-groups of 3."
-            )
-        if stride > num_slices:
-            raise ValueError(
-                f"stride ({stride}) must be at most num_slices ({num_slices}): larger strides skip slices."
             )
         if output_stride not in (16, 32):
             raise ValueError(f"output_stride must be 16 (dilated last stage) or 32, got {output_stride}.")
@@ -144,7 +143,6 @@ class Thickened2DNet(nn.Module):
         self.num_groups = num_slices // group_size if esm else 1
         self.slices_per_head = group_size if config in ("esm_ssa", "esm_concat", "esm_dot") else num_slices
         self.use_link = config in ("esm_ssa", "esm_concat", "esm_dot")
-        self.stride = stride
 
         stem_in = (group_size if esm else num_slices) * in_channels
         resnet = ResNet(
@@ -208,33 +206,16 @@ class Thickened2DNet(nn.Module):
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 5 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"Thickened2DNet expects slabs (B, {self.in_channels}, H, W, D), slices on the last axis, got shape "
-                f"{list(x.shape)}."
-            )
-        if min(x.shape[2], x.shape[3]) < 32:
-            raise ValueError(
-                f"slices must be at least 32 x 32 (the backbone downsamples 32 times), got {list(x.shape)}."
-            )
-        depth = x.shape[4]
-        if depth == self.num_slices:
-            return self.forward_group(x)
-        if depth < self.num_slices:  # repeat the last slice, crop back below
-            x = torch.cat([x, x[:, :, :, :, -1:].expand(-1, -1, -1, -1, self.num_slices - depth)], dim=4)
-        starts = slice_group_starts(x.shape[4], self.num_slices, self.stride)
-        total = torch.zeros(0)
-        count = torch.zeros(x.shape[4], device=x.device, dtype=x.dtype)
-        for i, s in enumerate(starts):
-            out = self.forward_group(x[:, :, :, :, s : s + self.num_slices])
-            if i == 0:
-                total = torch.zeros(out.shape[0], out.shape[1], out.shape[2], out.shape[3], x.shape[4]).to(out)
-            total[:, :, :, :, s : s + self.num_slices] += out
-            count[s : s + self.num_slices] += 1
-        return (total / count)[:, :, :, :, :depth]
-
-    def forward_group(self, x: torch.Tensor) -> torch.Tensor:
         """One group: ``(B, in_channels, H, W, num_slices)`` to logits ``(B, out_channels, H, W, num_slices)``."""
+        if not torch.jit.is_scripting():  # the checks are plain Python; a scripted network skips them
+            # the backbone downsamples 32 times
+            check_input(x, "Thickened2DNet", self.in_channels, spatial_dims=3, min_size=(32, 32, 1))
+            if x.shape[-1] != self.num_slices:
+                raise ValueError(
+                    f"Thickened2DNet segments one group of {self.num_slices} slices (B, C, H, W, {self.num_slices}), "
+                    f"got {x.shape[-1]} slices (shape {list(x.shape)}); run a whole volume through "
+                    f"monai_ext.inferers.SliceGroupInferer(num_slices={self.num_slices})."
+                )
         b, c, h, w, k = x.shape
         t = x.permute(0, 4, 1, 2, 3).reshape(b, k * c, h, w)  # (B, k*C, H, W): channel s*C + c is slice s
         fused, groups = self.early_stage(t)  # (B, F, H/4, W/4), (B, G, E, H/4, W/4)
@@ -295,3 +276,45 @@ def load_torchvision_resnet(net: Thickened2DNet, path: str) -> None:
 
 
 Thick2DNet = Thickened2DNet
+
+
+_BUNDLE_INFERER = {"num_slices": 12, "spatial_dim": 2, "stride": 1, "sw_batch_size": 4}
+
+
+def thick2d_inferer(**overrides: Any) -> Inferer:
+    """The thick2d bundle's whole-volume inferer (``configs/inference.json``): a
+    :class:`~monai_ext.inferers.SliceGroupInferer` of 12-slice groups along spatial axis 2 (the last), stride 1 (the
+    paper's), 4 groups per call.
+
+    Args:
+        overrides: any :class:`~monai_ext.inferers.SliceGroupInferer` argument, replacing these settings; give
+            ``num_slices`` when the network was built with another ``k``.
+    """
+    from monai_ext.inferers import SliceGroupInferer  # here, not at the top: a network module needs no inferer
+
+    return SliceGroupInferer(**{**_BUNDLE_INFERER, **overrides})
+
+
+# one entry per row of the paper's Table 3 that the code builds: (name, config, title, row)
+for _name, _config, _title, _row in (
+    ("thick2d", "esm_ssa", "Thickened 2D (ESM + SSA)", "ESM + SSA"),
+    ("thick2d_plain", "plain", "Thickened 2D (plain)", "thickened input without ESM"),
+    ("thick2d_esm", "esm", "Thickened 2D (ESM)", "ESM"),
+    ("thick2d_esm_concat", "esm_concat", "Thickened 2D (ESM + Concat)", "ESM + Concat"),
+    ("thick2d_esm_dot", "esm_dot", "Thickened 2D (ESM + Dot)", "ESM + Dot"),
+):
+    register_network(
+        NetworkEntry(
+            name=_name,
+            builder=Thickened2DNet,
+            kind="2.5d",
+            title=_title,
+            paper=f"Yu et al. 2019, Table 3: {_row}",
+            defaults={"config": _config},
+            inferer=thick2d_inferer,
+            bundle="thick2d",
+            variant_of=None if _name == "thick2d" else "thick2d",
+            patch=(512, 512, 12),
+            method=3,
+        )
+    )

@@ -33,9 +33,9 @@ def test_gradients_flow():
 
 def test_bad_sizes_and_arguments():
     enc = ContextEncoder3D(1)
-    with pytest.raises(ValueError, match="divisible by 32"):
+    with pytest.raises(ValueError, match=r"divisible by \[32, 32, 32\]"):
         enc(torch.rand(1, 1, 32, 48, 32))
-    with pytest.raises(ValueError, match=r"\(B, 1, D, H, W\)"):
+    with pytest.raises(ValueError, match="ContextEncoder3D was built for 1 input channel"):
         enc(torch.rand(1, 2, 32, 32, 32))
     with pytest.raises(ValueError, match="must equal channels"):
         ContextEncoder3D(1, channels=(24, 32, 64, 32))

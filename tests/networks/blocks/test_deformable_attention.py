@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -7,6 +9,44 @@ from monai_ext.networks.blocks import (
     deformable_attention_grid_sample,
     deformable_reference_points,
 )
+from monai_ext.networks.compat import cotr_release_axes, use_cotr_release_axes
+
+
+def _release_tokens_to_ours(tokens, shapes, spatial_dim):
+    """Tokens ``(N, S, C)`` of levels flattened over the release's ``(D, H, W)`` -> flattened over our spatial axes
+    (slices on ``spatial_dim``); returns the tokens and our level shapes."""
+    axes = cotr_release_axes(spatial_dim)  # our spatial axis of the release's D, H, W
+    release_axis = [axes.index(a) for a in range(3)]  # the release's axis of our axis a
+    parts, ours = [], []
+    for t, shape in zip(tokens.split([math.prod(s) for s in shapes], 1), shapes):
+        t = t.reshape(t.shape[0], *shape, -1).permute(0, *(1 + r for r in release_axis), 4)
+        parts.append(t.flatten(1, 3))
+        ours.append(tuple(shape[r] for r in release_axis))
+    return torch.cat(parts, 1), ours
+
+
+def _our_tokens_to_release(tokens, our_shapes, spatial_dim):
+    """Inverse of :func:`_release_tokens_to_ours`."""
+    axes = cotr_release_axes(spatial_dim)
+    parts = []
+    for t, shape in zip(tokens.split([math.prod(s) for s in our_shapes], 1), our_shapes):
+        parts.append(t.reshape(t.shape[0], *shape, -1).permute(0, *(1 + a for a in axes), 4).flatten(1, 3))
+    return torch.cat(parts, 1)
+
+
+def _golden_in_our_layout(g, spatial_dim):
+    """The golden attention inputs with the slices on ``spatial_dim``: query/values/reference points as our tokens,
+    reference points in our array axis order (the golden ones are the release's (d, w, h))."""
+    shapes = [tuple(s) for s in g["spatial_shapes"].tolist()]
+    query, ours = _release_tokens_to_ours(g["query"], shapes, spatial_dim)
+    values, _ = _release_tokens_to_ours(g["input_flatten"], shapes, spatial_dim)
+    n, lq, levels, _ = g["reference_points"].shape
+    release_axis = [cotr_release_axes(spatial_dim).index(a) for a in range(3)]
+    dhw = g["reference_points"][..., [0, 2, 1]]  # the release's (d, w, h) -> its array order (d, h, w)
+    reference, _ = _release_tokens_to_ours(dhw[..., release_axis].reshape(n, lq, -1), shapes, spatial_dim)
+    reference = reference.view(n, lq, levels, 3)
+    torch.testing.assert_close(reference, deformable_reference_points(ours)[None, :, None].expand_as(reference))
+    return query, reference, values, ours
 
 
 def _identity_projections(block: MSDeformableAttention) -> MSDeformableAttention:
@@ -32,12 +72,15 @@ def _random_inputs(shapes, heads=2, channels=3, queries=7, levels=None, points=3
     return value, loc, weights
 
 
+@pytest.mark.parametrize("spatial_dim", [2, 0, 1])
 @pytest.mark.parametrize("core", ["fast", "grid_sample"])
-def test_matches_cotr_release_with_compat_switch(golden, core):
+def test_matches_cotr_release_with_its_axes(golden, core, spatial_dim):
     g = golden("cotr_ms_deform_attn")
-    block = MSDeformableAttention(48, num_levels=2, num_heads=6, num_points=4, cotr_axis_order=True, core=core)
+    block = MSDeformableAttention(48, num_levels=2, num_heads=6, num_points=4, core=core)
     block.load_state_dict(g["state_dict"])  # same parameter names as the release
-    y = block(g["query"], g["reference_points"], g["input_flatten"], g["spatial_shapes"])
+    use_cotr_release_axes(block, spatial_dim)
+    query, reference, values, shapes = _golden_in_our_layout(g, spatial_dim)
+    y = _our_tokens_to_release(block(query, reference, values, shapes), shapes, spatial_dim)
     torch.testing.assert_close(y, g["y"], atol=1e-5, rtol=1e-4)
 
 
@@ -45,7 +88,8 @@ def test_default_order_differs_from_release_quirk(golden):
     g = golden("cotr_ms_deform_attn")
     block = MSDeformableAttention(48, num_levels=2, num_heads=6, num_points=4)
     block.load_state_dict(g["state_dict"])
-    y = block(g["query"], g["reference_points"], g["input_flatten"], g["spatial_shapes"])
+    query, reference, values, shapes = _golden_in_our_layout(g, 2)
+    y = _our_tokens_to_release(block(query, reference, values, shapes), shapes, 2)
     assert (y - g["y"]).abs().max() > 1e-2
 
 
@@ -60,20 +104,27 @@ def test_zero_offsets_sample_own_voxel_on_non_cubic_levels(core, shape):
     torch.testing.assert_close(block(x, ref, x, [shape]), x)  # every point of every head reads the own voxel
 
 
-def test_compat_order_samples_transposed_location_on_non_cubic_level():
-    shape = (3, 5, 7)
+@pytest.mark.parametrize("core", ["fast", "grid_sample"])
+def test_sampling_axes_permute_where_a_query_reads(core):
     torch.manual_seed(0)
-    block = _identity_projections(MSDeformableAttention(8, num_levels=1, num_heads=2, num_points=1,
-                                                        cotr_axis_order=True))  # fmt: skip
-    x = torch.randn(1, 105, 8)
-    y = block(x, deformable_reference_points([shape], cotr_axis_order=True)[None], x, [shape])
-    assert (y - x).abs().max() > 0.1  # the release's quirk: not the own voxel
-    cube = _identity_projections(MSDeformableAttention(8, num_levels=1, num_heads=2, num_points=1,
-                                                       cotr_axis_order=True))  # fmt: skip
-    x = torch.randn(1, 64, 8)  # on a cubic level the query (d, h, w) reads the voxel (h, w, d)
-    y = cube(x, deformable_reference_points([(4, 4, 4)], cotr_axis_order=True)[None], x, [(4, 4, 4)])
-    expected = x.view(1, 4, 4, 4, 8).permute(0, 3, 1, 2, 4).reshape(1, 64, 8)
-    torch.testing.assert_close(y, expected)
+    # reference_axes (1, 0): along axis 0 a query starts from its coordinate on axis 1 and vice versa, a transpose
+    block = _identity_projections(MSDeformableAttention(8, num_levels=1, num_heads=2, num_points=1, spatial_dims=2,
+                                                        core=core, reference_axes=(1, 0)))  # fmt: skip
+    x = torch.randn(1, 16, 8)
+    y = block(x, deformable_reference_points([(4, 4)])[None], x, [(4, 4)])
+    torch.testing.assert_close(y, x.view(1, 4, 4, 8).transpose(1, 2).reshape(1, 16, 8))
+    # offset_axes swaps which offset component moves the sample along which axis
+    shifted = _identity_projections(MSDeformableAttention(8, num_levels=1, num_heads=1, num_points=1, spatial_dims=2,
+                                                          core=core, offset_axes=(1, 0)))  # fmt: skip
+    with torch.no_grad():
+        shifted.sampling_offsets.bias.copy_(torch.tensor([0.0, 1.0]))  # one voxel along axis 1 ... now axis 0
+    y = shifted(x, deformable_reference_points([(4, 4)])[None], x, [(4, 4)])
+    grid = x.view(1, 4, 4, 8)
+    torch.testing.assert_close(y.view(1, 4, 4, 8)[:, :3], grid[:, 1:])  # the next row: moved along axis 0
+    assert y.view(1, 4, 4, 8)[:, 3].abs().max() == 0  # past the last row: zeros
+    shifted.set_sampling_axes()  # back to the geometric order
+    y = shifted(x, deformable_reference_points([(4, 4)])[None], x, [(4, 4)])
+    torch.testing.assert_close(y.view(1, 4, 4, 8)[:, :, :3], grid[:, :, 1:])
 
 
 @pytest.mark.parametrize(
@@ -140,8 +191,10 @@ def test_padding_mask_zeroes_values():
 def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="divisible"):
         MSDeformableAttention(10, num_heads=3)
-    with pytest.raises(ValueError, match="3D sampling quirk"):
-        MSDeformableAttention(8, num_heads=2, spatial_dims=2, cotr_axis_order=True)
+    with pytest.raises(ValueError, match="reference_axes must list every spatial axis"):
+        MSDeformableAttention(8, num_heads=2, reference_axes=(0, 1))
+    with pytest.raises(ValueError, match="offset_axes"):
+        MSDeformableAttention(8, num_heads=2, spatial_dims=2, offset_axes=(0, 2))
     with pytest.raises(ValueError, match="core must be"):
         MSDeformableAttention(8, num_heads=2, core="cuda")
     block = MSDeformableAttention(8, num_levels=1, num_heads=2, num_points=2)

@@ -3,7 +3,19 @@ import torch
 from monai.networks.nets import DynUNet
 from torch import nn
 
+from monai_ext.networks import attach_block
 from monai_ext.networks.blocks import DeTransEncoder, DeTransLayer, SinePositionEncoding, sine_position_encoding
+from monai_ext.networks.compat import convert_detrans_release_state_dict, cotr_release_axes, use_cotr_release_axes
+
+
+def _to_ours(x: torch.Tensor, spatial_dim: int) -> torch.Tensor:
+    """A golden map ``(N, C, D, H, W)`` (the release's layout) with its slices on our spatial axis ``spatial_dim``."""
+    axes = cotr_release_axes(spatial_dim)
+    return x.permute(0, 1, *(2 + axes.index(a) for a in range(3)))
+
+
+def _to_release(x: torch.Tensor, spatial_dim: int) -> torch.Tensor:
+    return x.permute(0, 1, *(2 + a for a in cotr_release_axes(spatial_dim)))
 
 
 def _golden_encoder(g, **kwargs) -> DeTransEncoder:
@@ -12,13 +24,28 @@ def _golden_encoder(g, **kwargs) -> DeTransEncoder:
         c["d_model"], c["n_levels"], c["n_layers"], c["d_ffn"], c["n_heads"], c["n_points"], c["dropout"],
         c["activation"], **kwargs,
     )  # fmt: skip
-    encoder.load_release_state_dict(g["state_dict"])
+    encoder.load_state_dict(convert_detrans_release_state_dict(g["state_dict"]))
     return encoder.eval()
 
 
-def test_position_encoding_matches_cotr(golden):
+@pytest.mark.parametrize("spatial_dim", [2, 0, 1])
+def test_position_encoding_matches_cotr(golden, spatial_dim):
     g = golden("cotr_position_encoding")
-    torch.testing.assert_close(SinePositionEncoding(g["hidden_dim"])(g["x"]), g["pos"], atol=1e-5, rtol=1e-4)
+    encoding = use_cotr_release_axes(SinePositionEncoding(g["hidden_dim"]), spatial_dim)
+    pos = _to_release(encoding(_to_ours(g["x"], spatial_dim)), spatial_dim)
+    torch.testing.assert_close(pos, g["pos"], atol=1e-5, rtol=1e-4)
+
+
+def test_position_encoding_axis_order():
+    default = sine_position_encoding((3, 5), 8)  # 4 channels per axis, axis 0 first
+    swapped = sine_position_encoding((3, 5), 8, spatial_dims_order=(1, 0))
+    torch.testing.assert_close(swapped, torch.cat([default[4:], default[:4]]))
+    # 8 channels over 3 axes: 4, 2, 2; the 4 go to the first axis listed, here axis 2
+    pos = sine_position_encoding((2, 3, 4), 8, spatial_dims_order=(2, 0, 1))
+    torch.testing.assert_close(pos[:4, 1, 2], sine_position_encoding((4, 2, 3), 8)[:4, :, 0, 0])
+    torch.testing.assert_close(pos[4:6, :, 0, 0], sine_position_encoding((2, 3, 4), 6)[:2, :, 0, 0])
+    with pytest.raises(ValueError, match="every axis"):
+        sine_position_encoding((2, 2, 2), 12, spatial_dims_order=(0, 1))
 
 
 def test_position_encoding_frequency_rule():
@@ -33,25 +60,20 @@ def test_position_encoding_frequency_rule():
         sine_position_encoding((2, 2, 2), 9)
 
 
+@pytest.mark.parametrize("spatial_dim", [2, 0, 1])
 @pytest.mark.parametrize("core", ["fast", "grid_sample"])
-def test_encoder_matches_cotr_with_compat_switch(golden, core):
+def test_encoder_matches_cotr_with_its_axes(golden, core, spatial_dim):
     g = golden("cotr_detrans_encoder")
-    outs = _golden_encoder(g, cotr_axis_order=True, core=core)(g["feats"])
+    encoder = use_cotr_release_axes(_golden_encoder(g, core=core), spatial_dim)
+    outs = encoder([_to_ours(f, spatial_dim) for f in g["feats"]])
     for out, expected in zip(outs, g["outs"]):
-        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(_to_release(out, spatial_dim), expected, atol=1e-5, rtol=1e-4)
 
 
 def test_encoder_default_order_is_not_the_release(golden):
     g = golden("cotr_detrans_encoder")
-    outs = _golden_encoder(g)(g["feats"])
-    assert max((o - e).abs().max() for o, e in zip(outs, g["outs"])) > 1e-2
-
-
-def test_release_key_names_map():
-    release = {"level_embed": 0, "encoder.layers.3.self_attn.value_proj.weight": 1, "encoder.layers.0.norm1.bias": 2}
-    mapped = {DeTransEncoder.release_key(k) for k in release}
-    assert mapped == {"level_embed", "layers.3.self_attn.value_proj.weight", "layers.0.norm1.bias"}
-    assert mapped <= set(DeTransEncoder(24, num_layers=4, num_heads=2, mlp_dim=8).state_dict())
+    outs = _golden_encoder(g)([_to_ours(f, 2) for f in g["feats"]])
+    assert max((_to_release(o, 2) - e).abs().max() for o, e in zip(outs, g["outs"])) > 1e-2
 
 
 def test_layer_is_post_norm():
@@ -80,6 +102,8 @@ def test_encoder_bad_inputs():
         encoder([torch.randn(1, 12, 2, 2, 2), torch.randn(1, 8, 1, 1, 1)])
     with pytest.raises(ValueError, match="even"):
         DeTransEncoder(15, num_heads=3)
+    with pytest.raises(ValueError, match="one tensor is one level"):
+        encoder(torch.randn(1, 12, 2, 2, 2))
 
 
 class DynUNetWithDeTrans(nn.Module):
@@ -115,4 +139,17 @@ def test_encoder_on_dynunet_skip_features():
     assert y.shape == (1, 2, 16, 24, 16)
     assert (y - net(x)).abs().max() > 1e-3  # the DeTrans features change the prediction
     y.sum().backward()
+    assert detrans.layers[0].self_attn.sampling_offsets.weight.grad.abs().sum() > 0
+
+
+def test_one_level_encoder_after_dynunet_bottleneck():
+    torch.manual_seed(0)
+    net = DynUNet(3, 1, 2, [3] * 4, [1, 2, 2, 2], [2] * 3, filters=[8, 16, 24, 32], res_block=True).eval()
+    x = torch.randn(1, 1, 32, 24, 16)  # (B, C, H, W, D), slices last
+    before = net(x)
+    detrans = DeTransEncoder(32, num_levels=1, num_layers=1, mlp_dim=64, num_heads=4, num_points=2)
+    attach_block(net, "bottleneck", detrans)  # one tensor in, one tensor out
+    after = net(x)
+    assert after.shape == before.shape and (after - before).abs().max() > 1e-3
+    after.sum().backward()
     assert detrans.layers[0].self_attn.sampling_offsets.weight.grad.abs().sum() > 0

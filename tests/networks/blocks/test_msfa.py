@@ -2,13 +2,17 @@ import math
 
 import pytest
 import torch
+from monai.networks.nets import DynUNet
+from torch import nn
 
-from monai_ext.networks.blocks import MSFA, MultiSliceFeatureAggregation, aggregate_slices
+from monai_ext.networks import attach_block
+from monai_ext.networks.blocks import MSFA, ContextEncoder3D, MultiSliceFeatureAggregation, aggregate_slices
 
 
 def _inputs(b=2, s=3, c2=6, c3=5, d=4, h=8, w=6, seed=0):
+    """2D slices ``(B * S, C2, h, w)`` and a 3D map ``(B, C3, h, w, d)`` (slices last, the default spatial_dim)."""
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(b * s, c2, h, w, generator=gen), torch.randn(b, c3, d, h, w, generator=gen)
+    return torch.randn(b * s, c2, h, w, generator=gen), torch.randn(b, c3, h, w, d, generator=gen)
 
 
 @pytest.mark.parametrize("heads, embed, pool", [(1, 1, 1), (2, 2, 4), (4, 4, 3)])
@@ -28,13 +32,13 @@ def test_attention_matches_explicit_dot_products():
     block = MultiSliceFeatureAggregation(6, 5, num_heads=2, embed_channels=3, pool_size=2).eval()
     att = block.attention(x2d, x3d)  # (1, 2, 2, 4)
     q = torch.nn.functional.adaptive_avg_pool2d(block.query(x2d), 2)  # (2, 6, 2, 2)
-    k = block.key(x3d)[0]  # (6, 4, 8, 6)
+    k = block.key(x3d)[0]  # (6, 8, 6, 4)
     for n in range(2):
         for m in range(2):
             qv = q[n, 3 * m : 3 * m + 3].flatten()
             logits = torch.stack(
                 [
-                    (qv * torch.nn.functional.adaptive_avg_pool2d(k[3 * m : 3 * m + 3, j], 2).flatten()).sum()
+                    (qv * torch.nn.functional.adaptive_avg_pool2d(k[3 * m : 3 * m + 3, ..., j], 2).flatten()).sum()
                     for j in range(4)
                 ]
             )
@@ -48,7 +52,7 @@ def test_multi_head_aggregate_is_weighted_sum_of_slices_merged_by_1x1_conv():
     agg = aggregate_slices(att, x3d)  # (2, 15, 8, 6)
     for n in range(2):
         for m in range(3):
-            expected = sum(att[0, n, m, j] * x3d[0, :, j] for j in range(4))
+            expected = sum(att[0, n, m, j] * x3d[0, ..., j] for j in range(4))
             torch.testing.assert_close(agg[n, 5 * m : 5 * m + 5], expected)
     # the heads differ (independent query/key embeddings)
     assert (att[0, :, 0] - att[0, :, 1]).abs().max() > 1e-4
@@ -61,7 +65,7 @@ def test_center_mode_equals_picking_the_centre_slice():
     block = MultiSliceFeatureAggregation(6, 5, mode="center").eval()
     positions = torch.tensor([[0, 3, 1], [2, 2, 0]])
     out, att = block(x2d, x3d, positions, return_attention=True)
-    picked = torch.stack([x3d[b, :, positions[b, s]] for b in range(2) for s in range(3)])  # (6, 5, 8, 6)
+    picked = torch.stack([x3d[b, ..., positions[b, s]] for b in range(2) for s in range(3)])  # (6, 5, 8, 6)
     torch.testing.assert_close(out, block.fusion(torch.cat([x2d, picked], 1)))
     assert att.shape == (6, 1, 4)
     torch.testing.assert_close(att[:, 0].argmax(-1), positions.flatten())
@@ -71,9 +75,71 @@ def test_center_mode_equals_picking_the_centre_slice():
 
 def test_3d_map_of_another_in_plane_size_is_resized():
     x2d, _ = _inputs()
-    x3d = torch.randn(2, 5, 4, 4, 3)
+    x3d = torch.randn(2, 5, 4, 3, 4)  # in-plane 4 x 3, 4 depth slices
     out = MSFA(6, 5)(x2d, x3d)
     assert out.shape == (6, 6, 8, 6)
+
+
+@pytest.mark.parametrize("mode", ["attention", "center"])
+@pytest.mark.parametrize("spatial_dim", [0, 1])
+def test_any_depth_axis_equals_slices_last(mode, spatial_dim):
+    x2d, x3d = _inputs()
+    positions = torch.tensor([[0, 3, 1], [2, 2, 0]])
+    torch.manual_seed(0)
+    last = MultiSliceFeatureAggregation(6, 5, mode=mode).eval()
+    other = MultiSliceFeatureAggregation(6, 5, mode=mode, spatial_dim=spatial_dim).eval()
+    other.load_state_dict(last.state_dict())
+    moved = x3d.movedim(4, 2 + spatial_dim)  # the depth axis on spatial axis spatial_dim
+    out, att = other(x2d, moved, positions, return_attention=True)
+    expected, expected_att = last(x2d, x3d, positions, return_attention=True)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(att, expected_att)
+    weights = torch.softmax(torch.randn(2, 3, 2, 4), -1)
+    torch.testing.assert_close(aggregate_slices(weights, moved, spatial_dim), aggregate_slices(weights, x3d))
+
+
+class _WithContext(nn.Module):
+    """MSFA as a one-input block: the 3D context is set before each forward of the host network."""
+
+    def __init__(self, msfa: MultiSliceFeatureAggregation) -> None:
+        super().__init__()
+        self.msfa = msfa
+        self.context: torch.Tensor | None = None
+
+    def forward(self, x2d: torch.Tensor) -> torch.Tensor:
+        return self.msfa(x2d, self.context)
+
+
+class _ContextDynUNet(nn.Module):
+    """A stock 2D DynUNet over the slices of ``(B, C, H, W, D)`` volumes; ContextEncoder3D runs once per volume and
+    MSFA fuses its ``F3D_2`` into the DynUNet skip at scale 2 (``downsamples.1``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unet = DynUNet(2, 1, 3, [3] * 4, [1, 2, 2, 2], [2] * 3, filters=[8, 16, 32, 64])
+        self.encoder = ContextEncoder3D(1, channels=(8, 8))  # F3D_2, F3D_3 with 8 channels (one stage)
+        self.fuse = _WithContext(MSFA(32, 8, pool_size=4))  # scale 2: 32 DynUNet channels, F3D_2's 8
+        attach_block(self.unet, "downsamples.1", self.fuse)
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        b, c, h, w, d = volume.shape
+        self.fuse.context = self.encoder(volume)[0]  # F3D_2 (B, 8, H / 4, W / 4, D / 4), slices last
+        slices = volume.permute(0, 4, 1, 2, 3).reshape(b * d, c, h, w)  # (B * D, C, H, W), volume b at rows b * D..
+        logits = self.unet(slices)  # (B * D, K, H, W)
+        return logits.reshape(b, d, -1, h, w).permute(0, 2, 3, 4, 1)  # (B, K, H, W, D)
+
+
+def test_dropped_into_a_dynunet_skip_on_slices():
+    torch.manual_seed(0)
+    net = _ContextDynUNet()
+    volume = torch.randn(2, 1, 32, 32, 16)
+    calls = []
+    net.fuse.msfa.register_forward_hook(lambda *_: calls.append(1))
+    out = net(volume)
+    assert out.shape == (2, 3, 32, 32, 16) and calls == [1]  # MSFA once per step, on all 2 x 16 slices
+    out.square().mean().backward()
+    for part in (net.encoder, net.fuse.msfa, net.unet.input_block):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters()), type(part).__name__
 
 
 def test_gradients_reach_every_parameter():

@@ -1,9 +1,11 @@
-"""Early-stage multiplexing: one shared early stage per mini-group, then the two compressions."""
+"""Early-stage multiplexing: one shared early stage per mini-group, then the two compressions; as the input stage
+of a stock MONAI DynUNet."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from monai.networks.nets import DynUNet
 from torch import nn
 
 from monai_ext.networks.blocks import ESM, EarlyStageMultiplexing
@@ -59,3 +61,35 @@ def test_bad_arguments_and_inputs():
         esm(torch.randn(1, 9, 8, 8))
     with pytest.raises(ValueError, match="early returned 8 channels, expected early_channels=5"):
         EarlyStageMultiplexing(_early(), 12, 4, 5)(torch.randn(1, 12, 8, 8))
+
+
+class FusedStage(nn.Module):
+    """ESM as a network's input stage: the fused map only (docs/thick2d.md, "Drop-in")."""
+
+    def __init__(self, esm: EarlyStageMultiplexing) -> None:
+        super().__init__()
+        self.esm = esm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.esm(x)[0]
+
+
+def test_esm_as_the_input_stage_of_a_monai_dynunet():
+    """A 2D DynUNet built for one mini-group of 3 slices: its own input block becomes ESM's shared early stage, and
+    the network takes 12 slices as channels."""
+    torch.manual_seed(0)
+    dyn = DynUNet(2, 3, 12 * 2, kernel_size=[3] * 4, strides=[1, 2, 2, 2], upsample_kernel_size=[2] * 3,
+                  filters=[8, 16, 32, 64])  # fmt: skip
+    params = sum(p.numel() for p in dyn.parameters())
+    esm = EarlyStageMultiplexing(dyn.input_block, in_channels=12, num_groups=4, early_channels=8, out_channels=8)
+    dyn.input_block = dyn.skip_layers.downsample = FusedStage(esm)  # DynUNet.forward runs skip_layers
+    calls = []
+    esm.early.register_forward_hook(lambda m, i, o: calls.append(i[0].shape))
+    x = torch.randn(2, 12, 32, 48)  # a slab (2, 1, 32, 48, 12) with its slices folded into channels
+    y = dyn(x)
+    assert y.shape == (2, 24, 32, 48)  # 12 slices x 2 classes
+    assert calls == [(8, 3, 32, 48)]  # 2 samples x 4 mini-groups of 3 slices, one batch through the shared block
+    assert sum(p.numel() for p in dyn.parameters()) == params + sum(p.numel() for p in esm.compress.parameters())
+    y.sum().backward()
+    assert esm.early.conv1.conv.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in esm.compress.parameters())

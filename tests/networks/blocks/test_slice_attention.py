@@ -8,8 +8,9 @@ from monai.networks.nets.dynunet import DynUNetSkipLayer
 from torch import nn
 
 from monai_ext.networks.blocks import RSA, RecurrentSliceAttention, SliceAttention, slice_attention
+from monai_ext.networks.compat import monai_to_rsanet_release, rsanet_release_to_monai
 
-RELEASE_DIMS = (3, 4, 2)  # H, W, D of the release's (N, C, D, H, W)
+RELEASE_ORDER = (0, 1, 2)  # the release's H, W, then D, as spatial axes of (N, C, H, W, D)
 
 
 def _randomise(block: nn.Module, seed: int = 0) -> nn.Module:
@@ -21,8 +22,9 @@ def _randomise(block: nn.Module, seed: int = 0) -> nn.Module:
     return block
 
 
-def _naive_slice_attention(q, k, v, dim, scale=1.0):
+def _naive_slice_attention(q, k, v, spatial_dim, scale=1.0):
     """Loop over slice pairs: logits[i, j] = <q slice i, k slice j> over all channels and other positions."""
+    dim = spatial_dim + 2  # tensor dimension of (N, C, *spatial); dim - 1 in one sample (C, *spatial)
     s = q.shape[dim]
     out = torch.zeros_like(v)
     for n in range(q.shape[0]):
@@ -40,29 +42,37 @@ def _naive_slice_attention(q, k, v, dim, scale=1.0):
 
 
 def test_matches_rsanet_release_block(golden):
-    g = golden("rsanet_rsa_block")
+    g = golden("rsanet_rsa_block")  # made with the release's (N, C, D, H, W): slices first
     block = RecurrentSliceAttention(3, 16)
     block.load_state_dict(g["state_dict"])  # identical parameter names: no key mapping needed
-    torch.testing.assert_close(block(g["x"]), g["y"], atol=1e-5, rtol=1e-4)
+    x = rsanet_release_to_monai(g["x"])  # (2, 16, 5, 6, 7) -> (2, 16, 6, 7, 5): slices last
+    assert x.shape == (2, 16, 6, 7, 5)
+    torch.testing.assert_close(monai_to_rsanet_release(block(x)), g["y"], atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("dims", [p for p in itertools.permutations((2, 3, 4)) if p != RELEASE_DIMS])
-def test_other_direction_orders_do_not_match_release(golden, dims):
+@pytest.mark.parametrize("order", [p for p in itertools.permutations((0, 1, 2)) if p != RELEASE_ORDER])
+def test_other_direction_orders_do_not_match_release(golden, order):
     g = golden("rsanet_rsa_block")
-    block = RecurrentSliceAttention(3, 16, dims=dims)
+    block = RecurrentSliceAttention(3, 16, spatial_dims_order=order)
     block.load_state_dict(g["state_dict"])
-    assert (block(g["x"]) - g["y"]).abs().max() > 1e-2
+    assert (monai_to_rsanet_release(block(rsanet_release_to_monai(g["x"]))) - g["y"]).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("dim", [2, 3, 4, -1])
-def test_slice_attention_matches_naive_loop(dim):
+def test_release_layout_conversion_round_trips():
+    x = torch.randn(1, 2, 3, 4, 5)  # release (N, C, D, H, W)
+    assert rsanet_release_to_monai(x).shape == (1, 2, 4, 5, 3)  # MONAI (N, C, H, W, D)
+    assert torch.equal(monai_to_rsanet_release(rsanet_release_to_monai(x)), x)
+
+
+@pytest.mark.parametrize("spatial_dim", [0, 1, 2])
+def test_slice_attention_matches_naive_loop(spatial_dim):
     q, k, v = (torch.randn(2, 3, 4, 3, 5) * 0.3 for _ in range(3))
-    torch.testing.assert_close(slice_attention(q, k, v, dim), _naive_slice_attention(q, k, v, dim % 5))
+    torch.testing.assert_close(slice_attention(q, k, v, spatial_dim), _naive_slice_attention(q, k, v, spatial_dim))
 
 
 def test_scaled_divides_logits_by_sqrt_of_slice_length():
-    q, k, v = (torch.randn(1, 4, 3, 5, 6) for _ in range(3))
-    length = 4 * 5 * 6  # C * H * W for slices along dim 2
+    q, k, v = (torch.randn(1, 4, 5, 6, 3) for _ in range(3))
+    length = 4 * 5 * 6  # C * H * W for slices along D (spatial axis 2)
     expected = _naive_slice_attention(q, k, v, 2, scale=1 / math.sqrt(length))
     torch.testing.assert_close(slice_attention(q, k, v, 2, scaled=True), expected)
     assert not torch.allclose(slice_attention(q, k, v, 2), expected)
@@ -77,7 +87,7 @@ def test_scaled_option_in_block():
     assert not torch.allclose(plain(x), scaled(x))
 
 
-@pytest.mark.parametrize("block", [RecurrentSliceAttention(3, 6), SliceAttention(3, 6, dim=2), RSA(2, 6)])
+@pytest.mark.parametrize("block", [RecurrentSliceAttention(3, 6), SliceAttention(3, 6), RSA(2, 6)])
 def test_identity_at_initialisation(block):
     x = torch.randn(2, 6, 4, 5, 3)[..., 0] if block.spatial_dims == 2 else torch.randn(2, 6, 4, 5, 3)
     assert not torch.stack(list(block.betas)).detach().any()
@@ -87,8 +97,9 @@ def test_identity_at_initialisation(block):
 def test_defaults_and_parameter_names():
     block = RSA(3, 8)
     assert RSA is RecurrentSliceAttention
-    assert block.dims == list(RELEASE_DIMS)
-    assert RSA(2, 8).dims == [2, 3]
+    assert block.spatial_dims_order == list(RELEASE_ORDER)
+    assert RSA(2, 8).spatial_dims_order == [0, 1]
+    assert SliceAttention(3, 8).spatial_dims_order == [2]  # the slice axis: the last, D, by default
     assert sorted(block.state_dict()) == sorted(
         [f"{n}_conv.{p}" for n in ("theta", "phi", "g") for p in ("weight", "bias")] + ["betas.0", "betas.1", "betas.2"]
     )
@@ -97,34 +108,34 @@ def test_defaults_and_parameter_names():
 
 
 def test_recurrence_recomputes_projections_on_updated_input():
-    block = _randomise(RSA(3, 4, dims=(2, 4)))
+    block = _randomise(RSA(3, 4, spatial_dims_order=(2, 0)))
     x = torch.randn(1, 4, 3, 4, 5)
 
-    def step(t, beta, dim):
-        return t + beta * slice_attention(block.theta_conv(t), block.phi_conv(t), block.g_conv(t), dim)
+    def step(t, beta, spatial_dim):
+        return t + beta * slice_attention(block.theta_conv(t), block.phi_conv(t), block.g_conv(t), spatial_dim)
 
-    expected = step(step(x, block.betas[0], 2), block.betas[1], 4)
+    expected = step(step(x, block.betas[0], 2), block.betas[1], 0)
     torch.testing.assert_close(block(x), expected)
 
 
-def test_single_direction_is_rsa_with_one_dim():
-    sa = _randomise(SliceAttention(3, 4, dim=3))
-    rsa = RSA(3, 4, dims=[3])
+def test_single_direction_is_rsa_with_one_axis():
+    sa = _randomise(SliceAttention(3, 4, spatial_dim=1))
+    rsa = RSA(3, 4, spatial_dims_order=[1])
     rsa.load_state_dict(sa.state_dict())
     x = torch.randn(2, 4, 3, 4, 5)
     torch.testing.assert_close(sa(x), rsa(x))
 
 
-@pytest.mark.parametrize("dims", [None, (3, 2), (-1,)])
-def test_2d_inputs(dims):
-    block = _randomise(RSA(2, 5, dims=dims))
+@pytest.mark.parametrize("order", [None, (1, 0), (1,)])
+def test_2d_inputs(order):
+    block = _randomise(RSA(2, 5, spatial_dims_order=order))
     assert isinstance(block.g_conv, nn.Conv2d)
     x = torch.randn(2, 5, 6, 7)
     y = block(x)
     assert y.shape == x.shape
     t = x
-    for beta, dim in zip(block.betas, block.dims):
-        t = t + beta * slice_attention(block.theta_conv(t), block.phi_conv(t), block.g_conv(t), dim)
+    for beta, axis in zip(block.betas, block.spatial_dims_order):
+        t = t + beta * slice_attention(block.theta_conv(t), block.phi_conv(t), block.g_conv(t), axis)
     torch.testing.assert_close(y, t)
 
 
@@ -158,15 +169,28 @@ def test_torchscript(spatial_dims):
     [
         ({"spatial_dims": 1, "in_channels": 4}, "spatial_dims must be 2 or 3, got 1"),
         ({"spatial_dims": 3, "in_channels": 0}, "in_channels must be a positive integer, got 0"),
-        ({"spatial_dims": 3, "in_channels": 4, "dims": []}, r"dims must be distinct .* got \[\]"),
-        ({"spatial_dims": 3, "in_channels": 4, "dims": [1, 2]}, r"taken from \[2, 3, 4\] .* got \[1, 2\]"),
-        ({"spatial_dims": 2, "in_channels": 4, "dims": [4]}, r"taken from \[2, 3\] .* got \[4\]"),
-        ({"spatial_dims": 3, "in_channels": 4, "dims": [3, -2]}, r"dims must be distinct .* got \[3, -2\]"),
+        ({"spatial_dims": 3, "in_channels": 4, "spatial_dims_order": []}, r"distinct spatial axes .* got \[\]"),
+        ({"spatial_dims": 3, "in_channels": 4, "spatial_dims_order": [1, 1]}, r"distinct .* got \[1, 1\]"),
+        ({"spatial_dims": 3, "in_channels": 4, "spatial_dims_order": [3, 4, 2]}, r"\[0, 1, 2\] .* got 3"),
+        ({"spatial_dims": 2, "in_channels": 4, "spatial_dims_order": [2]}, r"one of \[0, 1\] .* got 2"),
     ],
 )
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         RecurrentSliceAttention(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"spatial_dims": 2, "in_channels": 4}, r"spatial_dim counts spatial axes .* one of \[0, 1\] .* got 2"),
+        ({"spatial_dims": 3, "in_channels": 4, "spatial_dim": 4}, r"spatial_dim .* got 4"),
+        ({"spatial_dims": 1, "in_channels": 4, "spatial_dim": 0}, "spatial_dims must be 2 or 3, got 1"),
+    ],
+)
+def test_slice_attention_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SliceAttention(**kwargs)
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 4, 4, 4), (1, 4, 4, 4), (4, 4, 4, 4, 4, 4)])

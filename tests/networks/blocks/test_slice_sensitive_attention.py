@@ -1,9 +1,11 @@
-"""SSA, its Concat / Dot alternatives and switchable normalisation: formulas by hand, shapes, script, errors."""
+"""SSA, its Concat / Dot alternatives and switchable normalisation: formulas by hand, shapes, script, errors; SSA
+inside a stock MONAI DynUNet."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from monai.networks.nets import DynUNet
 from torch import nn
 from torch.nn.functional import adaptive_avg_pool2d
 
@@ -152,3 +154,34 @@ def test_ssa_skips_pooling_a_map_of_the_pooled_size():
     assert block._pooled(x) is x  # no copy
     torch.testing.assert_close(adaptive_avg_pool2d(x, 8), x)  # what pooling would have returned
     assert block._pooled(torch.randn(1, 4, 8, 12)).shape[2:] == (8, 8)  # one longer axis is still pooled
+
+
+class LinkedUp(nn.Module):
+    """A DynUNet up block whose output is linked to its skip by SSA: ``ssa(up(x, skip), skip)`` (docs/thick2d.md,
+    "Drop-in")."""
+
+    def __init__(self, up: nn.Module, ssa: nn.Module) -> None:
+        super().__init__()
+        self.up, self.ssa = up, ssa
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.ssa(self.up(x, skip), skip)
+
+
+def test_ssa_links_a_monai_dynunet_decoder_output_to_its_earliest_skip():
+    torch.manual_seed(0)
+    dyn = DynUNet(2, 12, 12 * 2, kernel_size=[3] * 4, strides=[1, 2, 2, 2], upsample_kernel_size=[2] * 3,
+                  filters=[8, 16, 32, 64]).eval()  # fmt: skip
+    x = torch.randn(2, 12, 32, 48)  # 12 slices as channels
+    before = dyn(x)
+    ssa = SSA(2, 8, pool_size=16)
+    # the top decoder stage takes the earliest skip (the input block's output); DynUNet.forward runs skip_layers
+    dyn.upsamples[-1] = dyn.skip_layers.upsample = LinkedUp(dyn.upsamples[-1], ssa)
+    torch.testing.assert_close(dyn(x), before)  # the zero-initialised output norm: SSA starts as the identity
+    _randomise(ssa, seed=1)
+    after = dyn(x)
+    assert after.shape == before.shape and not torch.allclose(after, before)
+    torch.testing.assert_close(torch.jit.script(dyn)(x), after)
+    dyn.train()
+    dyn(x).sum().backward()
+    assert ssa.theta.weight.grad.abs().sum() > 0 and ssa.g.weight.grad.abs().sum() > 0

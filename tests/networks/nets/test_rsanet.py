@@ -1,12 +1,19 @@
+import json
+
 import pytest
 import torch
+from monai.bundle import ConfigParser
 from torch import nn
-from torch.nn.functional import pad
 
+from monai_ext.bundles import bundle_dir
+from monai_ext.inferers import PadInferer
+from monai_ext.networks import create_network, get_network_entry, list_networks
 from monai_ext.networks.blocks import RecurrentSliceAttention
+from monai_ext.networks.compat import monai_to_rsanet_release, rsanet_release_to_monai
 from monai_ext.networks.nets import RSANet
+from monai_ext.networks.nets.rsanet import RSANET_PATCH, rsanet_inferer
 
-SMALL = {"filters": (8, 16, 32)}  # 3 levels: sizes padded to multiples of 4
+SMALL = {"filters": (8, 16, 32)}  # 3 levels: sizes must be multiples of 4
 
 
 def _count(net: nn.Module) -> int:
@@ -59,7 +66,8 @@ def test_placement_blocks_run_where_the_paper_puts_them(placement):
 def test_release_layout():
     net = RSANet()
     assert isinstance(net.dropout, nn.Dropout3d) and net.dropout.p == 0.2
-    assert isinstance(net.rsa_bottleneck, RecurrentSliceAttention) and net.rsa_bottleneck.dims == [3, 4, 2]
+    assert isinstance(net.rsa_bottleneck, RecurrentSliceAttention)
+    assert net.rsa_bottleneck.spatial_dims_order == [0, 1, 2]  # H, W, then D, as the release
     assert isinstance(net.encoders[0].norm1, nn.GroupNorm) and net.encoders[0].norm1.num_groups == 8
     assert isinstance(net.encoders[0].lrelu, nn.ReLU)
     assert net.downsamples[0].conv.stride == (2, 2, 2) and net.downsamples[0].conv.bias is None
@@ -74,7 +82,7 @@ def test_release_layout():
         ({}, (2, 3, 8, 8, 8)),
         ({"in_channels": 1, "out_channels": 4}, (1, 1, 4, 8, 12)),
         ({"spatial_dims": 2, "rsa_placement": "111"}, (2, 3, 8, 12)),
-        ({"rsa_scaled": True, "rsa_dims": (2, 3, 4), "dropout": None}, (1, 3, 4, 4, 4)),
+        ({"rsa_scaled": True, "rsa_spatial_dims_order": (2, 0, 1), "dropout": None}, (1, 3, 4, 4, 8)),
     ],
 )
 def test_output_shapes(kwargs, shape):
@@ -83,16 +91,42 @@ def test_output_shapes(kwargs, shape):
     assert out.shape == (shape[0], net.out_channels, *shape[2:])
 
 
+@pytest.mark.parametrize("shape", [(1, 3, 5, 8, 8), (1, 3, 8, 4, 3), (1, 3, 1, 1, 1)])
+def test_sizes_not_divisible_are_refused_with_the_fix(shape):
+    net = RSANet(**SMALL)
+    with pytest.raises(ValueError, match=r"RSANet needs spatial sizes divisible by \[4, 4, 4\], got .*PadInferer"):
+        net(torch.randn(shape))
+
+
 @pytest.mark.parametrize("shape", [(1, 3, 5, 6, 7), (1, 3, 9, 4, 3), (1, 3, 1, 1, 1)])
-def test_sizes_not_divisible_are_padded_and_cropped(shape):
+def test_pad_inferer_takes_any_size(shape):
+    # far-end zero padding to multiples of 4 and cropping back: what RSANet did inside itself before
     net = _activate_rsa(RSANet(**SMALL, rsa_placement="111")).eval()
     x = torch.randn(shape)
-    out = net(x)
+    with torch.no_grad():
+        out = PadInferer(divisor=net.divisor)(x, net)
+        padded = torch.zeros(1, 3, *(s + -s % 4 for s in shape[2:]))
+        padded[..., : shape[2], : shape[3], : shape[4]] = x
+        expected = net(padded)[..., : shape[2], : shape[3], : shape[4]]
     assert out.shape == (1, 2, *shape[2:])
-    # the same as zero-padding to multiples of 4 by hand and cropping the output
-    padded = pad(x, [p for s in reversed(shape[2:]) for p in (0, -s % 4)])
-    d, h, w = shape[2:]
-    torch.testing.assert_close(out, net(padded)[..., :d, :h, :w])
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("placement", ["010", "101", "111"])
+def test_release_layout_gives_the_same_output_after_the_layout_permutation(placement):
+    # a volume in the release's (N, C, D, H, W), attended H, W, then D as the release does ((1, 2, 0) in its
+    # spatial axes), equals the default network on the volume moved to MONAI's (N, C, H, W, D), its 3D kernels
+    # moved the same way
+    release = _activate_rsa(RSANet(**SMALL, rsa_placement=placement, rsa_spatial_dims_order=(1, 2, 0))).eval()
+    ours = RSANet(**SMALL, rsa_placement=placement).eval()
+    ours.load_state_dict(
+        {k: rsanet_release_to_monai(v) if v.dim() == 5 else v for k, v in release.state_dict().items()}
+    )
+    x = torch.randn(1, 3, 4, 8, 12)  # (N, C, D, H, W)
+    with torch.no_grad():
+        expected = release(x)
+        out = monai_to_rsanet_release(ours(rsanet_release_to_monai(x)))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
 
 
 def test_default_network_forward_at_release_divisor():
@@ -125,7 +159,8 @@ def test_trace():
         ({"rsa_placement": "01"}, "rsa_placement must be three characters .* got '01'"),
         ({"rsa_placement": "020"}, "rsa_placement must be three characters .* got '020'"),
         ({"rsa_placement": 10}, "rsa_placement must be three characters .* got 10"),
-        ({"rsa_dims": (1,)}, r"dims must be distinct .* got \[1\]"),
+        ({"rsa_spatial_dims_order": (3, 4, 2)}, r"spatial_dims_order .* one of \[0, 1, 2\] .* got 3"),
+        ({"rsa_spatial_dims_order": (0, 0)}, r"spatial_dims_order must list distinct .* got \[0, 0\]"),
     ],
 )
 def test_bad_arguments(kwargs, message):
@@ -133,7 +168,56 @@ def test_bad_arguments(kwargs, message):
         RSANet(**{**SMALL, **kwargs})
 
 
-@pytest.mark.parametrize("shape", [(1, 2, 8, 8, 8), (1, 3, 8, 8), (3, 8, 8, 8)])
-def test_bad_input_shapes(shape):
-    with pytest.raises(ValueError, match=r"RSANet expects an input \(B, 3, \*spatial\) with 3 spatial axes, got shape"):
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((1, 2, 8, 8, 8), r"RSANet was built for 3 input channel\(s\), got 2"),
+        ((1, 3, 8, 8), r"RSANet expects a 5D input \(B, C, H, W, D\), got shape \[1, 3, 8, 8\]"),
+        ((3, 8, 8, 8), r"RSANet expects a 5D input"),
+    ],
+)
+def test_bad_input_shapes(shape, message):
+    with pytest.raises(ValueError, match=message):
         RSANet(**SMALL)(torch.randn(shape))
+
+
+MAIN_AND_VARIANTS = {"rsanet": "010", "rsanet_101": "101", "rsanet_111": "111", "rsanet_000": "000"}
+
+
+@pytest.mark.parametrize("name, placement", list(MAIN_AND_VARIANTS.items()))
+def test_registry_builds_every_paper_placement(name, placement):
+    entry = get_network_entry(name)
+    assert entry.kind == "3d" and entry.family == "ours" and entry.loader is None
+    assert entry.variant_of == (None if name == "rsanet" else "rsanet")
+    assert entry.bundle == "rsanet" and entry.method == 5
+    assert entry.paper.startswith("Zhang et al. 2019, Table 1: ") and entry.patch == RSANET_PATCH
+    net = create_network(name, **SMALL)
+    assert isinstance(net, RSANet) and net.rsa_placement == placement and net.filters == [8, 16, 32]
+
+
+def test_registry_main_entry_is_the_release():
+    net = create_network("rsanet")
+    assert sum(p.numel() for p in net.parameters()) == 24_554_339
+    assert get_network_entry("rsanet").paper == "Zhang et al. 2019, Table 1: RSA-010"
+    assert get_network_entry("rsanet_000").paper == "Zhang et al. 2019, Table 1: 3D U-Net"
+    assert {e.name for e in list_networks() if e.name == "rsanet" or e.variant_of == "rsanet"} == set(MAIN_AND_VARIANTS)
+
+
+def test_registry_patch_is_the_bundles_window():
+    # the registry inferer equals the bundle's: tests/networks/test_registry.py checks it for every method
+    parser = ConfigParser()
+    parser.read_config(str(bundle_dir("rsanet") / "configs" / "inference.json"))
+    assert tuple(parser["roi_size"]) == RSANET_PATCH == get_network_entry("rsanet").patch
+    assert rsanet_inferer(roi_size=(32, 32, 16), overlap=0.25).roi_size == (32, 32, 16)
+    meta = json.loads((bundle_dir("rsanet") / "configs" / "metadata.json").read_text())
+    assert tuple(meta["network_data_format"]["inputs"]["image"]["spatial_shape"]) == RSANET_PATCH
+
+
+def test_registry_entry_runs_a_non_cubic_volume_through_its_inferer():
+    entry = get_network_entry("rsanet_111")
+    net = _activate_rsa(entry.build(filters=(8, 8, 16))).eval()
+    inferer = entry.make_inferer(roi_size=(32, 32, 16))  # a smaller window keeps the test fast
+    x = torch.randn(1, 3, 40, 24, 20)  # slices on the last axis; no size divisible by the window
+    with torch.no_grad():
+        out = inferer(x, net)
+    assert out.shape == (1, 2, 40, 24, 20) and torch.isfinite(out).all()

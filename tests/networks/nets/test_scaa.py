@@ -1,9 +1,14 @@
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from monai_ext.networks.nets import SCAA, SpatialContextAwareNet
-from monai_ext.networks.nets.scaa import CONFIGURATIONS, take_slices
+from monai_ext.bundles import bundle_dir
+from monai_ext.inferers import ContextSliceInferer, PadInferer
+from monai_ext.networks import create_network, get_network_entry, list_networks
+from monai_ext.networks.layout import take_slices
+from monai_ext.networks.nets import SCAA, SliceContext, SpatialContextAwareNet, scaa_inferer, scaa_sizes
+from monai_ext.networks.nets.scaa import CONFIGURATIONS
 
 TINY = {"filters": (4, 8, 8, 16, 16), "context_channels": (4, 4, 8, 8), "global_channels": 4}
 PAPER_PARAMS = 7.82e6
@@ -37,43 +42,61 @@ def test_decoder_channels_option():
     assert _count(classic) == 9_425_188
     net = _net(decoder_channels=(4, 4, 8, 8, 16)).eval()
     with torch.no_grad():
-        assert net(torch.rand(1, 1, 20, 33, 30)).shape == (1, 3, 20, 33, 30)
+        assert net(torch.rand(1, 1, 64, 64, 32)).shape == (1, 3, 64, 64, 32)
 
 
 @pytest.mark.parametrize("configuration", list(CONFIGURATIONS))
-def test_whole_volume_output_shape_any_size(configuration):
+def test_whole_volume_output_shape(configuration):
     net = _net(configuration).eval()
     with torch.no_grad():
-        assert net(torch.rand(1, 1, 20, 33, 30)).shape == (1, 3, 20, 33, 30)
+        assert net(torch.rand(1, 1, 64, 96, 32)).shape == (1, 3, 64, 96, 32)
 
 
-@pytest.mark.parametrize("configuration", ["C-CA", "SCAA*"])
-def test_chunked_forward_equals_unchunked(configuration):
-    x = torch.rand(2, 1, 32, 32, 19)
-    net = _net(configuration, slice_chunk=19).eval()
+def test_sizes_it_takes():
+    assert scaa_sizes() == (32, (64, 64, 32))
+    assert scaa_sizes(4, spatial_dim=0) == (16, (16, 32, 32))
+    net = _net(spatial_dim=1)
+    assert (net.divisor, net.min_size) == (32, (64, 32, 64))
+
+
+@pytest.mark.parametrize("spatial_dim", [0, 2])
+def test_training_forward_is_a_list_and_equals_whole_volume_at_the_given_slices(spatial_dim):
+    net = _net("SCAA", spatial_dim=spatial_dim).eval()
+    sizes = [64, 64, 64]
+    sizes[spatial_dim] = 32
+    x = torch.rand(2, 1, *sizes)
+    idx = torch.tensor([[0, 7, 31], [3, 4, 20]])
     with torch.no_grad():
         whole = net(x)
-        net.slice_chunk = 4
-        chunked = net(x)
-    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+        out = net(x, idx)
+    assert isinstance(out, list) and len(out) == 2
+    slices, aux = out
+    torch.testing.assert_close(slices, take_slices(whole, idx, spatial_dim), atol=1e-5, rtol=1e-5)
+    assert slices.shape[2 + spatial_dim] == 3
+    assert aux.shape == (2, 3, *[s // 2 for s in sizes])  # the auxiliary head at half resolution
 
 
-@pytest.mark.parametrize("slice_dim", [2, 4])
-def test_training_forward_equals_whole_volume_at_the_given_slices(slice_dim):
-    net = _net("SCAA", slice_dim=slice_dim).eval()
-    x = torch.rand(2, 1, 24, 32, 24)
-    idx = torch.tensor([[0, 7, 23], [3, 4, 20]])
+def test_the_two_stages_and_the_auxiliary_head():
+    net = _net("SCAA").eval()
+    x = torch.rand(1, 1, 64, 64, 32)
     with torch.no_grad():
-        whole = net(x)
-        slices, aux = net(x, idx)
-    torch.testing.assert_close(slices, take_slices(whole, idx, slice_dim), atol=1e-5, rtol=1e-5)
-    assert slices.shape[slice_dim] == 3
-    assert aux.shape == (2, 3, 12, 16, 12)
+        context = net.encode_context(x)
+        assert isinstance(context, SliceContext)
+        # F3D_i 2^i smaller on every axis, in the input's layout (slices last)
+        assert [tuple(f.shape) for f in context.features] == [(1, 4, 16, 16, 8), (1, 4, 8, 8, 4), (1, 8, 4, 4, 2),
+                                                              (1, 8, 2, 2, 1)]  # fmt: skip
+        assert context.descriptor.shape == (1, 4)
+        torch.testing.assert_close(net.forward_slices(x, context, torch.arange(32)), net(x))
+        aux = net.forward_aux(context)
+        assert aux.shape == (1, 3, 32, 32, 16)
+        expected = F.interpolate(net.aux_head(context.features[-1]), scale_factor=16, mode="trilinear")
+        torch.testing.assert_close(aux, expected, atol=1e-6, rtol=1e-5)
+    assert _net("SCAA*").eval().encode_context(x).descriptor is None
 
 
 def test_one_index_vector_serves_every_volume():
     net = _net().eval()
-    x = torch.rand(2, 1, 32, 32, 32)
+    x = torch.rand(2, 1, 64, 64, 32)
     with torch.no_grad():
         a, _ = net(x, torch.tensor([1, 9]))
         b, _ = net(x, torch.tensor([[1, 9], [1, 9]]))
@@ -82,21 +105,23 @@ def test_one_index_vector_serves_every_volume():
 
 def test_attention_over_depth_is_returned_per_scale():
     net = _net("SCAA").eval()
+    x = torch.rand(1, 1, 64, 64, 64)
     with torch.no_grad():
-        logits, attention = net.forward_with_attention(torch.rand(1, 1, 32, 32, 40))
-    assert logits.shape == (1, 3, 32, 32, 40)
-    # padded depth 64: F3D_i has 64 / 2^i slices; heads 2, 2, 4, 4
+        logits, attention = net.forward_slices(x, net.encode_context(x), torch.arange(40), return_attention=True)
+    assert logits.shape == (1, 3, 64, 64, 40)
+    # depth 64: F3D_i has 64 / 2^i slices; heads 2, 2, 4, 4
     assert [tuple(a.shape) for a in attention] == [(1, 40, 2, 16), (1, 40, 2, 8), (1, 40, 4, 4), (1, 40, 4, 2)]
     for a in attention:
         torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:-1]))
-    _, none = _net("CA").eval().forward_with_attention(torch.rand(1, 1, 32, 32, 32))
+    ca = _net("CA").eval()
+    _, none = ca.forward_slices(x, ca.encode_context(x), [0], return_attention=True)
     assert none == []
 
 
 def test_training_step_reaches_every_parameter():
     net = _net("SCAA")
     # 64 slices: F3D_5 has 2 depth slices, so even the deepest attention has something to choose
-    slices, aux = net(torch.rand(1, 1, 32, 32, 64), torch.tensor([2, 50]))
+    slices, aux = net(torch.rand(1, 1, 64, 64, 64), torch.tensor([2, 50]))
     (slices.square().mean() + aux.square().mean()).backward()
     missing = [n for n, p in net.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert missing == []
@@ -104,7 +129,7 @@ def test_training_step_reaches_every_parameter():
 
 def test_traced_whole_volume_forward_matches():
     net = _net("SCAA*").eval()
-    x = torch.rand(1, 1, 32, 32, 32)
+    x = torch.rand(1, 1, 64, 64, 32)
     traced = torch.jit.trace(net, x)
     torch.testing.assert_close(traced(x), net(x), atol=1e-5, rtol=1e-5)
 
@@ -113,13 +138,49 @@ def test_alias():
     assert SCAA is SpatialContextAwareNet
 
 
+def test_registry_builds_every_configuration_by_name():
+    entries = {e.name: e for e in list_networks() if e.method == 2}
+    assert list(entries) == ["scaa_star", "scaa", "scaa_c_ca", "scaa_ca"]
+    assert entries["scaa_star"].variant_of is None and entries["scaa_star"].bundle == "scaa"
+    assert all(e.variant_of == "scaa_star" and e.kind == "context" for n, e in entries.items() if n != "scaa_star")
+    for name, configuration in [("scaa_star", "SCAA*"), ("scaa", "SCAA"), ("scaa_c_ca", "C-CA"), ("scaa_ca", "CA")]:
+        net = create_network(name, out_channels=3, **TINY)
+        assert net.configuration == configuration and configuration in entries[name].paper
+    assert _count(create_network("scaa_star")) == 7_750_948
+
+
+@pytest.mark.parametrize("name", ["scaa_star", "scaa_c_ca"])
+def test_registry_entry_runs_through_its_inferer_on_a_non_cubic_volume(name):
+    entry = get_network_entry(name)
+    net = entry.build(out_channels=3, **TINY).eval()
+    x = torch.rand(1, 1, 64, 48, 40)
+    with torch.no_grad():
+        out = entry.make_inferer(slice_chunk=16)(x, net)
+        expected = net(F.pad(x, (0, 24, 0, 16)))[..., :48, :40]  # the network on the padded volume, cropped
+    assert out.shape == (1, 3, 64, 48, 40)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_registry_inferer_is_the_bundles():
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(bundle_dir("scaa") / "configs" / "inference.json")
+    bundle = parser.get_parsed_content("inferer")
+    registry = get_network_entry("scaa_star").make_inferer()
+    for inferer in (bundle, registry):
+        assert type(inferer) is PadInferer and type(inferer.inferer) is ContextSliceInferer
+    assert (bundle.divisor, tuple(bundle.min_size), bundle.mode) == (registry.divisor, registry.min_size, registry.mode)
+    assert bundle.inferer.slice_chunk == registry.inferer.slice_chunk
+    assert scaa_inferer(levels=4, spatial_dim=0).min_size == (16, 32, 32)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
         ({"configuration": "SCAA**"}, "configuration must be one of"),
         ({"num_heads": (2, 2, 4)}, "one entry per MSFA scale"),
-        ({"slice_dim": 1}, "slice_dim must be"),
-        ({"slice_chunk": 0}, "slice_chunk must be"),
+        ({"spatial_dim": 4}, "spatial_dim counts spatial axes"),
         ({"decoder_channels": (4, 8, 8, 16)}, "decoder_channels needs one positive width per level"),
     ],
 )
@@ -130,11 +191,15 @@ def test_bad_arguments(kwargs, message):
 
 def test_bad_inputs():
     net = _net()
-    with pytest.raises(ValueError, match="expects a whole volume"):
-        net(torch.rand(1, 2, 32, 32, 32))
-    with pytest.raises(ValueError, match="expects a whole volume"):
-        net(torch.rand(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="built for 1 input channel"):
+        net(torch.rand(1, 2, 64, 64, 32))
+    with pytest.raises(ValueError, match="expects a 5D input"):
+        net(torch.rand(1, 1, 64, 64))
+    with pytest.raises(ValueError, match=r"divisible by \[32, 32, 32\].*PadInferer"):
+        net(torch.rand(1, 1, 64, 64, 40))
+    with pytest.raises(ValueError, match=r"at least \[64, 64, 32\]"):
+        net(torch.rand(1, 1, 32, 64, 32))
     with pytest.raises(ValueError, match=r"must lie in \[0, 32\)"):
-        net(torch.rand(1, 1, 32, 32, 32), torch.tensor([0, 32]))
+        net(torch.rand(1, 1, 64, 64, 32), torch.tensor([0, 32]))
     with pytest.raises(ValueError, match="slice_indices must be"):
-        net(torch.rand(2, 1, 32, 32, 32), torch.zeros(3, 2, dtype=torch.long))
+        net(torch.rand(2, 1, 64, 64, 32), torch.zeros(3, 2, dtype=torch.long))

@@ -1,45 +1,56 @@
+"""SSHUNet: the released configuration, views, shapes, deep supervision, export, errors, and its registry entries."""
+
+import json
+
 import pytest
 import torch
+from monai.bundle import ConfigParser
+from monai.losses import DeepSupervisionLoss, DiceCELoss
 from monai.networks.nets import DynUNet
 
-from monai_ext.networks.blocks import to_view
-from monai_ext.networks.nets import SSHUNet
+from monai_ext.bundles import bundle_dir
+from monai_ext.networks import create_network, get_network_entry, list_networks
+from monai_ext.networks.blocks import SliceShift, to_view
+from monai_ext.networks.compat import load_sshunet_release
+from monai_ext.networks.nets import SSH_UNET_PATCH, SSHUNet, sshunet_inferer
 
 SMALL = {"out_channels": 3, "filters": [8, 16, 32, 64], "strides": [1, 2, 2, 2]}
 
 
+def _shifting(block) -> bool:
+    return isinstance(block.shift, SliceShift)
+
+
 def test_released_configuration_parameter_count():
     assert sum(p.numel() for p in SSHUNet(in_channels=1, out_channels=14).parameters()) == 6_487_822
+    assert sum(p.numel() for p in create_network("ssh_unet").parameters()) == 6_487_822
 
 
-def test_loads_and_reproduces_the_release(golden):
-    g = golden("ssh_unet_network")
-    cfg = g["config"]
-    net = SSHUNet(
-        in_channels=cfg["in_channels"], out_channels=cfg["out_channels"], kernel_size=cfg["kernel_size"],
-        strides=cfg["strides"], filters=cfg["filters"], shift_levels=cfg["gate_pos"],
-        shift_bottleneck=cfg["gate_in_bottleneck"], shift_decoder=cfg["gate_dec"],
-    ).eval()  # fmt: skip
-    net.load_state_dict(g["state_dict"])  # strict: the release's keys (with its skip_layers aliases) all map
-    with torch.no_grad():
-        torch.testing.assert_close(net(g["x"]), g["y"], atol=1e-5, rtol=1e-4)
+def test_2d_kernels_and_shifts_along_the_last_axis():
+    net = SSHUNet(**SMALL)
+    assert net.input_block.conv1.conv.kernel_size == (3, 3, 1)
+    assert all(m.spatial_dim == 2 for m in net.modules() if isinstance(m, SliceShift))
 
 
 def test_released_shift_placement():
     net = SSHUNet(**SMALL)
-    shifting = lambda block: not isinstance(block.shift, torch.nn.Identity)  # noqa: E731
-    assert shifting(net.input_block) and all(shifting(b) for b in net.downsamples) and shifting(net.bottleneck)
+    assert _shifting(net.input_block) and all(_shifting(b) for b in net.downsamples) and _shifting(net.bottleneck)
     # the release's decoder rule: the block above the top encoder level never shifts
-    assert [shifting(up.conv_block) for up in net.upsamples] == [True, True, False]
+    assert [_shifting(up.conv_block) for up in net.upsamples] == [True, True, False]
+    partial = SSHUNet(**SMALL, shift_levels=[1], shift_input=False, shift_bottleneck=False)
+    assert not _shifting(partial.input_block) and [_shifting(b) for b in partial.downsamples] == [False, True]
+    assert [_shifting(up.conv_block) for up in partial.upsamples] == [True, False, False]
 
 
-def test_state_dict_extends_monai_dynunet():
+def test_composes_monai_blocks_with_dynunet_key_names():
     ours = SSHUNet(**SMALL)
-    monai = DynUNet(3, 1, 3, [(1, 3, 3)] * 4, [1, 2, 2, 2], [2, 2, 2], filters=[8, 16, 32, 64], res_block=True)
+    assert not isinstance(ours, DynUNet) and not hasattr(ours, "skip_layers")
+    monai = DynUNet(3, 1, 3, [(3, 3, 1)] * 4, [1, 2, 2, 2], [2, 2, 2], filters=[8, 16, 32, 64], res_block=True)
     monai_keys = {k for k in monai.state_dict() if not k.startswith("skip_layers.")}
     assert monai_keys <= set(ours.state_dict())
     extra = set(ours.state_dict()) - monai_keys
     assert {"output_block.conv1.conv.weight", "upsamples.0.transp_conv.conv.bias"} <= extra
+    assert not any(k.startswith("skip_layers.") for k in ours.state_dict())
 
 
 @pytest.mark.parametrize("shape", [(16, 16, 16), (16, 32, 24), (8, 16, 32)])
@@ -53,8 +64,26 @@ def test_per_view_path_equals_stacked_path():
     net = SSHUNet(**SMALL).eval()
     x = torch.randn(2, 1, 16, 16, 16)
     with torch.no_grad():
-        per_view = net.output_block.fuse_views([net._trunk(to_view(x, k))[-1] for k in range(3)])
+        per_view = net.output_block.fuse_views([net._trunk(to_view(x, s))[-1] for s in net.spatial_dims_order])
         torch.testing.assert_close(net(x), per_view, atol=1e-5, rtol=1e-4)
+
+
+def test_views_are_summed_so_their_order_does_not_matter():
+    a = SSHUNet(**SMALL).eval()
+    b = SSHUNet(**SMALL, spatial_dims_order=(2, 0, 1)).eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x), atol=1e-5, rtol=1e-4)
+
+
+def test_one_axial_view():
+    net = SSHUNet(**SMALL, spatial_dims_order=(2,)).eval()
+    x = torch.randn(1, 1, 16, 24, 8)
+    with torch.no_grad():
+        y = net(x)
+        torch.testing.assert_close(y, net.output_block.fuse_views([net._trunk(x)[-1]]))  # the volume as it is
+    assert y.shape == (1, 3, 16, 24, 8)
 
 
 def test_paper_placement_option_changes_the_function():
@@ -65,23 +94,36 @@ def test_paper_placement_option_changes_the_function():
         assert not torch.allclose(a(x), b(x))
 
 
-def test_deep_supervision_and_gradients():
+def test_deep_supervision_gives_a_list_at_each_resolution():
     net = SSHUNet(**SMALL, deep_supervision=True, deep_supr_num=2).train()
-    y = net(torch.randn(1, 1, 16, 16, 24))
-    assert y.shape == (1, 3, 3, 16, 16, 24)
-    y.mean().backward()
+    x = torch.randn(1, 1, 16, 16, 24)
+    outputs = net(x)
+    assert isinstance(outputs, list) and [o.shape for o in outputs] == [
+        (1, 3, 16, 16, 24), (1, 3, 8, 8, 12), (1, 3, 4, 4, 6),
+    ]  # fmt: skip
+    label = torch.randint(0, 3, (1, 1, 16, 16, 24)).float()  # DeepSupervisionLoss resizes it for each output
+    DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True))(outputs, label).backward()
     assert all(p.grad is not None for p in net.parameters())
     net.eval()
-    assert net(torch.randn(1, 1, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
+    with torch.no_grad():
+        assert net(x).shape == (1, 3, 16, 16, 24)
 
 
 def test_script_and_trace():
     net = SSHUNet(**SMALL).eval()
-    x = torch.randn(1, 1, 16, 16, 16)
+    x = torch.randn(1, 1, 16, 16, 24)
     with torch.no_grad():
         ref = net(x)
         torch.testing.assert_close(torch.jit.script(net)(x), ref)
         torch.testing.assert_close(torch.jit.trace(net, x)(x), ref)
+
+
+def test_script_keeps_the_deep_supervision_list():
+    net = SSHUNet(**SMALL, deep_supervision=True).train()
+    scripted = torch.jit.script(net)
+    x = torch.randn(1, 1, 16, 16, 16)
+    outputs = scripted(x)
+    assert isinstance(outputs, list) and len(outputs) == 2 and outputs[1].shape == (1, 3, 8, 8, 8)
 
 
 def test_onnx_export_runs_in_onnxruntime(tmp_path):
@@ -98,13 +140,26 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path):
     "x, match",
     [
         (torch.randn(1, 2, 16, 16, 16), "built for 1 input channel"),
-        (torch.randn(1, 16, 16, 16), "5D input"),
-        (torch.randn(1, 1, 16, 16, 12), "not divisible by \\[8, 8, 8\\]"),
+        (torch.randn(1, 16, 16, 16), "expects a 5D input"),
+        (torch.randn(1, 1, 16, 16, 12), "divisible by \\[8, 8, 8\\].*DivisiblePad"),
     ],
 )
 def test_bad_inputs(x, match):
     with pytest.raises(ValueError, match=match):
         SSHUNet(**SMALL)(x)
+
+
+def test_anisotropic_strides_act_on_the_axes_of_each_view():
+    strides = [1, 2, 2, (2, 2, 1)]  # no down-sampling across slices in the last level
+    one_view = SSHUNet(**{**SMALL, "strides": strides, "spatial_dims_order": (2,)}).eval()
+    assert one_view.divisor == [8, 8, 4]
+    three_views = SSHUNet(**{**SMALL, "strides": strides}).eval()
+    assert three_views.divisor == [8, 8, 8]  # every axis is a slice axis in one view, an in-slice axis in two
+    with torch.no_grad():
+        assert one_view(torch.randn(1, 1, 16, 16, 12)).shape == (1, 3, 16, 16, 12)
+        assert three_views(torch.randn(1, 1, 16, 8, 24)).shape == (1, 3, 16, 8, 24)
+    with pytest.raises(ValueError, match="divisible by \\[8, 8, 8\\]"):
+        three_views(torch.randn(1, 1, 16, 16, 12))
 
 
 @pytest.mark.parametrize(
@@ -113,8 +168,55 @@ def test_bad_inputs(x, match):
         ({"shift_levels": [5]}, "shift_levels must lie in"),
         ({"shift_position": "middle"}, "shift_position must be one of"),
         ({"filters": [8, 16]}, "filters needs one entry per level"),
+        ({"kernel_size": [(3, 3, 1)] * 3}, "one entry per level"),
+        ({"kernel_size": [(3, 3)] * 4}, "kernel_size\\[0\\] must be an int or 3 values"),
+        ({"deep_supervision": True, "deep_supr_num": 3}, "deep_supr_num must lie in \\[1, 2\\]"),
+        ({"spatial_dims_order": (0, 0)}, "distinct spatial axes"),
+        ({"spatial_dims_order": (3,)}, "counts spatial axes"),
     ],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SSHUNet(**{**SMALL, **kwargs})
+
+
+# --- registry ---
+
+PAPER_ROWS = {"ssh_unet": "2D+shift+multi-view", "ssh_unet_2d_shift": "2D+shift", "ssh_unet_2d": "2D"}
+
+
+@pytest.mark.parametrize("name, row", list(PAPER_ROWS.items()))
+def test_registry_entries_are_the_paper_rows(name, row):
+    entry = get_network_entry(name)
+    main = name == "ssh_unet"
+    assert entry.kind == "2d" and entry.family == "ours" and entry.method == 1 and entry.patch == (96, 96, 96)
+    assert entry.paper == f"Ugwu et al. 2023, Table 5: {row}"
+    assert entry.variant_of == (None if main else "ssh_unet") and entry.bundle == "ssh_unet"
+    assert entry.loader is (load_sshunet_release if main else None)
+    net = create_network(name, **SMALL)
+    shifts = sum(isinstance(m, SliceShift) for m in net.modules())
+    assert isinstance(net, SSHUNet) and net.filters == [8, 16, 32, 64]
+    views_and_shifts = {"ssh_unet": (3, 6), "ssh_unet_2d_shift": (1, 6), "ssh_unet_2d": (1, 0)}
+    assert (len(net.spatial_dims_order), shifts) == views_and_shifts[name]
+    assert {e.name for e in list_networks() if e.name == "ssh_unet" or e.variant_of == "ssh_unet"} == set(PAPER_ROWS)
+
+
+def test_registry_patch_is_the_bundles_window():
+    # the registry inferer equals the bundle's: tests/networks/test_registry.py checks it for every method
+    parser = ConfigParser()
+    parser.read_config(str(bundle_dir("ssh_unet") / "configs" / "inference.json"))
+    assert tuple(parser["roi_size"]) == SSH_UNET_PATCH == get_network_entry("ssh_unet").patch
+    assert sshunet_inferer(roi_size=(32, 32, 16), overlap=0.25).roi_size == (32, 32, 16)
+    meta = json.loads((bundle_dir("ssh_unet") / "configs" / "metadata.json").read_text())
+    assert tuple(meta["network_data_format"]["inputs"]["image"]["spatial_shape"]) == SSH_UNET_PATCH
+
+
+@pytest.mark.parametrize("name", list(PAPER_ROWS))
+def test_registry_entry_runs_a_non_cubic_volume_through_its_inferer(name):
+    entry = get_network_entry(name)
+    net = entry.build(in_channels=1, out_channels=2, filters=[4, 8, 8, 16, 16]).eval()
+    inferer = entry.make_inferer(roi_size=(32, 32, 16))  # a smaller window keeps the test fast
+    x = torch.randn(1, 1, 40, 24, 20)  # slices on the last axis; no size divisible by the window
+    with torch.no_grad():
+        out = inferer(x, net)
+    assert out.shape == (1, 2, 40, 24, 20) and torch.isfinite(out).all()

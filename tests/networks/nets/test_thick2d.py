@@ -1,15 +1,18 @@
-"""The thickened 2D network: paper configurations with parameter counts, slab layout, whole volumes, torchvision
-weights, TorchScript, errors."""
+"""The thickened 2D network: paper configurations with parameter counts, slab layout, one group per call (whole
+volumes through the inferer), registry entries and their bundle's inferer, torchvision weights, TorchScript, errors."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from monai.bundle import ConfigParser
 from torch import nn
 
-from monai_ext.inferers import slice_group_starts
+from monai_ext.bundles import bundle_dir
+from monai_ext.inferers import SliceGroupInferer
+from monai_ext.networks import create_network, get_network_entry, list_networks
 from monai_ext.networks.blocks import ConcatLink, DotLink, EarlyStageMultiplexing, SliceSensitiveAttention
-from monai_ext.networks.nets import Thick2DNet, Thickened2DNet
+from monai_ext.networks.nets import Thick2DNet, Thickened2DNet, thick2d_inferer
 from monai_ext.networks.nets.thick2d import CONFIGS, load_torchvision_resnet
 
 TINY = {"layers": (1, 1, 1, 1), "block_inplanes": (8, 16, 32, 64), "decoder_channels": 16}
@@ -103,29 +106,24 @@ def test_input_slices_reach_their_mini_group():
     torch.testing.assert_close(groups[1], x[0, 0].permute(2, 0, 1)[3:])
 
 
-@pytest.mark.parametrize("depth, stride", [(14, 1), (14, 4), (4, 1)])
-def test_whole_volume_forward_averages_the_groups_by_hand(depth, stride):
-    net = Thickened2DNet(num_slices=6, config="esm_dot", stride=stride, **TINY).eval()
-    x = torch.randn(1, 1, 32, 32, depth)
+def test_a_whole_volume_is_the_inferers_job():
+    """The network takes exactly one group; SliceGroupInferer slides groups over a volume and averages: a slice
+    covered by one group only (the first) gets that group's output."""
+    net = Thickened2DNet(num_slices=6, config="esm_dot", **TINY).eval()
+    x = torch.randn(1, 1, 32, 32, 14)
+    with pytest.raises(ValueError, match=r"one group of 6 slices .* got 14 slices.*SliceGroupInferer\(num_slices=6\)"):
+        net(x)
     with torch.no_grad():
-        out = net(x)
-        padded = torch.cat([x] + [x[..., -1:]] * max(6 - depth, 0), dim=-1)
-        total = torch.zeros(1, 2, 32, 32, padded.shape[-1])
-        count = torch.zeros(padded.shape[-1])
-        for s in slice_group_starts(padded.shape[-1], 6, stride):
-            total[..., s : s + 6] += net.forward_group(padded[..., s : s + 6])
-            count[s : s + 6] += 1
-    assert out.shape == (1, 2, 32, 32, depth)
-    torch.testing.assert_close(out, (total / count)[..., :depth])
+        out = SliceGroupInferer(6, stride=4)(x, net)  # groups at 0, 4, 8
+        assert out.shape == (1, 2, 32, 32, 14)
+        torch.testing.assert_close(out[..., :4], net(x[..., :6])[..., :4])
 
 
-def test_torchscript_matches_eager_on_a_group_and_a_volume():
+def test_torchscript_matches_eager_on_a_group():
     for config in ("plain", "esm_ssa"):
         net = Thickened2DNet(num_slices=6, config=config, **TINY).eval()
-        scripted = torch.jit.script(net)
-        for depth in (6, 9):
-            x = torch.randn(1, 1, 32, 32, depth)
-            torch.testing.assert_close(scripted(x), net(x))
+        x = torch.randn(1, 1, 32, 32, 6)
+        torch.testing.assert_close(torch.jit.script(net)(x), net(x))
 
 
 def test_training_step_reaches_backbone_and_head():
@@ -214,15 +212,53 @@ def test_bad_arguments_and_inputs():
     with pytest.raises(ValueError, match="output_stride must be 16"):
         Thickened2DNet(output_stride=8, **TINY)
     with pytest.raises(ValueError, match="must be positive"):
-        Thickened2DNet(stride=0, **TINY)
-    with pytest.raises(ValueError, match="must be at most num_slices"):
-        Thickened2DNet(num_slices=6, stride=7, **TINY)
+        Thickened2DNet(low_level_channels=0)
     with pytest.raises(ValueError, match="need 4 stages"):
         Thickened2DNet(layers=(1, 1, 1), block_inplanes=(8, 16, 32))
     net = Thickened2DNet(num_slices=6, **TINY)
-    with pytest.raises(ValueError, match=r"expects slabs \(B, 1, H, W, D\)"):
+    with pytest.raises(ValueError, match=r"expects a 5D input \(B, C, H, W, D\)"):
         net(torch.randn(1, 6, 32, 32))
-    with pytest.raises(ValueError, match=r"expects slabs \(B, 1, H, W, D\)"):
+    with pytest.raises(ValueError, match="built for 1 input channel"):
         net(torch.randn(1, 2, 32, 32, 6))
-    with pytest.raises(ValueError, match="at least 32 x 32"):
+    with pytest.raises(ValueError, match=r"at least \[32, 32, 1\]"):
         net(torch.randn(1, 1, 16, 32, 6))
+    with pytest.raises(ValueError, match="one group of 6 slices"):
+        net(torch.randn(1, 1, 32, 32, 5))
+
+
+def test_registry_entries_are_the_paper_configurations():
+    entries = {e.name: e for e in list_networks() if e.method == 3}
+    configs = {"thick2d": "esm_ssa", "thick2d_plain": "plain", "thick2d_esm": "esm", "thick2d_esm_concat": "esm_concat"}
+    configs["thick2d_esm_dot"] = "esm_dot"
+    assert list(entries) == list(configs)
+    assert {name: e.defaults["config"] for name, e in entries.items()} == configs
+    for name, e in entries.items():
+        assert e.kind == "2.5d" and e.patch == (512, 512, 12) and e.loader is None
+        assert e.paper.startswith("Yu et al. 2019, Table 3: ")
+        assert (e.variant_of, e.bundle) == (None if name == "thick2d" else "thick2d", "thick2d")
+    assert create_network("thick2d", **TINY).config == "esm_ssa"
+
+
+@pytest.mark.parametrize("name", ["thick2d", "thick2d_plain", "thick2d_esm", "thick2d_esm_concat", "thick2d_esm_dot"])
+def test_every_entry_segments_a_non_cubic_volume_through_its_inferer(name):
+    entry = get_network_entry(name)
+    net = entry.build(num_slices=6, **TINY).eval()
+    with torch.no_grad():
+        out = entry.make_inferer(num_slices=6)(torch.randn(1, 1, 64, 48, 40), net)
+    assert out.shape == (1, 2, 64, 48, 40)
+
+
+def test_entry_inferer_is_the_bundles_inferer():
+    parser = ConfigParser()
+    parser.read_config(bundle_dir("thick2d") / "configs" / "inference.json")
+    bundle = parser.get_parsed_content("inferer")
+    entry = get_network_entry("thick2d").make_inferer()
+
+    def settings(inferer):
+        sliding = inferer.sliding
+        return (type(inferer), inferer.num_slices, inferer.spatial_dim, inferer.stride, inferer.padding_mode,
+                sliding.roi_size, sliding.sw_batch_size, sliding.overlap, sliding.mode)  # fmt: skip
+
+    assert settings(entry) == settings(bundle) == settings(thick2d_inferer())
+    assert thick2d_inferer(num_slices=15, stride=3).sliding.roi_size == (-1, -1, 15)
+    assert entry.num_slices == parser.get_parsed_content("num_slices") == 12
