@@ -6,18 +6,13 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["check_input", "divisible_sizes"]
+__all__ = ["check_input"]
 
 
 def _per_axis(value: int | Sequence[int] | None, num_spatial: int) -> list[int] | None:
     if value is None:
         return None
     return [int(value)] * num_spatial if isinstance(value, int) else [int(v) for v in value]
-
-
-def divisible_sizes(divisor: int | Sequence[int], num_spatial: int = 3) -> list[int]:
-    """``divisor`` per spatial axis (an int applies to every axis)."""
-    return _per_axis(divisor, num_spatial) or []
 
 
 def check_input(

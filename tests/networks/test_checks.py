@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from monai_ext.networks.checks import check_input, divisible_sizes
+from monai_ext.networks.checks import check_input
 
 
 def test_valid_input_passes():
@@ -30,4 +30,3 @@ def test_minimum_size():
 
 def test_two_spatial_dims():
     check_input(torch.zeros(2, 1, 32, 32), "Net2D", in_channels=1, spatial_dims=2, divisor=16)
-    assert divisible_sizes(4, 2) == [4, 4]
