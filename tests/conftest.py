@@ -1,7 +1,13 @@
-"""Shared test fixtures: the golden parity vectors in ../shared/golden (skipped in a plain clone)."""
+"""Shared test fixtures: the golden parity vectors and the bundle metadata schema in ../shared.
+
+A plain clone has no ../shared: the tests that need it skip. ``make test`` sets ``MONAI_EXT_REQUIRE_SHARED=1`` when
+../shared/golden exists, and then a missing file fails the test instead, so a moved or renamed vector cannot turn
+the parity tests into silent skips.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +15,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+REQUIRE_SHARED = "MONAI_EXT_REQUIRE_SHARED"
 
 # In-process tests use small tensors: one thread avoids OpenMP threads spinning against each other when the
 # machine's other core is busy (it made small ops hundreds of times slower here). Bundle runs are subprocesses
@@ -17,21 +24,46 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture
-def golden():
-    """Load ``../shared/golden/<name>.pt``; skip the test when the shared folder is absent."""
+def shared_dir() -> Path:
+    """The folder beside the clone that holds ``golden/`` and ``schemas/`` (tests/test_conftest.py overrides it)."""
+    return SHARED
+
+
+def shared_file(shared_dir: Path, relative: str, what: str) -> Path:
+    """``shared_dir / relative`` if it is a file; otherwise skip the test (fail it under MONAI_EXT_REQUIRE_SHARED=1).
+
+    Args:
+        shared_dir: the shared folder (the ``shared_dir`` fixture).
+        relative: the file's path inside it, e.g. ``"golden/tsm_shift.pt"``.
+        what: what the file is, for the message.
+
+    Raises:
+        pytest.skip.Exception: the file is missing and the variable is not ``1`` (a plain clone).
+        pytest.fail.Exception: the file is missing and the variable is ``1``.
+    """
+    path = shared_dir / relative
+    if path.is_file():
+        return path
+    if os.environ.get(REQUIRE_SHARED) == "1":
+        pytest.fail(
+            f"{what} {path} not found, and {REQUIRE_SHARED}=1 (set by `make test` when ../shared/golden exists) "
+            f"makes that an error: restore the file in {shared_dir}, or unset {REQUIRE_SHARED} to skip instead",
+            pytrace=False,
+        )
+    pytest.skip(f"{what} {path} not found (plain clone without ../shared)")
+
+
+@pytest.fixture
+def golden(shared_dir):
+    """Load ``golden/<name>.pt`` from the shared folder; skip (or fail, see :func:`shared_file`) when it is missing."""
 
     def load(name: str) -> dict:
-        path = SHARED / "golden" / f"{name}.pt"
-        if not path.is_file():
-            pytest.skip(f"parity vector {path} not found (plain clone without ../shared)")
-        return torch.load(path, weights_only=True)
+        return torch.load(shared_file(shared_dir, f"golden/{name}.pt", "parity vector"), weights_only=True)
 
     return load
 
 
 @pytest.fixture
-def meta_schema() -> Path:
-    path = SHARED / "schemas" / "meta_schema_20240725.json"
-    if not path.is_file():
-        pytest.skip(f"bundle metadata schema {path} not found (plain clone without ../shared)")
-    return path
+def meta_schema(shared_dir) -> Path:
+    """The bundle metadata schema in the shared folder; skip (or fail, see :func:`shared_file`) when it is missing."""
+    return shared_file(shared_dir, "schemas/meta_schema_20240725.json", "bundle metadata schema")

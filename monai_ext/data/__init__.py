@@ -3,15 +3,18 @@ checked datalists.
 
 Modules: :mod:`.vessels` and :mod:`.lesions` (the phantoms), built from :mod:`.geometry` (shapes and smooth fields)
 and :mod:`.checks` (argument checks); :mod:`.tasks` (task name -> case generator, ``dataset.json`` header);
-:mod:`.decathlon` (the MSD-layout writer); :mod:`.datalist` (loading, checking and splitting datalists).
+:mod:`.decathlon` (the MSD-layout writer); :mod:`.datalist` (loading, checking and splitting datalists, and the
+:class:`Datalist` that bundles read when the data are used); :mod:`.volume_checks` (the checks of a volume's grid,
+label values and size that the datalist check and ``ValidateImaged`` share).
 """
 
-from .datalist import check_datalist, load_datalist, split_datalist
+from .datalist import Datalist, check_datalist, load_datalist, split_datalist
 from .decathlon import write_msd_dataset
 from .lesions import LESION_LABELS, MODALITIES, make_lesion_phantom
 from .vessels import LABELS, make_phantom
 
 __all__ = [
+    "Datalist",
     "LABELS",
     "LESION_LABELS",
     "MODALITIES",

@@ -6,6 +6,7 @@ is reported with the reason and skipped; the others are served.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -17,19 +18,26 @@ import torch
 from monai.bundle import ConfigParser
 
 from monai_ext.bundles import bundles_root, list_bundles
+from monai_ext.handlers import save_atomic
 
 __all__ = [
+    "INITIAL_WEIGHTS_RECORD",
     "BundleCheck",
     "apply_overrides",
     "default_bundle_names",
     "discover_bundles",
+    "is_initial_weights",
     "parse_overrides",
     "prepare_bundle",
+    "record_initial_weights",
+    "weights_digest",
 ]
 
 logger = logging.getLogger(__name__)
 
 REQUIRED_CONFIGS = ("metadata.json", "inference.json", "train.json")
+# beside models/model.pt: the digest of the freshly initialised weights the server saved there at its first start
+INITIAL_WEIGHTS_RECORD = "initial_weights.json"
 
 
 @dataclass
@@ -81,6 +89,52 @@ def apply_overrides(parser: ConfigParser, overrides: Mapping[str, object]) -> No
             parser[key] = value
 
 
+def weights_digest(state: Mapping[str, object]) -> str:
+    """SHA-256 of a state dict's names, dtypes, shapes and values: the same for the same weights however they were
+    saved (plain state dict or a checkpoint file written by another torch version)."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key]
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{key}|{tensor.dtype}|{tuple(value.shape)}|".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes())
+        else:
+            digest.update(f"{key}|{value!r}|".encode())
+    return digest.hexdigest()
+
+
+def record_initial_weights(models: Path, state: Mapping[str, object]) -> None:
+    """Write ``models/initial_weights.json``: the digest of freshly initialised weights, before they are saved as
+    ``model.pt``, so that the server can tell them from trained weights (:func:`is_initial_weights`).
+
+    Written first and atomically (:func:`monai_ext.handlers.save_atomic`): a crash before ``model.pt`` is saved leaves
+    a record of weights that are not there, which the next start overwrites.
+    """
+    text = (json.dumps({"sha256": weights_digest(state)}, indent=4) + "\n").encode()
+    save_atomic(text, models / INITIAL_WEIGHTS_RECORD, save=lambda data, f: f.write(data))
+
+
+def is_initial_weights(models: Path, state: Mapping[str, object]) -> bool:
+    """Whether ``state`` are the freshly initialised weights recorded in ``models/initial_weights.json``, i.e. the
+    weights in ``models/`` were never trained. Without a record (weights shipped with the bundle) they count as trained.
+
+    Raises:
+        ValueError: the record is not the JSON this module writes (edited by hand).
+    """
+    record = models / INITIAL_WEIGHTS_RECORD
+    if not record.is_file():
+        return False
+    try:
+        digest = json.loads(record.read_text())["sha256"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"{record} is not a record of initial weights ({type(e).__name__}: {e}); delete it together with "
+            f"{models / 'model.pt'} and restart the server to start from freshly initialised weights"
+        ) from e
+    return digest == weights_digest(state)
+
+
 def _check_configs(src: Path) -> None:
     configs = src / "configs"
     for name in REQUIRED_CONFIGS:
@@ -100,7 +154,8 @@ def prepare_bundle(name: str, workdir: Path, overrides: Mapping[str, object]) ->
     """Copy bundle ``name`` into ``workdir/name`` (configs refreshed, ``models/`` kept) and check it can be served.
 
     The network is built from ``inference.json`` with ``overrides``; when ``models/model.pt`` is absent (weights are
-    not committed), the freshly initialised weights are saved there so that the model can be run and trained.
+    not committed), the freshly initialised weights are saved there so that the model can be run and trained, and
+    their digest in ``models/initial_weights.json`` so that they are reported as untrained until training replaces them.
     """
     check = BundleCheck(name)
     src = bundles_root() / name
@@ -125,10 +180,11 @@ def prepare_bundle(name: str, workdir: Path, overrides: Mapping[str, object]) ->
         model = dst / "models" / "model.pt"
         if (src / "models" / "model.pt").is_file() and not model.is_file():
             model.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / "models" / "model.pt", model)
+            save_atomic(src / "models" / "model.pt", model, save=lambda source, f: f.write(source.read_bytes()))
         if not model.is_file():
             model.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(network.state_dict(), model)
+            record_initial_weights(model.parent, network.state_dict())
+            save_atomic(network.state_dict(), model)
             check.warnings.append(f"no trained weights: initialised {model}; train the model before relying on it")
         else:
             state = torch.load(model, map_location="cpu", weights_only=True)

@@ -20,6 +20,8 @@ class MonaiExtTrainTask(BundleTrainTask):
     CPU when CUDA is absent; the bundle's ``epochs`` (which sizes its LR schedule) follows the request's
     ``max_epochs``; and the final weights of every run are saved as ``models/model.pt``, so the next
     inference uses them even when the run was too short for the bundle's validation (which keeps the best model).
+    That save, like the bundle's own, is atomic (:class:`monai_ext.handlers.AtomicCheckpointSaver`): the server
+    never loads a half-written ``model.pt``.
 
     Args:
         path: the bundle working copy.
@@ -52,7 +54,7 @@ class MonaiExtTrainTask(BundleTrainTask):
         handlers = [h for h in handlers if not (isinstance(h, dict) and h.get("final_filename"))]
         handlers.append(
             {
-                "_target_": "CheckpointSaver",
+                "_target_": "monai_ext.handlers.AtomicCheckpointSaver",
                 "save_dir": os.path.join(self.bundle_path, "models"),
                 "save_dict": {"model": f"@{self.const.key_network()}"},
                 "save_final": True,

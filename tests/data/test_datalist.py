@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from monai_ext.data import check_datalist, load_datalist, split_datalist, write_msd_dataset
+from monai_ext.data import Datalist, check_datalist, load_datalist, split_datalist, write_msd_dataset
 
 
 @pytest.fixture(scope="module")
@@ -234,3 +235,218 @@ def test_split_same_as_before_partition_dataset(fraction, min_val):
 def test_split_refuses_bad_min_val(min_val):
     with pytest.raises(ValueError, match=rf"min_val must be an integer >= 0, got {min_val}"):
         split_datalist([1, 2, 3], min_val=min_val)
+
+
+# ---------------------------------------------------------------- bad input caught up front (issue 15)
+
+
+def _case(tmp_path: Path, name: str, shape=(16, 16, 8), affine=None, label=None, label_affine=None) -> dict:
+    """A noise image (float32: a cut through its gzip cuts the voxels, not the header) and, when ``label`` is given,
+    its label, as NIfTI files."""
+    affine = np.eye(4) if affine is None else affine
+    img = tmp_path / f"{name}.nii.gz"
+    img.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(size=shape).astype(np.float32), affine), str(img))
+    item = {"image": str(img)}
+    if label is not None:
+        lab = tmp_path / f"{name}_label.nii.gz"
+        nib.save(nib.Nifti1Image(label, affine if label_affine is None else label_affine), str(lab))
+        item["label"] = str(lab)
+    return item
+
+
+def _truncate(path: str, fraction: float = 1 / 3) -> None:
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: int(len(data) * fraction)])
+
+
+def test_truncated_gzip_passes_the_header_read_but_is_caught_up_front(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "cut.nii.gz"
+    nib.save(nib.Nifti1Image(rng.normal(size=(32, 32, 16)).astype(np.float32), np.eye(4)), str(path))
+    _truncate(str(path))
+    assert nib.load(str(path)).shape == (32, 32, 16)  # the header alone still reads: the old check let it through
+    with pytest.raises(EOFError):
+        np.asanyarray(nib.load(str(path)).dataobj)  # ... and loading it mid-run failed like this
+    with pytest.raises(
+        ValueError, match=r"cut\.nii\.gz is truncated or damaged: reading its voxel data failed .*; copy"
+    ):
+        check_datalist([{"image": str(path)}])
+
+
+def test_truncated_uncompressed_nifti_is_caught_from_its_size(tmp_path):
+    path = tmp_path / "cut.nii"
+    nib.save(nib.Nifti1Image(np.ones((16, 16, 8), np.float32), np.eye(4)), str(path))
+    _truncate(str(path), 0.5)
+    with pytest.raises(
+        ValueError, match=r"cut\.nii is truncated: its header describes 8544 bytes, the file holds 4272;"
+    ):
+        check_datalist([{"image": str(path)}])
+
+
+def test_truncated_label_is_caught_too(tmp_path):
+    noisy = np.random.default_rng(0).integers(0, 3, (16, 16, 8)).astype(np.uint8)  # so that half the file is voxels
+    item = _case(tmp_path, "c", label=noisy)
+    _truncate(item["label"], 0.5)
+    with pytest.raises(ValueError, match=r"c_label\.nii\.gz is truncated"):
+        check_datalist([item])
+
+
+def test_header_checks_of_every_case_run_before_any_voxel_is_read(tmp_path):
+    # the first case is truncated, the second has a 2D image: the cheap header check reports the second first
+    first = _case(tmp_path, "a")
+    _truncate(first["image"])
+    second = {"image": _nifti(tmp_path / "flat.nii.gz", (16, 16))}
+    with pytest.raises(ValueError, match=r"flat\.nii\.gz has shape \(16, 16\)"):
+        check_datalist([first, second])
+
+
+@pytest.mark.parametrize(
+    "label, message",
+    [
+        (7, r"label values 7 are outside 0\.\.2 \(num_classes=3; 1 voxel\(s\)\); relabel those voxels"),
+        (255, r"label values 255 are outside 0\.\.2"),
+        (0.5, r"1 label voxel\(s\) are not whole numbers \(e\.g\. 0\.5\); a label holds class indices 0\.\.2"),
+        (-1.0, r"label values -1 are outside 0\.\.2"),
+    ],
+)
+def test_label_values_are_refused_unless_class_indices(tmp_path, label, message):
+    values = np.zeros((16, 16, 8), np.uint8 if isinstance(label, int) else np.float32)
+    values[1, 2, 3] = label
+    item = _case(tmp_path, "c", label=values)
+    with pytest.raises(ValueError, match=rf"c_label\.nii\.gz: {message}"):
+        check_datalist([item], num_classes=3)
+    assert check_datalist([item]) is None  # without num_classes, values are not checked
+
+
+def test_float_label_with_whole_values_in_range_passes(tmp_path):
+    values = np.zeros((16, 16, 8), np.float32)
+    values[:4] = 2.0
+    assert check_datalist([_case(tmp_path, "c", label=values)], num_classes=3) is None
+
+
+def _flip_x(affine: np.ndarray, size: int) -> np.ndarray:
+    flipped = affine.copy()
+    flipped[:, 0] *= -1
+    flipped[0, 3] = affine[0, 3] + (size - 1) * affine[0, 0]
+    return flipped
+
+
+@pytest.mark.parametrize(
+    "label_affine, message",
+    [
+        (np.diag([1.0, 1.0, 2.0, 1.0]), r"spacing 1 x 1 x 1 mm, orientation RAS; label: spacing 1 x 1 x 2 mm"),
+        (_flip_x(np.eye(4), 16), r"orientation RAS; label: spacing 1 x 1 x 1 mm, orientation LAS"),
+        (np.array([[1, 0, 0, 0.5], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]), r"up to 0\.5 mm apart"),
+    ],
+    ids=["spacing", "orientation", "half-voxel shift"],
+)
+def test_label_on_another_grid_is_refused(tmp_path, label_affine, message):
+    item = _case(tmp_path, "c", label=np.zeros((16, 16, 8), np.uint8), label_affine=label_affine)
+    expected = r"c_label\.nii\.gz is not on the voxel grid of its image .*c\.nii\.gz: both are 16 x 16 x 8 voxels"
+    with pytest.raises(ValueError, match=expected + ".*" + message + r".*Resample the label onto its image's grid"):
+        check_datalist([item])
+
+
+def test_label_grid_within_the_tolerance_passes(tmp_path):
+    nudged = np.eye(4)
+    nudged[0, 3] = 0.05  # header rounding: 0.05 voxel, under the default 0.1
+    item = _case(tmp_path, "c", label=np.zeros((16, 16, 8), np.uint8), label_affine=nudged)
+    assert check_datalist([item]) is None
+    with pytest.raises(ValueError, match="not on the voxel grid"):
+        check_datalist([item], grid_tolerance=0.01)
+
+
+def test_size_guard_counts_voxels_after_resampling_to_pixdim(tmp_path):
+    item = _case(tmp_path, "big", shape=(40, 40, 20), affine=np.diag([0.5, 0.5, 2.0, 1.0]))  # 32,000 voxels
+    assert check_datalist([item], max_voxels=32_000) is None  # not resampled
+    # at 1 x 1 x 1 mm: 20.5 x 20.5 x 39 (first to last voxel centre, as MONAI's Spacing) = 16,390 voxels
+    assert check_datalist([item], max_voxels=16_390, pixdim=[1.0, 1.0, 1.0]) is None
+    expected = (
+        r"big\.nii\.gz is too large: 40 x 40 x 20 voxels of 0\.5 x 0\.5 x 2 mm, resampled to 0\.5 x 0\.5 x 0\.5 mm, "
+        r"make about 123,200 voxels \(about 0\.47 GiB of memory\), above max_voxels=64000, the largest volume this "
+        r"bundle processes; crop the image to the region you need, or raise max_voxels \(e\.g\. --max_voxels 123200\)"
+    )
+    with pytest.raises(ValueError, match=expected):
+        check_datalist([item], max_voxels=64_000, pixdim=0.5, bytes_per_voxel=4096)
+
+
+def test_size_guard_is_checked_before_reading_any_voxel(tmp_path):
+    truncated = _case(tmp_path, "a")
+    _truncate(truncated["image"])
+    big = _case(tmp_path, "b", shape=(40, 40, 20))
+    with pytest.raises(ValueError, match=r"b\.nii\.gz is too large"):
+        check_datalist([truncated, big], max_voxels=10_000)
+
+
+def test_same_file_name_in_two_folders_is_refused_when_outputs_share_a_folder(tmp_path):
+    a, b = _case(tmp_path / "site_a", "case_001"), _case(tmp_path / "site_b", "case_001")
+    c = {"image": _nifti(tmp_path / "site_b" / "case_002.nii", (16, 16, 8))}
+    d = {"image": _nifti(tmp_path / "site_c" / "case_002.nii.gz", (16, 16, 8))}  # .nii and .nii.gz: same output
+    assert check_datalist([a, b, c, d]) is None  # only with unique_names
+    with pytest.raises(ValueError, match="2 output name") as e:
+        check_datalist([a, b, c, d], unique_names=True)
+    msg = str(e.value)
+    assert f"case_001: {a['image']}, {b['image']}" in msg and f"case_002: {c['image']}, {d['image']}" in msg
+    assert "Rename the files so that their names differ, or run each folder on its own" in msg
+    assert check_datalist([a, c], unique_names=True) is None
+
+
+def test_load_datalist_passes_the_checks_on(tmp_path):
+    values = np.zeros((16, 16, 8), np.uint8)
+    values[0, 0, 0] = 4
+    item = _case(tmp_path, "c", label=values)
+    dl = _datalist(tmp_path / "dataset.json", [{"image": "c.nii.gz", "label": "c_label.nii.gz"}])
+    assert load_datalist(dl, num_classes=5) == [item]
+    with pytest.raises(ValueError, match=r"label values 4 are outside 0\.\.3"):
+        load_datalist(dl, num_classes=4)
+
+
+# ---------------------------------------------------------------- Datalist: read when the data are used
+
+
+def test_datalist_is_not_read_until_used(tmp_path):
+    missing = Datalist(tmp_path / "nowhere" / "dataset.json", "training", tmp_path, num_classes=3)
+    assert not missing.loaded and "not read yet" in repr(missing)
+    train, val = missing.split(0.5)  # splitting reads nothing either
+    with pytest.raises(FileNotFoundError, match=r"datalist file .*dataset\.json not found.*--dataset_dir"):
+        len(train)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        list(missing)
+
+
+def test_datalist_reads_checks_and_keeps_the_items_once(msd, monkeypatch):
+    import monai_ext.data.datalist as module
+
+    calls = []
+    monkeypatch.setattr(module, "check_datalist", lambda items, **kw: calls.append(kw))
+    dl = Datalist(msd, "training", num_classes=3, max_voxels=10**6)
+    assert len(dl) == 3 and dl[0] == load_datalist(msd, check=False)[0]
+    assert list(dl) == dl[:] == load_datalist(msd, check=False)
+    assert dl.loaded and len(calls) == 1 and calls[0]["num_classes"] == 3 and calls[0]["max_voxels"] == 10**6
+
+
+def test_datalist_split_parts_match_split_datalist_and_read_the_parent_once(msd):
+    dl = Datalist(msd, "training")
+    train, val = dl.split(0.34)
+    assert (list(train), list(val)) == split_datalist(load_datalist(msd), 0.34)
+    assert "validation part" in repr(val) and dl.loaded
+    assert pickle.loads(pickle.dumps(train))[:] == train[:]  # DataLoader workers may pickle it
+
+
+def test_datalist_refuses_unknown_arguments_and_bad_split_at_construction(msd):
+    with pytest.raises(TypeError, match="num_class"):
+        Datalist(msd, "training", num_class=3)
+    with pytest.raises(ValueError, match=r"val_fraction must be in \[0, 1\)"):
+        Datalist(msd).split(1.5)
+
+
+def test_datalist_runs_the_checks_when_first_used(tmp_path):
+    values = np.zeros((16, 16, 8), np.uint8)
+    values[0, 0, 0] = 7
+    _case(tmp_path, "c", label=values)
+    dl = Datalist(
+        _datalist(tmp_path / "dataset.json", [{"image": "c.nii.gz", "label": "c_label.nii.gz"}]), num_classes=3
+    )
+    with pytest.raises(ValueError, match=r"c_label\.nii\.gz: label values 7 are outside 0\.\.2"):
+        dl[0]

@@ -21,6 +21,7 @@ PUBLIC = {
     "MODALITIES": "lesions",
     "make_lesion_phantom": "lesions",
     "write_msd_dataset": "decathlon",
+    "Datalist": "datalist",
     "check_datalist": "datalist",
     "load_datalist": "datalist",
     "split_datalist": "datalist",
@@ -34,7 +35,7 @@ def test_public_names_unchanged_and_each_from_its_module():
 
 
 def test_modules_are_the_expected_small_ones():
-    assert MODULES == ["checks", "datalist", "decathlon", "geometry", "lesions", "tasks", "vessels"]
+    assert MODULES == ["checks", "datalist", "decathlon", "geometry", "lesions", "tasks", "vessels", "volume_checks"]
 
 
 def _imported_siblings(module: str) -> set[str]:
@@ -98,10 +99,11 @@ def test_each_module_imports_alone_in_a_fresh_interpreter():
     loaded = json.loads(result.stdout)
     assert loaded == {
         "checks": ["checks"],
-        "datalist": ["checks", "datalist"],
+        "datalist": ["checks", "datalist", "volume_checks"],
         "decathlon": ["checks", "decathlon", "geometry", "lesions", "tasks", "vessels"],
         "geometry": ["geometry"],
         "lesions": ["checks", "geometry", "lesions"],
         "tasks": ["checks", "geometry", "lesions", "tasks", "vessels"],
         "vessels": ["checks", "geometry", "vessels"],
+        "volume_checks": ["checks", "volume_checks"],
     }

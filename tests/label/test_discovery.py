@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from monai_ext.bundles import bundle_dir
-from monai_ext.label.discovery import apply_overrides, discover_bundles, parse_overrides
+from monai_ext.label.discovery import (
+    INITIAL_WEIGHTS_RECORD,
+    apply_overrides,
+    discover_bundles,
+    is_initial_weights,
+    parse_overrides,
+    record_initial_weights,
+    weights_digest,
+)
 
 TINY = {"ssh_unet": {"num_classes": 3, "network_def#filters": "[8,16,32,64,128]"}}
 
@@ -56,6 +64,9 @@ def test_working_copy_with_initial_weights(root, tmp_path):
         torch.load(model, weights_only=True)
     )
     assert any("no trained weights" in w for w in check.warnings)
+    # recorded as initial weights: reported untrained until something else is saved there
+    state = torch.load(model, weights_only=True)
+    assert (model.parent / INITIAL_WEIGHTS_RECORD).is_file() and is_initial_weights(model.parent, state)
     assert sorted(p.name for p in bundle_dir("ssh_unet").rglob("*")) == source_files  # the source is not touched
     # a second start keeps the weights; other overrides make them unusable, which is reported
     mtime = model.stat().st_mtime_ns
@@ -64,6 +75,26 @@ def test_working_copy_with_initial_weights(root, tmp_path):
     other = {"ssh_unet": {**TINY["ssh_unet"], "network_def#filters": "[4,8,16,32,64]"}}
     (bad,) = discover_bundles(["ssh_unet"], work, parse_overrides(other))
     assert bad.path is None and "does not fit the network" in bad.error
+
+
+def test_weights_digest_and_initial_weights_record(tmp_path):
+    state = {"w": torch.arange(6.0).reshape(2, 3), "n": torch.tensor(3), "h": torch.ones(2, dtype=torch.bfloat16)}
+    same = {k: v.clone() for k, v in reversed(state.items())}
+    assert weights_digest(same) == weights_digest(state)  # values decide, not order or storage
+    for changed in (
+        {**state, "w": state["w"] + 1e-6},  # a value
+        {**state, "w": state["w"].reshape(3, 2)},  # a shape
+        {**state, "n": state["n"].to(torch.int32)},  # a dtype
+        {"v": state["w"], "n": state["n"], "h": state["h"]},  # a name
+    ):
+        assert weights_digest(changed) != weights_digest(state)
+    assert not is_initial_weights(tmp_path, state)  # no record: weights shipped with the bundle count as trained
+    record_initial_weights(tmp_path, state)
+    assert is_initial_weights(tmp_path, same) and not is_initial_weights(tmp_path, {**state, "n": torch.tensor(4)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [INITIAL_WEIGHTS_RECORD]  # no temporary file left
+    (tmp_path / INITIAL_WEIGHTS_RECORD).write_text("{}")
+    with pytest.raises(ValueError, match="initial_weights.json is not a record of initial weights.*delete it"):
+        is_initial_weights(tmp_path, state)
 
 
 @pytest.mark.parametrize(

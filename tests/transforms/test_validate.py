@@ -134,3 +134,73 @@ def test_dict_label_is_compared_with_the_first_image_key():
     data["label"] = _img(1, 4, 4, 5, name="lab.nii.gz")
     with pytest.raises(ValueError, match=r"lab\.nii\.gz has size \(4, 4, 5\) but its image x\.nii\.gz"):
         ValidateImaged(keys=["ct", "pet"])(data)
+
+
+# ---------------------------------------------------------------- label values, label grid, size guard (issue 15)
+
+
+def _on(grid: torch.Tensor, *shape: int, dtype=torch.float32, name: str = "x.nii.gz") -> MetaTensor:
+    return MetaTensor(torch.zeros(shape, dtype=dtype), affine=grid, meta={"filename_or_obj": name})
+
+
+@pytest.mark.parametrize(
+    "value, dtype, message",
+    [
+        (7, torch.uint8, r"lab\.nii\.gz: label values 7 are outside 0\.\.2 \(num_classes=3; 1 voxel\(s\)\); relabel"),
+        (0.5, torch.float32, r"lab\.nii\.gz: 1 label voxel\(s\) are not whole numbers \(e\.g\. 0\.5\)"),
+    ],
+)
+def test_dict_label_values_outside_the_classes_are_refused(value, dtype, message):
+    label = _img(1, 4, 4, 4, dtype=dtype, name="lab.nii.gz")
+    label[0, 1, 2, 3] = value
+    data = {"image": _img(1, 4, 4, 4), "label": label}
+    with pytest.raises(ValueError, match=message):
+        ValidateImaged(num_classes=3)(data)
+    assert ValidateImaged()(data)["label"] is label  # num_classes not given: values not checked
+
+
+def test_dict_label_values_in_range_pass():
+    label = _img(1, 4, 4, 4, name="lab.nii.gz")
+    label[0, :2] = 2.0
+    data = {"image": _img(1, 4, 4, 4), "label": label}
+    assert ValidateImaged(num_classes=3)(data)["label"] is label
+
+
+def test_dict_label_with_another_affine_is_refused():
+    image = _on(torch.eye(4, dtype=torch.float64), 1, 8, 8, 4, name="img.nii.gz")
+    label = _on(torch.diag(torch.tensor([1.0, 1.0, 2.0, 1.0], dtype=torch.float64)), 1, 8, 8, 4, name="lab.nii.gz")
+    with pytest.raises(
+        ValueError, match=r"lab\.nii\.gz is not on the voxel grid of its image img\.nii\.gz: .*1 x 1 x 2 mm"
+    ):
+        ValidateImaged()({"image": image, "label": label})
+    nudged = image.affine.clone()
+    nudged[0, 3] = 0.05  # within the default 0.1 voxel
+    assert ValidateImaged()({"image": image, "label": _on(nudged, 1, 8, 8, 4)})["image"] is image
+    with pytest.raises(ValueError, match="not on the voxel grid"):
+        ValidateImaged(grid_tolerance=0.01)({"image": image, "label": _on(nudged, 1, 8, 8, 4)})
+
+
+def test_dict_label_grid_check_works_in_2d():
+    image = _on(torch.eye(4, dtype=torch.float64), 1, 8, 8)
+    flipped = torch.diag(torch.tensor([-1.0, 1.0, 1.0, 1.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="not on the voxel grid"):
+        ValidateImaged(spatial_dims=2)({"image": image, "label": _on(flipped, 1, 8, 8)})
+
+
+def test_size_guard_refuses_an_image_above_max_voxels_after_resampling():
+    image = _on(torch.diag(torch.tensor([0.5, 0.5, 0.5, 1.0], dtype=torch.float64)), 1, 41, 41, 41, name="big.nii.gz")
+    assert ValidateImage(max_voxels=21**3, pixdim=1.0)(image) is image  # 41 voxels of 0.5 mm -> 21 of 1 mm
+    expected = r"big\.nii\.gz is too large: 41 x 41 x 41 voxels of 0\.5 x 0\.5 x 0\.5 mm make about 68,921 voxels,"
+    with pytest.raises(ValueError, match=expected):
+        ValidateImage(max_voxels=21**3)(image)  # not resampled: 68,921 voxels
+    with pytest.raises(
+        ValueError, match=r"resampled to 1 x 1 x 1 mm, make about 9,261 voxels \(about 0\.28 GiB of memory\)"
+    ):
+        ValidateImaged(max_voxels=100, pixdim=1.0, bytes_per_voxel=2**15)({"image": image})
+
+
+def test_size_guard_counts_a_plain_tensor_as_1mm_voxels_and_skips_the_label():
+    with pytest.raises(ValueError, match=r"<in-memory image> is too large: 4 x 4 x 4 voxels of 1 x 1 x 1 mm"):
+        ValidateImage(max_voxels=63)(torch.zeros(1, 4, 4, 4))
+    data = {"image": _img(1, 4, 4, 4), "label": _img(1, 4, 4, 4)}
+    assert ValidateImaged(max_voxels=64)(data)["label"] is data["label"]
