@@ -154,3 +154,22 @@ def test_registry_inferer_is_the_bundles_inferer(entry):
     bundle = _settings(bundle_inferer)
     assert _settings(entry.make_inferer()) == bundle
     assert bundle[1], "the comparison saw no settings"
+
+
+@pytest.mark.parametrize("entry", list_networks(family="ours", main_only=True), ids=lambda e: e.name)
+def test_registry_patch_is_the_bundles_input_shape_and_window(entry):
+    import json
+
+    from monai.bundle import ConfigParser
+
+    from monai_ext.bundles import bundle_dir
+
+    configs = bundle_dir(entry.bundle) / "configs"
+    shape = json.loads((configs / "metadata.json").read_text())["network_data_format"]["inputs"]["image"]
+    parser = ConfigParser()
+    parser.read_config(str(configs / "inference.json"))
+    if entry.patch is None:  # a whole-volume method (SCAA): no patch, no window
+        assert parser.get("roi_size") is None
+        return
+    assert tuple(shape["spatial_shape"]) == entry.patch
+    assert parser.get("roi_size") is None or tuple(parser.get("roi_size")) == entry.patch

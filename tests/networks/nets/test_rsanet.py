@@ -1,11 +1,7 @@
-import json
-
 import pytest
 import torch
-from monai.bundle import ConfigParser
 from torch import nn
 
-from monai_ext.bundles import bundle_dir
 from monai_ext.inferers import PadInferer
 from monai_ext.networks import create_network, get_network_entry, list_networks
 from monai_ext.networks.blocks import RecurrentSliceAttention
@@ -203,14 +199,10 @@ def test_registry_main_entry_is_the_release():
     assert {e.name for e in list_networks() if e.name == "rsanet" or e.variant_of == "rsanet"} == set(MAIN_AND_VARIANTS)
 
 
-def test_registry_patch_is_the_bundles_window():
-    # the registry inferer equals the bundle's: tests/networks/test_registry.py checks it for every method
-    parser = ConfigParser()
-    parser.read_config(str(bundle_dir("rsanet") / "configs" / "inference.json"))
-    assert tuple(parser["roi_size"]) == RSANET_PATCH == get_network_entry("rsanet").patch
+def test_inferer_factory_takes_overrides():
+    # that it equals the bundle's inferer, and the patch its window: tests/networks/test_registry.py, every method
+    assert get_network_entry("rsanet").patch == RSANET_PATCH
     assert rsanet_inferer(roi_size=(32, 32, 16), overlap=0.25).roi_size == (32, 32, 16)
-    meta = json.loads((bundle_dir("rsanet") / "configs" / "metadata.json").read_text())
-    assert tuple(meta["network_data_format"]["inputs"]["image"]["spatial_shape"]) == RSANET_PATCH
 
 
 def test_registry_entry_runs_a_non_cubic_volume_through_its_inferer():

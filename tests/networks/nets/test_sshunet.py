@@ -1,14 +1,10 @@
 """SSHUNet: the released configuration, views, shapes, deep supervision, export, errors, and its registry entries."""
 
-import json
-
 import pytest
 import torch
-from monai.bundle import ConfigParser
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 from monai.networks.nets import DynUNet
 
-from monai_ext.bundles import bundle_dir
 from monai_ext.networks import create_network, get_network_entry, list_networks
 from monai_ext.networks.blocks import SliceShift, to_view
 from monai_ext.networks.compat import load_sshunet_release
@@ -201,14 +197,10 @@ def test_registry_entries_are_the_paper_rows(name, row):
     assert {e.name for e in list_networks() if e.name == "ssh_unet" or e.variant_of == "ssh_unet"} == set(PAPER_ROWS)
 
 
-def test_registry_patch_is_the_bundles_window():
-    # the registry inferer equals the bundle's: tests/networks/test_registry.py checks it for every method
-    parser = ConfigParser()
-    parser.read_config(str(bundle_dir("ssh_unet") / "configs" / "inference.json"))
-    assert tuple(parser["roi_size"]) == SSH_UNET_PATCH == get_network_entry("ssh_unet").patch
+def test_inferer_factory_takes_overrides():
+    # that it equals the bundle's inferer, and the patch its window: tests/networks/test_registry.py, every method
+    assert get_network_entry("ssh_unet").patch == SSH_UNET_PATCH
     assert sshunet_inferer(roi_size=(32, 32, 16), overlap=0.25).roi_size == (32, 32, 16)
-    meta = json.loads((bundle_dir("ssh_unet") / "configs" / "metadata.json").read_text())
-    assert tuple(meta["network_data_format"]["inputs"]["image"]["spatial_shape"]) == SSH_UNET_PATCH
 
 
 @pytest.mark.parametrize("name", list(PAPER_ROWS))
