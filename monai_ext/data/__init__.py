@@ -4,8 +4,9 @@ checked datalists.
 Modules: :mod:`.vessels` and :mod:`.lesions` (the phantoms), built from :mod:`.geometry` (shapes and smooth fields)
 and :mod:`.checks` (argument checks); :mod:`.tasks` (task name -> case generator, ``dataset.json`` header);
 :mod:`.decathlon` (the MSD-layout writer); :mod:`.datalist` (loading, checking and splitting datalists, and the
-:class:`Datalist` that bundles read when the data are used); :mod:`.volume_checks` (the checks of a volume's grid,
-label values and size that the datalist check and ``ValidateImaged`` share).
+:class:`Datalist` that bundles read when the data are used); :mod:`.volume_checks` (reading volume files through
+MONAI's readers, and the checks of a volume's grid, label values and size that the datalist check and
+``ValidateImaged`` share).
 """
 
 from .datalist import Datalist, check_datalist, load_datalist, split_datalist

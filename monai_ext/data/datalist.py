@@ -3,26 +3,75 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 from monai.data import load_decathlon_datalist, partition_dataset
 from monai.data.utils import create_file_basename
-from nibabel.openers import ImageOpener
 
 from .checks import check_count
-from .volume_checks import GRID_TOLERANCE, check_label_values, check_same_grid, check_voxel_budget
+from .volume_checks import (
+    FORMATS_TEXT,
+    GRID_TOLERANCE,
+    check_label_values,
+    check_same_grid,
+    check_volume_data,
+    check_volume_paths,
+    check_voxel_budget,
+    is_dicom_series,
+    read_volume_header,
+    read_volume_values,
+    volume_format,
+)
 
-__all__ = ["Datalist", "check_datalist", "load_datalist", "split_datalist"]
+__all__ = ["Datalist", "check_datalist", "find_volumes", "load_datalist", "split_datalist"]
 
-_CHUNK = 1 << 24  # bytes read at a time when a compressed file is read through
+_MISSING_FIX = (
+    "not found; point the bundle at your data with --dataset_dir <folder holding dataset.json>, --datalist <file> "
+    "or --input <an image file, a folder of images or a datalist JSON>."
+)
+
+
+def find_volumes(folder: str | os.PathLike) -> list[str]:
+    """The volumes of a folder, one case each, in name order.
+
+    A folder that holds a DICOM series is one case. Otherwise each file directly inside in a format of
+    :data:`~monai_ext.data.volume_checks.VOLUME_FORMATS` is a case, and so is each subfolder that holds a DICOM
+    series; other files (a ``dataset.json``, a MetaImage's ``.raw``, notes) are passed over, with a log line.
+
+    Args:
+        folder: the folder.
+
+    Returns:
+        the paths, as strings.
+
+    Raises:
+        FileNotFoundError: ``folder`` is not a folder.
+        ValueError: the folder holds no volume, naming what it holds and the formats taken.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder.")
+    if is_dicom_series(folder):
+        return [str(folder)]
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    found = [p for p in entries if volume_format(p) is not None]
+    skipped = sorted({p.name for p in entries} - {p.name for p in found})
+    if not found:
+        held = ", ".join(skipped[:10]) + (", ..." if len(skipped) > 10 else "") if skipped else "nothing"
+        raise ValueError(
+            f"no volume found in the folder {folder} (it holds: {held}); give a folder of {FORMATS_TEXT}, one image "
+            "file, or a datalist JSON."
+        )
+    if skipped:
+        logging.getLogger(__name__).info("%s: passed over %d entries, not volumes: %s", folder, len(skipped), skipped)
+    return [str(p) for p in found]
 
 
 def load_datalist(
-    datalist_file: str | os.PathLike,
+    source: str | os.PathLike,
     key: str = "training",
     base_dir: str | os.PathLike | None = None,
     check: bool = True,
@@ -34,41 +83,52 @@ def load_datalist(
     unique_names: bool = False,
     grid_tolerance: float = GRID_TOLERANCE,
 ) -> list[dict]:
-    """Load one list of a Decathlon-style datalist (``training``, ``validation``, ``test``, ...).
+    """Load the cases of a datalist, a folder of images or one image, checked up front.
 
-    Relative paths are resolved against ``base_dir`` (default: the datalist's folder). Unlike
-    ``monai.data.load_decathlon_datalist`` alone, a missing datalist, a missing list key and every kind of bad file
-    that :func:`check_datalist` knows are reported up front, before any work starts. A bundle builds a
+    ``source`` is either
+
+    - a Decathlon-style datalist (a ``.json`` file): its list ``key`` (``training``, ``validation``, ``test``, ...)
+      is loaded, with relative paths resolved against ``base_dir`` (default: the datalist's folder);
+    - a folder: each volume in it is a case (see :func:`find_volumes`), ``{"image": path}``;
+    - an image file (NIfTI, NRRD, MetaImage, DICOM) or a DICOM series folder: one case, ``{"image": path}``.
+
+    Unlike ``monai.data.load_decathlon_datalist`` alone, a missing source, a missing list key and every kind of bad
+    file that :func:`check_datalist` knows are reported up front, before any work starts. A bundle builds a
     :class:`Datalist` instead, which calls this function when the data are first used.
 
     Args:
-        datalist_file: path of the JSON datalist (e.g. ``dataset.json``).
-        key: which list to load.
-        base_dir: folder the paths are relative to.
+        source: datalist JSON, folder of images, or image file.
+        key: which list of a datalist to load (not used for a folder or an image).
+        base_dir: folder a datalist's paths are relative to.
         check: run :func:`check_datalist` on the entries.
         num_channels, num_classes, max_voxels, pixdim, bytes_per_voxel, unique_names, grid_tolerance: passed to
             :func:`check_datalist`.
 
     Returns:
-        a list of dicts with absolute ``image`` (and ``label``) paths.
+        a list of dicts with absolute ``image`` (and ``label``) paths (for a folder or an image: as given).
 
     Raises:
-        FileNotFoundError: the datalist file or a referenced file does not exist.
-        ValueError: the key is missing or empty, or a file fails a check of :func:`check_datalist`.
+        FileNotFoundError: ``source`` or a referenced file does not exist.
+        ValueError: the key is missing or empty, a folder holds no volume, a file is not in a format the bundles
+            read, or a file fails a check of :func:`check_datalist`.
     """
-    datalist_file = Path(datalist_file)
-    if not datalist_file.is_file():
-        raise FileNotFoundError(
-            f"datalist file {datalist_file} not found; point the bundle at your data with "
-            "--dataset_dir <folder holding dataset.json> or --datalist <file>."
-        )
-    base = Path(base_dir) if base_dir is not None else datalist_file.parent
-    try:
-        items = load_decathlon_datalist(str(datalist_file), is_segmentation=True, data_list_key=key, base_dir=str(base))
-    except ValueError as e:
-        raise ValueError(f"datalist {datalist_file} has no usable list {key!r}: {e}") from e
-    if not items:
-        raise ValueError(f"datalist {datalist_file} has an empty list {key!r}; add cases or choose another key.")
+    source = Path(source)
+    is_json = source.suffix.lower() == ".json"
+    if not source.exists() or (is_json and not source.is_file()):
+        raise FileNotFoundError(f"{'datalist file' if is_json else 'input'} {source} {_MISSING_FIX}")
+    if is_json:
+        base = Path(base_dir) if base_dir is not None else source.parent
+        try:
+            items = load_decathlon_datalist(str(source), is_segmentation=True, data_list_key=key, base_dir=str(base))
+        except ValueError as e:
+            raise ValueError(f"datalist {source} has no usable list {key!r}: {e}") from e
+        if not items:
+            raise ValueError(f"datalist {source} has an empty list {key!r}; add cases or choose another key.")
+    elif source.is_dir() and not is_dicom_series(source):
+        items = [{"image": path} for path in find_volumes(source)]
+    else:
+        check_volume_paths([str(source)], "given as input")
+        items = [{"image": str(source)}]
     if check:
         check_datalist(
             items,
@@ -86,7 +146,7 @@ def load_datalist(
 class Datalist(Sequence):
     """A checked datalist that is read when it is first used, so that a bundle's configs parse without any data.
 
-    ``Datalist(datalist_file, key, base_dir, **checks)`` only stores its arguments (and checks that
+    ``Datalist(source, key, base_dir, **checks)`` only stores its arguments (and checks that
     :func:`load_datalist` takes them). The first ``len()``, index or iteration calls :func:`load_datalist`, which
     loads the list and runs every check of :func:`check_datalist`, once; the items are kept. A bundle config builds
     it in place of a loaded list::
@@ -101,20 +161,30 @@ class Datalist(Sequence):
     bundle at the data.
 
     Args:
-        datalist_file, key, base_dir, **checks: as for :func:`load_datalist`.
+        source, key, base_dir, **checks: as for :func:`load_datalist` (a datalist JSON, a folder of images or an
+            image file).
+        missing_as_empty: ``len()`` is 0 while ``source`` does not exist, instead of reading it. An engine takes
+            ``len()`` of its data when it is built, and MONAI's property checks build a bundle's engines with no
+            data present; a bundle that sets this calls :meth:`check` at the start of its ``run``, which reports
+            the missing data (a shuffling training loader refuses 0 cases with a less clear error, so the training
+            configs leave it off).
 
     Raises:
         TypeError: at construction, for an argument :func:`load_datalist` does not take.
     """
 
+    _missing_as_empty = False
+
     def __init__(
         self,
-        datalist_file: str | os.PathLike,
+        source: str | os.PathLike,
         key: str = "training",
         base_dir: str | os.PathLike | None = None,
+        missing_as_empty: bool = False,
         **checks,
     ) -> None:
-        self._arguments = inspect.signature(load_datalist).bind(datalist_file, key, base_dir, **checks).arguments
+        self._arguments = inspect.signature(load_datalist).bind(source, key, base_dir, **checks).arguments
+        self._missing_as_empty = bool(missing_as_empty)
         self._items: list[dict] | None = None
 
     def _load(self) -> list[dict]:
@@ -133,7 +203,21 @@ class Datalist(Sequence):
         return self._items
 
     def __len__(self) -> int:
+        if self._missing_as_empty and self._items is None and not Path(self._arguments["source"]).exists():
+            return 0
         return len(self.items)
+
+    def check(self) -> Datalist:
+        """Read and check the items now (what the first use does), and return ``self``.
+
+        With ``missing_as_empty``, a bundle's ``run`` calls it before its engine, so that missing data are reported
+        instead of an empty run.
+
+        Raises:
+            FileNotFoundError, ValueError: as :func:`load_datalist`.
+        """
+        _ = self.items
+        return self
 
     def __getitem__(self, index):
         return self.items[index]
@@ -146,7 +230,7 @@ class Datalist(Sequence):
         return f"{type(self).__name__}({self._describe()}, {state})"
 
     def _describe(self) -> str:
-        return f"{str(self._arguments['datalist_file'])!r}, key={self._arguments['key']!r}"
+        return f"{str(self._arguments['source'])!r}, key={self._arguments['key']!r}"
 
     def split(self, val_fraction: float = 0.2, min_val: int = 1) -> tuple[Datalist, Datalist]:
         """``(train, validation)`` as :func:`split_datalist` gives them, each a Datalist read on first use.
@@ -171,54 +255,6 @@ class _DatalistPart(Datalist):
 
     def _describe(self) -> str:
         return f"{self._parent._describe()}, {('training', 'validation')[self._part]} part"
-
-
-def _read_header(path: str, num_channels: int | None, is_image: bool) -> tuple[nib.spatialimages.SpatialImage, tuple]:
-    """The NIfTI image (header only; voxels not read) and its spatial shape, after the header checks."""
-    try:
-        img = nib.load(path)
-        shape = tuple(int(s) for s in img.shape)
-    except Exception as e:
-        raise ValueError(
-            f"cannot read {path} as a NIfTI volume ({e}); replace the file or remove it from the datalist."
-        ) from e
-    if len(shape) == 4 and num_channels is not None and shape[3] != num_channels:
-        fix = (
-            "give the modalities the model was trained on, in the order of metadata.json's channel_def"
-            if is_image
-            else "a label is one channel of class indices"
-        )
-        raise ValueError(f"{path} has {shape[3]} channels (shape {shape}), {num_channels} expected; {fix}.")
-    if len(shape) == 4 and num_channels is not None:
-        shape = shape[:3]
-    if len(shape) != 3:
-        raise ValueError(
-            f"{path} has shape {shape}: a 3D volume (X, Y, Z) is expected; 2D images and time series are not supported."
-        )
-    return img, shape
-
-
-def _check_complete(path: str, img: nib.spatialimages.SpatialImage) -> None:
-    """Read the whole voxel data stream of ``img`` (decompressing it, keeping nothing) and compare its length with
-    what the header describes: a truncated or damaged file is caught here, not mid-run."""
-    data_file = img.file_map["image"].filename or path
-    offset = img.dataobj.offset  # where the voxels start in the file (the loaded header's offset is reset to 0)
-    expected = int(offset) + int(np.prod(img.shape)) * img.get_data_dtype().itemsize
-    fix = "copy the file again from its source (or re-export it), or remove it from the datalist."
-    try:
-        if Path(data_file).suffix in ImageOpener.compress_ext_map:
-            size = 0
-            with ImageOpener(data_file) as stream:
-                while chunk := stream.read(_CHUNK):
-                    size += len(chunk)
-        else:
-            size = os.path.getsize(data_file)
-    except Exception as e:  # EOFError, zlib.error, gzip.BadGzipFile, ...: the stream stops or is damaged
-        raise ValueError(f"{data_file} is truncated or damaged: reading its voxel data failed ({e}); {fix}") from e
-    if size < expected:
-        raise ValueError(
-            f"{data_file} is truncated: its header describes {expected} bytes, the file holds {size}; {fix}"
-        )
 
 
 def _check_unique_names(items: Sequence[dict], key: str) -> None:
@@ -256,21 +292,26 @@ def check_datalist(
 
     The first key is the image, the second (if any) its label. In this order:
 
-    1. every file exists (all missing files are listed);
+    1. every file exists (all missing files are listed), then every file is in a format the bundles read (NIfTI,
+       NRRD, MetaImage, DICOM: a ``.dcm`` file or a folder holding a series; all others are listed);
     2. with ``unique_names``, no two images would write the same output (same file name in different folders, or
        ``x.nii`` beside ``x.nii.gz``);
-    3. from the headers: each file is a readable NIfTI of a 3D volume (an image may be 4D with ``num_channels``
-       channels, a label may have a trailing axis of 1); a label has its image's size and lies on its voxel grid
-       (see :func:`~monai_ext.data.volume_checks.check_same_grid`); with ``max_voxels``, the image resampled to
-       ``pixdim`` has at most ``max_voxels`` voxels
+    3. from the headers, read through the MONAI reader that ``LoadImage`` picks
+       (:func:`~monai_ext.data.volume_checks.read_volume_header`): each file is a readable 3D volume (an image may
+       be 4D with ``num_channels`` channels, a label may have a trailing axis of 1); a label has its image's size
+       and lies on its voxel grid (see :func:`~monai_ext.data.volume_checks.check_same_grid`); with ``max_voxels``,
+       the image resampled to ``pixdim`` has at most ``max_voxels`` voxels
        (:func:`~monai_ext.data.volume_checks.check_voxel_budget`);
-    4. from the voxel data, for every file: the whole data stream is read through (decompressed, then dropped),
-       so a truncated or damaged file is caught here instead of mid-run with an ``EOFError``; with
-       ``num_classes``, each label's values are class indices ``0 .. num_classes - 1``
-       (:func:`~monai_ext.data.volume_checks.check_label_values`).
+    4. from the voxel data, for every file: a NIfTI's whole data stream is read through (decompressed, then
+       dropped), so a truncated or damaged file is caught here instead of mid-run with an ``EOFError``
+       (:func:`~monai_ext.data.volume_checks.check_volume_data`); with ``num_classes``, each label's values are
+       class indices ``0 .. num_classes - 1`` (:func:`~monai_ext.data.volume_checks.check_label_values`).
 
     Step 4 reads every byte once: it costs one decompression of the dataset, about 0.6 s for a 512 x 512 x 300
-    int16 CT (84 MB of gzip) on this project's CPU, as much as loading it; the header checks take milliseconds.
+    int16 CT (84 MB of gzip) on this project's CPU, as much as loading it; the NIfTI header checks take
+    milliseconds. ITK reads NRRD, MetaImage and DICOM files whole, so for them step 3 already reads every voxel
+    (and catches a truncated file), one file at a time, keeping only the header; a label's values are then read a
+    second time when ``num_classes`` is given.
 
     Args:
         items: datalist entries, ``{key: path}``.
@@ -285,23 +326,20 @@ def check_datalist(
 
     Raises:
         FileNotFoundError: listing every missing file.
-        ValueError: the first name clash, unreadable or truncated file, non-3D volume, image/label size or grid
-            mismatch, bad label value or too large image.
+        ValueError: listing every file in another format; or the first name clash, unreadable or truncated file,
+            non-3D volume, image/label size or grid mismatch, bad label value or too large image.
     """
-    missing = [str(item[k]) for item in items for k in keys if k in item and not os.path.isfile(str(item[k]))]
-    if missing:
-        shown = "\n  ".join(missing[:10]) + ("\n  ..." if len(missing) > 10 else "")
-        raise FileNotFoundError(f"{len(missing)} file(s) named in the datalist do not exist:\n  {shown}")
+    check_volume_paths([str(item[k]) for item in items for k in keys if k in item], "named in the datalist")
     if unique_names and keys:
         _check_unique_names(items, keys[0])
     opened = []
     for item in items:
         headers = {
-            k: _read_header(str(item[k]), num_channels if i == 0 else 1, i == 0)
+            k: read_volume_header(str(item[k]), num_channels if i == 0 else 1, i == 0)
             for i, k in enumerate(keys)
             if k in item
         }
-        shapes = {k: shape for k, (_, shape) in headers.items()}
+        shapes = {k: header.shape for k, header in headers.items()}
         if len(set(shapes.values())) > 1:
             raise ValueError(
                 "image and label sizes differ: "
@@ -309,18 +347,20 @@ def check_datalist(
                 + "; every label must be drawn on the voxel grid of its image."
             )
         if len(headers) > 1:
-            (image_key, (image, shape)), *others = headers.items()
-            for k, (other, _) in others:
-                check_same_grid(str(item[image_key]), str(item[k]), shape, image.affine, other.affine, grid_tolerance)
+            (image_key, image), *others = headers.items()
+            for k, other in others:
+                check_same_grid(
+                    str(item[image_key]), str(item[k]), image.shape, image.affine, other.affine, grid_tolerance
+                )
         if max_voxels is not None and keys[0] in headers:
-            image, shape = headers[keys[0]]
-            check_voxel_budget(str(item[keys[0]]), shape, image.affine, pixdim, max_voxels, bytes_per_voxel)
+            image = headers[keys[0]]
+            check_voxel_budget(str(item[keys[0]]), image.shape, image.affine, pixdim, max_voxels, bytes_per_voxel)
         opened.append((item, headers))
     for item, headers in opened:
-        for i, (k, (img, _)) in enumerate(headers.items()):
-            _check_complete(str(item[k]), img)
+        for i, (k, header) in enumerate(headers.items()):
+            check_volume_data(header)
             if i > 0 and num_classes is not None:
-                check_label_values(np.asanyarray(img.dataobj), num_classes, str(item[k]))
+                check_label_values(read_volume_values(header), num_classes, str(item[k]))
 
 
 def split_datalist(items: Sequence[dict], val_fraction: float = 0.2, min_val: int = 1) -> tuple[list, list]:

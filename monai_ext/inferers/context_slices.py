@@ -32,6 +32,10 @@ class ContextSliceInferer(Inferer):
         inferer = PadInferer(net.divisor, net.min_size, inferer=ContextSliceInferer(slice_chunk=16))
         logits = inferer(volume, net)  # volume (B, C, H, W, D), any size
 
+    Inside a :class:`~monai_ext.inferers.PadInferer` it receives the unpadded sizes (``valid_size``, see
+    ``takes_valid_size``) and hands them to ``forward_slices``, so that SCAA's MSFA gives the padded depth slices no
+    attention.
+
     Args:
         slice_chunk: slices per pass through the 2D path (default 16).
 
@@ -43,6 +47,8 @@ class ContextSliceInferer(Inferer):
         TypeError: when called with a network that lacks ``encode_context``, ``forward_slices`` or ``spatial_dim``.
     """
 
+    takes_valid_size = True  # PadInferer passes the unpadded sizes
+
     def __init__(self, slice_chunk: int = 16) -> None:
         super().__init__()
         if isinstance(slice_chunk, bool) or not isinstance(slice_chunk, int) or slice_chunk < 1:
@@ -50,7 +56,8 @@ class ContextSliceInferer(Inferer):
         self.slice_chunk = slice_chunk
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
-        """Logits of every slice of ``inputs``; ``args`` and ``kwargs`` go to ``network.forward_slices``."""
+        """Logits of every slice of ``inputs``; ``args`` and ``kwargs`` (``valid_size`` included, where given) go to
+        ``network.forward_slices``."""
         net = network.module if isinstance(network, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else network
         missing = [name for name in _STAGES if not hasattr(net, name)]
         if missing:
@@ -79,6 +86,7 @@ class SliceTrainingPadInferer(PadInferer):
       ``ceil(size / f)`` values (SCAA's auxiliary head: ``f = 2``).
 
     The indices count slices of the unpadded volume, which keep their place since the padding is at the far end.
+    As in PadInferer, a network whose ``forward`` takes ``valid_size`` (SCAA) gets the unpadded sizes.
     Without ``slice_indices`` it is a PadInferer. Where the volumes already have sizes the network takes, MONAI's
     ``SimpleInferer`` gives the same result.
 
@@ -100,6 +108,8 @@ class SliceTrainingPadInferer(PadInferer):
         if kwargs.get("slice_indices") is None:
             return super().__call__(inputs, network, *args, **kwargs)
         x, sizes, target = self.pad(inputs)
+        if self.wants_valid_size(network):
+            kwargs["valid_size"] = sizes
         outputs = self.inferer(x, network, *args, **kwargs)
         if not isinstance(outputs, (list, tuple)) or not outputs or not all(torch.is_tensor(o) for o in outputs):
             raise ValueError(

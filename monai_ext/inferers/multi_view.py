@@ -11,7 +11,7 @@ from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type
 from torch import nn
 
-from monai_ext.networks.layout import check_spatial_axes, check_spatial_dim, tensor_dim
+from monai_ext.networks.layout import check_spatial_axes, check_spatial_dim, slices_last, slices_restored
 
 __all__ = ["MultiViewInferer", "fuse_views"]
 
@@ -44,9 +44,11 @@ class MultiViewInferer(Inferer):
 
     The wrapped inferer slides along its own ``spatial_dim`` (:class:`~monai_ext.inferers.SliceGroupInferer`,
     MONAI's :class:`~monai.inferers.SliceInferer`). For each view axis ``v`` of ``spatial_dims_order`` the volume's
-    spatial axes ``v`` and ``inferer.spatial_dim`` are swapped, the inferer runs, and the output is swapped back, so
-    any such inferer works unchanged. The network may be one module for all views or a sequence with one per view
-    (the paper trains one per view), in the order of ``spatial_dims_order``.
+    axis ``v`` is moved to ``inferer.spatial_dim`` so that the inferer's slabs are those of the same inferer with
+    ``spatial_dim=v``: slice axis ``v`` last, the other two spatial axes in order (``slices_last``, the layout in
+    which :class:`~monai_ext.transforms.RandSliceGroupd` with ``spatial_dim=v`` trains a view's network). The
+    output is moved back. The network may be one module for all views or a sequence with one per view (the paper
+    trains one per view), in the order of ``spatial_dims_order``.
 
     Args:
         inferer: an inferer of ``(B, C, H, W, D)`` volumes with a ``spatial_dim`` attribute, the axis it slides along.
@@ -72,7 +74,7 @@ class MultiViewInferer(Inferer):
             )
         self.inferer = inferer
         self.spatial_dims_order = list(check_spatial_axes(spatial_dims_order))
-        self._inferer_dim = tensor_dim(check_spatial_dim(inferer.spatial_dim, name="the wrapped inferer's spatial_dim"))
+        self._inferer_dim = check_spatial_dim(inferer.spatial_dim, name="the wrapped inferer's spatial_dim")
         self.fusion = fusion
 
     def __call__(
@@ -88,12 +90,14 @@ class MultiViewInferer(Inferer):
         else:
             networks = [network] * len(views)
         x = inputs.as_subclass(torch.Tensor)
-        a = self._inferer_dim  # tensor dim of the inferer's slice axis
+        a = self._inferer_dim  # the inferer's slice axis
         outputs = []
         for view, net in zip(views, networks):
-            moved = x.transpose(tensor_dim(view), a)  # the view's axis where the inferer slides
+            # the view's axis where the inferer slides, the other two in order: the inferer then sees
+            # slices_last(x, view), the layout RandSliceGroupd trains a view's network on
+            moved = slices_restored(slices_last(x, view), a)
             out = self.inferer(moved, net, *args, **kwargs).as_subclass(torch.Tensor)
-            outputs.append(out.transpose(tensor_dim(view), a))
+            outputs.append(slices_restored(slices_last(out, a), view))
         result = fuse_views(outputs, self.fusion)
         if isinstance(inputs, MetaTensor):
             return convert_to_dst_type(result, inputs, device=result.device)[0]

@@ -17,6 +17,18 @@ from monai_ext.networks.layout import DEFAULT_SPATIAL_DIM, check_spatial_dim, sl
 __all__ = ["SliceGroupInferer"]
 
 _PADDING_MODES = ("replicate", "constant")
+_ACTIVATIONS = (None, "softmax", "sigmoid")
+
+
+class _Activated:
+    """``network`` followed by a softmax (over channels) or sigmoid: the callable the sliding window averages."""
+
+    def __init__(self, network: Callable[..., torch.Tensor], activation: str) -> None:
+        self.network, self.activation = network, activation
+
+    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = self.network(x, *args, **kwargs)
+        return torch.softmax(out, dim=1) if self.activation == "softmax" else torch.sigmoid(out)
 
 
 def _group_overlap(num_slices: int, stride: int) -> float:
@@ -42,7 +54,9 @@ class SliceGroupInferer(Inferer):
 
     The network receives slabs ``(n, C, H', W', num_slices)`` (``H'``, ``W'`` the other two spatial axes in order)
     and must return ``(n, O, H', W', num_slices)``: :class:`~monai_ext.networks.nets.Thickened2DNet`'s layout. The
-    returned values are the mean of the network outputs (what the network returns, e.g. logits).
+    returned values are the mean over groups of the network outputs (``activation=None``, the default: logits for our
+    network), or of their softmax over channels or sigmoid (``activation="softmax"`` / ``"sigmoid"``: averaged
+    probabilities in ``[0, 1]``, what the paper thresholds).
 
     Args:
         num_slices: slices per group ``k``.
@@ -51,6 +65,8 @@ class SliceGroupInferer(Inferer):
         sw_batch_size: groups per network call (default 1).
         padding_mode: ``"replicate"`` (repeat the last slice, default) or ``"constant"`` (zeros) for volumes
             thinner than ``num_slices``.
+        activation: ``None`` (average the network outputs as they are, default), ``"softmax"`` (over the channel
+            axis) or ``"sigmoid"``, applied to every group's output before averaging.
         sw_device: device of the network calls (default: the input's); ``device``: device of the output
             (default: the input's).
 
@@ -60,7 +76,7 @@ class SliceGroupInferer(Inferer):
 
     Raises:
         ValueError: for non-positive sizes, ``stride > num_slices`` (slices would be skipped), a bad
-            ``spatial_dim`` or ``padding_mode``; on a call for an input that is not 5D.
+            ``spatial_dim``, ``padding_mode`` or ``activation``; on a call for an input that is not 5D.
     """
 
     def __init__(
@@ -70,6 +86,7 @@ class SliceGroupInferer(Inferer):
         stride: int = 1,
         sw_batch_size: int = 1,
         padding_mode: str = "replicate",
+        activation: str | None = None,
         sw_device: torch.device | str | None = None,
         device: torch.device | str | None = None,
     ) -> None:
@@ -84,11 +101,14 @@ class SliceGroupInferer(Inferer):
             )
         if padding_mode not in _PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}.")
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}.")
         self.num_slices = num_slices
         self.spatial_dim = check_spatial_dim(spatial_dim)
         self.stride = stride
         self.sw_batch_size = sw_batch_size
         self.padding_mode = padding_mode
+        self.activation = activation
         self.sliding = SlidingWindowInferer(
             roi_size=(-1, -1, num_slices),
             sw_batch_size=sw_batch_size,
@@ -107,6 +127,8 @@ class SliceGroupInferer(Inferer):
                 "and channel axes (e.g. EnsureChannelFirstd and a DataLoader)."
             )
         x = slices_last(inputs.as_subclass(torch.Tensor), self.spatial_dim)  # (B, C, H', W', D')
+        if self.activation is not None:
+            network = _Activated(network, self.activation)
         result = slices_restored(self.inferer(x, network, *args, **kwargs), self.spatial_dim)
         if isinstance(inputs, MetaTensor):
             return convert_to_dst_type(result, inputs, device=result.device)[0]

@@ -17,9 +17,12 @@ from torch import nn
 
 from monai_ext.networks.blocks.deformable_attention import MSDeformableAttention
 from monai_ext.networks.blocks.detrans import SinePositionEncoding
+from monai_ext.networks.blocks.slice_attention import plane_axes
 from monai_ext.networks.layout import DEFAULT_SPATIAL_DIM, check_spatial_dim
 
 __all__ = [
+    "RSANET_RELEASE_PLANES",
+    "RSA_RELEASE_ORDER",
     "convert_cotr_release_state_dict",
     "convert_detrans_release_state_dict",
     "convert_sshunet_release_state_dict",
@@ -275,19 +278,33 @@ def load_cotr_release(network: nn.Module, path_or_state_dict: str | os.PathLike 
 
 
 # --- RSANet (github.com/tinymilky/RSANet) ---
-# The release names its volumes (N, C, D, H, W), slices first, and its rsaBlock attends along H, then W, then D.
+# The release has no data loader; its tensors are (N, C, D, H, W) and its rsaBlock names the slices along each axis:
+# axial along D, coronal along H, sagittal along W, i.e. D runs inferior-superior, H anterior-posterior and W
+# left-right (an axial image stack: slices first, rows, columns). rsaBlock attends coronal (H), sagittal (W), then
+# axial (D). Swapping D and W gives RAS's axis order (left-right, anterior-posterior, inferior-superior, slices
+# last), where that order is spatial axes (1, 0, 2); the directions of the axes do not matter to slice attention.
 # Its parameter names are ours (theta_conv, phi_conv, g_conv, betas.{i}, one beta per direction in that order) and
 # its 1x1x1 kernels have no axis to permute, so its state dict loads with load_state_dict unchanged: only the
-# tensors move. With the slices last, the release's H, W, D are spatial axes (0, 1, 2), the default
-# spatial_dims_order of RecurrentSliceAttention. No released RSANet weights exist, hence no network loader.
+# tensors move. No released RSANet weights exist, hence no network loader.
+
+RSANET_RELEASE_PLANES = ("axial", "coronal", "sagittal")
+"""The planes whose slices the RSANet release stacks along its tensor axes D, H and W (its block names)."""
+
+RSA_RELEASE_ORDER = plane_axes(("coronal", "sagittal", "axial"), "RAS")
+"""The release's RSA order, coronal, sagittal, then axial, as spatial axes of a RAS-oriented ``(N, C, H, W, D)``
+volume: ``(1, 0, 2)``. Pass it as ``spatial_dims_order`` (``rsa_spatial_dims_order`` of RSANet) to reproduce the
+release on volumes in the monai_ext layout (:func:`rsanet_release_to_monai`); the paper's order, the default, is
+:data:`monai_ext.networks.blocks.RSA_PAPER_ORDER`."""
 
 
 def rsanet_release_to_monai(x: torch.Tensor) -> torch.Tensor:
-    """A tensor in the RSANet release's layout ``(N, C, D, H, W)`` (slices first) in MONAI's ``(N, C, H, W, D)``."""
-    return x.movedim(2, -1)
+    """A tensor in the RSANet release's layout ``(N, C, D, H, W)`` (axial, coronal, sagittal slice axes) in the axis
+    order of a RAS-oriented monai_ext volume ``(N, C, H, W, D)`` (left-right, anterior-posterior,
+    inferior-superior): D and W swap. Works on 5-D convolution kernels ``(out, in, kD, kH, kW)`` alike."""
+    return x.transpose(2, 4)
 
 
 def monai_to_rsanet_release(x: torch.Tensor) -> torch.Tensor:
-    """A tensor in MONAI's ``(N, C, H, W, D)`` in the RSANet release's layout ``(N, C, D, H, W)``
-    (inverse of :func:`rsanet_release_to_monai`)."""
-    return x.movedim(-1, 2)
+    """A RAS-ordered monai_ext tensor ``(N, C, H, W, D)`` in the RSANet release's layout ``(N, C, D, H, W)``
+    (inverse of :func:`rsanet_release_to_monai`, the same swap)."""
+    return x.transpose(2, 4)

@@ -22,8 +22,10 @@ class ClassWeightCorrection(Transform):
     """Divide class probabilities by the training loss's class weights and renormalise over the classes.
 
     Args:
-        weights: one positive weight per class, in channel order (floats or 0-d tensors), e.g.
-            ``monai_ext.losses.exponential_class_weights(r)`` for RSANet's loss. Equal weights change nothing.
+        weights: one positive weight per class, in channel order (floats, 0-d tensors or a 1-D tensor), the
+            training loss's: for RSANet's loss ``monai_ext.losses.exponential_class_weights(fractions)`` with the
+            class fractions of the training labels (``class_fractions(labels, C)``; a lesion fraction for two
+            classes). Equal weights change nothing.
         eps: floor of the per-voxel normaliser.
 
     Shapes:

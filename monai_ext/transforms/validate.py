@@ -70,7 +70,8 @@ class ValidateImage(Transform):
         if img.ndim != self.spatial_dims + 1:
             raise ValueError(
                 f"{name}: got an image of shape {tuple(img.shape[1:])} (channel first: {tuple(img.shape)}), "
-                f"expected a {self.spatial_dims}D volume; give {self.spatial_dims}D NIfTI files."
+                f"expected a {self.spatial_dims}D volume; give {self.spatial_dims}D images (NIfTI, NRRD, MetaImage or "
+                "DICOM)."
             )
         if self.num_channels is not None and img.shape[0] != self.num_channels:
             raise ValueError(

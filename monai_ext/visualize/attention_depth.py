@@ -44,13 +44,15 @@ def depth_attention(net: SpatialContextAwareNet, image: torch.Tensor, slice_chun
     pad = Compose([SpatialPad(net.min_size, method="end"), DivisiblePad(net.divisor, method="end")])
     x = convert_to_tensor(pad(volume), track_meta=False).unsqueeze(0)  # (1, C, *padded spatial)
     slices = torch.arange(volume.shape[tensor_dim(net.spatial_dim, batched=False)], device=x.device)
+    valid = list(volume.shape[1:])  # the padded depth slices get no attention
     was_training = net.training
     net.eval()
     try:
         with torch.no_grad():
             context = net.encode_context(x)
             chunks = [
-                net.forward_slices(x, context, idx, return_attention=True)[1] for idx in slices.split(slice_chunk)
+                net.forward_slices(x, context, idx, return_attention=True, valid_size=valid)[1]
+                for idx in slices.split(slice_chunk)
             ]
     finally:
         net.train(was_training)

@@ -76,8 +76,8 @@ def truncate(path: str) -> None:
 
 # ---------------------------------------------------------------- configs parse without data (issue 15, item 7)
 
-# RSANet's loss weights and the class-weight correction after its softmax come from the training labels' lesion
-# fraction: they read the (checked) datalist, as the test below shows
+# RSANet's loss weights and the class-weight correction after its softmax come from the training labels' class
+# fractions: they read the (checked) datalist, as the test below shows
 DATA_DERIVED = {"rsanet": ("loss", "train#postprocessing", "validate#postprocessing")}
 
 PARSE_CASES = [
@@ -107,7 +107,7 @@ def test_configs_resolve_with_no_dataset_and_the_check_runs_when_the_data_are_us
     assert isinstance(parser.get_parsed_content("network_def"), torch.nn.Module)
     data = parser.get_parsed_content(data_id)  # a Datalist: nothing read yet
     with pytest.raises(FileNotFoundError, match=MISSING):
-        len(data)
+        data.check()
     assert not any(tmp_path.iterdir())  # parsing wrote nothing
 
 
@@ -128,11 +128,13 @@ def raises_from(error_type: type[BaseException], pattern: str):
     assert isinstance(cause, error_type) and re.search(pattern, str(cause)), repr(cause)
 
 
-def test_inference_dataset_and_loader_are_built_without_data(tmp_path):
-    parser = parsed("scaa", "inference.json", dataset_dir=str(tmp_path / "absent"), num_workers=0)
-    assert parser.get_parsed_content("dataloader") is not None
-    with raises_from(FileNotFoundError, MISSING):  # the evaluator counts the cases: that reads the datalist
-        parser.get_parsed_content("evaluator")
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_inference_engine_is_built_without_data_and_its_run_reports_the_missing_data(bundle, tmp_path):
+    parser = parsed(bundle, "inference.json", dataset_dir=str(tmp_path / "absent"), num_workers=0)
+    assert parser.get_parsed_content("evaluator") is not None  # as MONAI's property checks build it
+    with raises_from(FileNotFoundError, MISSING):  # the run checks the data before the engine starts
+        parser.get_parsed_content("run")
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("id_", DATA_DERIVED["rsanet"])
@@ -365,3 +367,21 @@ def test_training_on_a_label_with_another_orientation_stops_before_it_starts(tmp
     fails_with(proc, f"{cases[0]['label']} is not on the voxel grid of its image", "orientation RAS; label:")
     fails_with(proc, "orientation LAS", "Resample the label onto its image's grid")
     assert not root.exists() or not any(root.iterdir())
+
+
+@pytest.mark.slow
+def test_inference_on_a_folder_with_a_truncated_nrrd_writes_nothing(tmp_path):
+    itk = pytest.importorskip("itk")
+    folder = tmp_path / "scans"
+    image(folder / "a_good.nii.gz")
+    bad = folder / "b_cut.nrrd"
+    itk.imwrite(itk.image_from_array(np.random.default_rng(0).normal(size=SHAPE[::-1]).astype(np.float32)), str(bad))
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "pred"
+    proc = run_bundle(
+        "ssh_unet", ["inference.json"], bundle_root=placeholder_weights(tmp_path / "b"), input=folder, output_dir=out
+    )
+    fails_with(proc, f"cannot read {bad} as a NRRD volume: ITKReader failed", "copy the file again from its source")
+    assert "applying transform" not in proc.stderr  # refused by the up-front check, not by LoadImaged mid-run
+    assert not out.exists() and not (tmp_path / "pred.partial").exists()

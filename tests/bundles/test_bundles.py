@@ -35,8 +35,6 @@ class Case:
     data: dict = field(default_factory=dict)  # extra write_msd_dataset arguments
     in_channels: int = 1
     num_classes: int = 3
-    trace_export: bool = False  # TorchScript by tracing (networks that do not script)
-    export_size: tuple[int, int, int] = (32, 32, 32)  # the exported network's input (H, W, D)
 
     @property
     def root(self) -> Path:
@@ -80,7 +78,6 @@ CASES = [
             "val_fraction": 0.5,
         },
         learn={"epochs": 40, "learning_rate": 0.05},
-        trace_export=True,
     ),
     Case(
         "ssh_unet",
@@ -114,7 +111,6 @@ CASES = [
         data={"task": "lesions"},
         in_channels=3,
         num_classes=2,
-        trace_export=True,
     ),
     Case(
         "scaa",
@@ -130,8 +126,6 @@ CASES = [
             "val_fraction": 0.5,
         },
         learn={"epochs": 12, "learning_rate": 0.01},
-        trace_export=True,
-        export_size=(64, 64, 32),  # a size SCAA takes (2^5 divides it, in-plane at least 2^6); the data are 32^3
     ),
     Case(
         "thick2d",
@@ -150,7 +144,6 @@ CASES = [
             "val_fraction": 0.5,
         },
         learn={"epochs": 30, "learning_rate": 0.03},  # 16 epochs: foreground Dice 0.22 with one of three seeds
-        export_size=(32, 32, 6),  # one group of num_slices: whole volumes are the inferer's job
     ),
 ]
 
@@ -212,20 +205,6 @@ def foreground_dice(pred: np.ndarray, label: np.ndarray) -> float:
     return float(2 * (pred & label).sum() / total) if total else 0.0
 
 
-def test_metadata_is_valid_against_the_local_schema(case, meta_schema):
-    meta_file = case.configs_dir / "metadata.json"
-    ok(
-        run_in(
-            case.root,
-            [sys.executable, "-m", "monai.bundle", "verify_metadata"],
-            {"meta_file": meta_file, "filepath": meta_schema},
-        )
-    )
-    meta = json.loads(meta_file.read_text())
-    assert meta["version"] in meta["changelog"]
-    assert "monai-ext" in meta["required_packages_version"]
-
-
 def test_configs_are_formatted_with_indent_4(case):
     for path in case.configs_dir.glob("*.json"):
         text = path.read_text()
@@ -249,28 +228,6 @@ def test_demo_and_layered_configs_resolve(case, files, ids):
         assert parser.get_parsed_content(id_) is not None
 
 
-def test_net_in_out_and_spatial_shape(case):
-    meta_file, config_file = case.configs_dir / "metadata.json", case.configs_dir / "inference.json"
-    ok(
-        run_in(
-            case.root,
-            [sys.executable, "-m", "monai.bundle", "verify_net_in_out"],
-            {"net_id": "network_def", "meta_file": meta_file, "config_file": config_file},
-        )
-    )
-    # verify_net_in_out checks only channels and dtype: check the spatial shape here
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(config_file)
-    meta = json.loads(meta_file.read_text())["network_data_format"]
-    image, pred = meta["inputs"]["image"], meta["outputs"]["pred"]
-    net = parser.get_parsed_content("network_def").eval()
-    with torch.no_grad():
-        out = net(torch.rand(1, image["num_channels"], *image["spatial_shape"]))
-    assert tuple(out.shape) == (1, pred["num_channels"], *pred["spatial_shape"])
-
-
 def test_training_loss_falls(case, trained):
     losses = epoch_losses((trained / "train.log").read_text())
     assert len(losses) == case.learn["epochs"], losses
@@ -281,6 +238,59 @@ def test_train_writes_a_plain_state_dict(case, trained):
     state = torch.load(trained / "models" / "model.pt", weights_only=True)
     assert isinstance(state, dict) and all(torch.is_tensor(v) for v in state.values())
     assert not any(k.startswith("module.") for k in state)
+
+
+# A validation score that falls at every validation (-0.5, -2.5, -4.5 with two validation cases), in place of the
+# Dice: the first validation is the best and the last is not, whatever the tiny network learns.
+FALLING_SCORE = {
+    "val_score": {
+        "_target_": "ignite.metrics.Average",
+        "output_transform": "$lambda output, n=__import__('itertools').count(): torch.tensor(-float(next(n)))",
+    }
+}
+FINAL_SAVER = {
+    "_target_": "monai_ext.handlers.AtomicCheckpointSaver",
+    "save_dir": "@ckpt_dir",
+    "save_dict": {"model": "@network"},
+    "save_final": True,
+    "final_filename": "model_final.pt",
+}
+
+
+def test_train_json_saves_the_final_weights_apart_from_the_best(case):
+    train = json.loads((case.configs_dir / "train.json").read_text())
+    assert FINAL_SAVER in train["train"]["checkpoint_handlers"]
+    assert train["validate"]["checkpoint_saver"]["key_metric_filename"] == "model.pt"
+
+
+@pytest.mark.parametrize("name", ["cotr", "ssh_unet"])  # the wiring is the same in all five (test above)
+def test_model_pt_keeps_the_best_validation_when_the_last_is_worse(name, tmp_path):
+    case = next(c for c in CASES if c.name == name)
+    data = tmp_path / "data"
+    write_msd_dataset(data, num_train=4, num_test=0, shape=(32, 32, 32), seed=1, **case.data)
+    root = tmp_path / "bundle"
+    overrides = {
+        "epochs": 3,
+        "val_interval": 1,
+        "validate#key_metric": FALLING_SCORE,
+        # keep every epoch's checkpoint (checkpoint_epoch=N.pt) instead of the one checkpoint_last.pt ("$None": the
+        # command line drops a plain None)
+        "train#checkpoint_handlers#1#interval_filename": "$None",
+        "train#checkpoint_handlers#1#n_saved": "$None",
+    }
+    ok(case.run("run", config_file=case.configs("train.json"), bundle_root=root, dataset_dir=data, **overrides))
+    models = root / "models"
+
+    def weights(path: Path, key: str | None = None) -> dict:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return state[key] if key else state
+
+    best, final = weights(models / "model.pt"), weights(models / "model_final.pt")
+    epochs = {e: weights(models / f"checkpoint_epoch={e}.pt", "model") for e in (1, 2, 3)}
+    assert not any(k.startswith("module.") for k in final) and final.keys() == best.keys()
+    same = [e for e, state in epochs.items() if all(torch.equal(state[k], best[k]) for k in best)]
+    assert same == [1], f"model.pt holds the weights of epoch(s) {same}, not those of the best validation (1)"
+    assert all(torch.equal(final[k], epochs[3][k]) for k in final)  # model_final.pt: the last epoch's weights
 
 
 def test_evaluate_writes_metrics(case, trained, dataset):
@@ -350,29 +360,6 @@ def test_epoch_losses_are_read_from_the_stats_handler_log():
     assert losses[0] == 1.5 and np.isnan(losses[1])  # a NaN loss never passes `last < ratio * first`
 
 
-def test_torchscript_and_onnx_export(case, trained, tmp_path):
-    common = {
-        "ckpt_file": trained / "models" / "model.pt",
-        "meta_file": case.configs_dir / "metadata.json",
-        "config_file": case.configs_dir / "inference.json",
-    }
-    shape = [1, case.in_channels, *case.export_size]
-    ts, onnx_path = tmp_path / "model.ts", tmp_path / "model.onnx"
-    trace = {"use_trace": True, "input_shape": str(shape).replace(" ", "")}
-    ok(case.run("ckpt_export", "network_def", filepath=ts, **common, **(trace if case.trace_export else {})))
-    ok(
-        case.run(
-            "onnx_export", "network_def", filepath=onnx_path, converter_kwargs="{'dynamo': False}", **trace, **common
-        )
-    )
-    x = torch.rand(*shape)
-    scripted = torch.jit.load(str(ts))
-    ort = pytest.importorskip("onnxruntime")
-    session = ort.InferenceSession(str(onnx_path))
-    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-    torch.testing.assert_close(torch.from_numpy(out), scripted(x), atol=1e-4, rtol=1e-4)
-
-
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 
@@ -387,8 +374,9 @@ def test_two_process_training_on_cpu(case, dataset, tmp_path):
         **case.tiny,
     }
     ok(run_in(case.root, cmd, overrides))  # ends through shutdown_distributed: no abort at exit, no retry
-    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
-    assert not any(k.startswith("module.") for k in state)  # saved unwrapped from DistributedDataParallel
+    for name in ("model.pt", "model_final.pt"):
+        state = torch.load(tmp_path / "models" / name, weights_only=True)
+        assert not any(k.startswith("module.") for k in state)  # saved unwrapped from DistributedDataParallel
 
 
 def _good_image(dataset: Path) -> np.ndarray:

@@ -80,7 +80,7 @@ def test_train_json_saves_a_resumable_checkpoint_and_resumes_on_request(bundle):
     if train.get("lr_scheduler") is not None:
         expected["lr_scheduler"] = "@lr_scheduler"
     assert train["train"]["checkpoint"] == expected
-    assert train["train"]["checkpoint_handlers"] == [LOADER, LAST_SAVER]
+    assert train["train"]["checkpoint_handlers"][:2] == [LOADER, LAST_SAVER]  # then model_final.pt's (test_bundles)
     assert train["initialize"][-1] == ATTACH  # attached after the trainer is built: the trainer is in the checkpoint
     assert train["validate"]["checkpoint_saver"] == BEST_SAVER
     assert "@validate#checkpoint_saver" in train["validate"]["handlers"]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from monai_ext.data import Datalist, check_datalist, load_datalist, split_datalist, write_msd_dataset
+from monai_ext.data.datalist import find_volumes
 
 
 @pytest.fixture(scope="module")
@@ -415,6 +416,22 @@ def test_datalist_is_not_read_until_used(tmp_path):
         list(missing)
 
 
+def test_missing_as_empty_counts_no_case_until_checked(tmp_path):
+    # what an inference engine built with no data present sees (MONAI's property checks build the engines) ...
+    missing = Datalist(tmp_path / "nowhere" / "dataset.json", "test", tmp_path, missing_as_empty=True)
+    assert len(missing) == 0 and not missing.loaded
+    # ... while check(), which the bundle's run calls before its engine, and any use of the items report it
+    with pytest.raises(FileNotFoundError, match=r"datalist file .*dataset\.json not found.*--dataset_dir"):
+        missing.check()
+    with pytest.raises(FileNotFoundError, match="not found"):
+        list(missing)
+
+
+def test_datalist_check_reads_once_and_len_then_counts_the_items(msd):
+    dl = Datalist(msd, "training", num_classes=3)
+    assert dl.check() is dl and dl.loaded and len(dl) == len(dl.items) > 0
+
+
 def test_datalist_reads_checks_and_keeps_the_items_once(msd, monkeypatch):
     import monai_ext.data.datalist as module
 
@@ -450,3 +467,115 @@ def test_datalist_runs_the_checks_when_first_used(tmp_path):
     )
     with pytest.raises(ValueError, match=r"c_label\.nii\.gz: label values 7 are outside 0\.\.2"):
         dl[0]
+
+
+# ---------------------------------------------------------------- one image, a folder, other formats (issue 16)
+
+itk = pytest.importorskip("itk")
+
+
+def _itk_file(path: Path, array: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> str:
+    """``array`` (X, Y, Z) written through ITK (NRRD or MetaImage, by the file name)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = itk.image_from_array(np.ascontiguousarray(np.moveaxis(array, [0, 1, 2], [2, 1, 0])))
+    img.SetSpacing(spacing)
+    itk.imwrite(img, str(path), compression=True)
+    return str(path)
+
+
+def _dicom_series(folder: Path, shape=(16, 16, 4)) -> str:
+    folder.mkdir(parents=True)
+    img = itk.image_from_array(np.zeros(shape[::-1], np.int16))
+    writer = itk.ImageSeriesWriter[type(img), itk.Image[itk.SS, 2]].New()
+    writer.SetInput(img)
+    writer.SetImageIO(itk.GDCMImageIO.New())
+    writer.SetFileNames([str(folder / f"{i:03d}.dcm") for i in range(shape[2])])
+    writer.Update()
+    return str(folder)
+
+
+def test_one_image_file_is_one_case_whatever_the_key(tmp_path):
+    nii = _case(tmp_path, "a")["image"]
+    nrrd = _itk_file(tmp_path / "b.nrrd", np.zeros((16, 16, 8), np.float32))
+    assert load_datalist(nii, key="test") == [{"image": nii}]
+    assert load_datalist(Path(nrrd), key="anything") == [{"image": nrrd}]
+
+
+def test_a_folder_gives_its_volumes_in_name_order_and_passes_over_other_files(tmp_path):
+    b = _case(tmp_path, "b")["image"]
+    a = _itk_file(tmp_path / "a.mha", np.zeros((16, 16, 8), np.float32))
+    series = _dicom_series(tmp_path / "c_series")
+    (tmp_path / "dataset.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("")
+    (tmp_path / "empty").mkdir()
+    assert find_volumes(tmp_path) == [a, b, series]
+    assert load_datalist(tmp_path, key="test") == [{"image": a}, {"image": b}, {"image": series}]
+
+
+def test_a_dicom_series_folder_is_one_case(tmp_path):
+    series = _dicom_series(tmp_path / "ct")
+    assert find_volumes(series) == [series]
+    assert load_datalist(series) == [{"image": series}]
+
+
+def test_a_folder_without_volumes_or_a_missing_input_is_refused(tmp_path):
+    (tmp_path / "scan.png").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"no volume found in the folder .* \(it holds: scan\.png\); give a folder"):
+        load_datalist(tmp_path)
+    (tmp_path / "scan.png").unlink()
+    with pytest.raises(ValueError, match=r"\(it holds: nothing\)"):
+        find_volumes(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"input .*scan\.nrrd not found; point the bundle .*--input <an image"):
+        load_datalist(tmp_path / "scan.nrrd")
+    with pytest.raises(FileNotFoundError, match=r"is not a folder"):
+        find_volumes(tmp_path / "absent")
+
+
+def test_an_image_file_of_another_format_is_refused_with_the_formats(tmp_path):
+    (tmp_path / "scan.vtk").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"(?s)1 file\(s\) given as input are not volumes.*scan\.vtk.*Give NIfTI"):
+        load_datalist(tmp_path / "scan.vtk")
+
+
+def test_datalist_entries_of_other_formats_are_all_listed(tmp_path):
+    good = _case(tmp_path, "a")
+    dl = _datalist(tmp_path / "dataset.json", [good, {"image": "b.png"}, {"image": "c.txt"}])
+    (tmp_path / "b.png").write_bytes(b"")
+    (tmp_path / "c.txt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"(?s)2 file\(s\) named in the datalist are not volumes.*b\.png.*c\.txt"):
+        load_datalist(dl)
+
+
+def test_nrrd_images_and_labels_get_every_check(tmp_path):
+    image = _itk_file(tmp_path / "c.nrrd", np.random.default_rng(0).normal(size=(16, 16, 8)).astype(np.float32))
+    values = np.zeros((16, 16, 8), np.uint8)
+    values[2:4, 2:4, 2:4] = 2
+    label = _itk_file(tmp_path / "c_label.nrrd", values)
+    assert load_datalist(_datalist(tmp_path / "dl.json", [{"image": image, "label": label}]), num_classes=3)
+    with pytest.raises(ValueError, match=r"c_label\.nrrd: label values 2 are outside 0\.\.1"):
+        check_datalist([{"image": image, "label": label}], num_classes=2)
+    other = _itk_file(tmp_path / "o_label.nrrd", values, spacing=(1.0, 1.0, 2.0))
+    with pytest.raises(ValueError, match=r"o_label\.nrrd is not on the voxel grid of its image .*c\.nrrd"):
+        check_datalist([{"image": image, "label": other}])
+    with pytest.raises(ValueError, match=r"c\.nrrd is too large"):
+        check_datalist([{"image": image}], max_voxels=100)
+    # a NIfTI label on the NRRD image's grid: both headers are read through MONAI's readers, in RAS
+    nib.save(nib.Nifti1Image(values, np.diag([-1.0, -1.0, 1.0, 1.0])), str(tmp_path / "n_label.nii.gz"))
+    check_datalist([{"image": image, "label": str(tmp_path / "n_label.nii.gz")}], num_classes=3)
+
+
+def test_truncated_nrrd_is_caught_up_front(tmp_path):
+    good = _case(tmp_path, "a")
+    bad = _itk_file(tmp_path / "b.nrrd", np.random.default_rng(0).normal(size=(16, 16, 8)).astype(np.float32))
+    _truncate(bad, 0.5)
+    with pytest.raises(ValueError, match=r"cannot read .*b\.nrrd as a NRRD volume: ITKReader failed .*copy the file"):
+        load_datalist(_datalist(tmp_path / "dataset.json", [good, {"image": bad}]))
+
+
+def test_the_datalist_of_a_folder_is_read_when_used(tmp_path):
+    dl = Datalist(tmp_path / "in", "test")
+    assert not dl.loaded and "in'" in repr(dl)
+    with pytest.raises(FileNotFoundError, match="input .* not found"):
+        len(dl)
+    _case(tmp_path / "in", "a")
+    assert len(Datalist(tmp_path / "in", "test")) == 1

@@ -1,18 +1,29 @@
-"""Tests of the volume checks shared by the datalist check and ValidateImaged: grid, label values, size guard."""
+"""Tests of the volume checks shared by the datalist check and ValidateImaged: volume files read through MONAI's
+readers (NIfTI, NRRD, MetaImage, DICOM), grid, label values, size guard."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.transforms import LoadImage
 
 from monai_ext.data.volume_checks import (
     GRID_TOLERANCE,
     check_label_values,
     check_same_grid,
+    check_volume_data,
+    check_volume_paths,
     check_voxel_budget,
+    is_dicom_series,
+    read_volume_header,
+    read_volume_values,
     resampled_shape,
     target_pixdim,
+    volume_format,
     voxel_spacing,
 )
 
@@ -129,3 +140,137 @@ def test_label_of_a_non_numeric_type_is_refused():
 def test_label_values_refuse_a_bad_num_classes():
     with pytest.raises(ValueError, match="num_classes must be an integer >= 1"):
         check_label_values(np.zeros(3, np.uint8), 0, "l")
+
+
+# ---------------------------------------------------------------- volume files, through MONAI's readers
+
+itk = pytest.importorskip("itk")
+
+
+def _itk_file(path: Path, array: np.ndarray, spacing=(0.8, 0.9, 2.5), vector: bool = False) -> str:
+    """``array`` (X, Y, Z[, C]) written through ITK (NRRD, MetaImage, ...: by the file name), gzip-compressed."""
+    order = list(range(array.ndim - (1 if vector else 0)))
+    img = itk.image_from_array(np.ascontiguousarray(np.moveaxis(array, order, order[::-1])), is_vector=vector)
+    img.SetSpacing(spacing[: len(order)])
+    itk.imwrite(img, str(path), compression=True)
+    return str(path)
+
+
+def _dicom_series(folder: Path, array: np.ndarray, suffix: str = ".dcm") -> str:
+    """``array`` (X, Y, Z) int16 written as a DICOM series, one file per slice."""
+    folder.mkdir(parents=True)
+    img = itk.image_from_array(np.ascontiguousarray(np.moveaxis(array.astype(np.int16), [0, 1, 2], [2, 1, 0])))
+    writer = itk.ImageSeriesWriter[type(img), itk.Image[itk.SS, 2]].New()
+    writer.SetInput(img)
+    writer.SetImageIO(itk.GDCMImageIO.New())
+    writer.SetFileNames([str(folder / f"slice{i:03d}{suffix}") for i in range(array.shape[2])])
+    writer.Update()
+    return str(folder)
+
+
+def _cut(path: str) -> None:
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])
+
+
+def _noise(shape) -> np.ndarray:
+    return np.random.default_rng(0).normal(size=shape).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [("a.nii.gz", "NIfTI"), ("A.NII", "NIfTI"), ("b.nrrd", "NRRD"), ("b.nhdr", "NRRD"), ("c.mha", "MetaImage")]
+    + [("c.mhd", "MetaImage"), ("d.dcm", "DICOM"), ("e.png", None), ("f.nii.bak", None), ("g.raw", None)],
+)
+def test_volume_format_from_the_file_name(name, expected):
+    assert volume_format(name) == expected
+
+
+def test_a_folder_is_a_dicom_series_when_it_holds_dicom_files_named_or_not(tmp_path):
+    assert _dicom_series(tmp_path / "named", np.zeros((8, 8, 3))) and is_dicom_series(tmp_path / "named")
+    assert volume_format(tmp_path / "named") == "DICOM"
+    _dicom_series(tmp_path / "bare", np.zeros((8, 8, 3)), suffix="")  # no extension: the DICM marker tells
+    assert is_dicom_series(tmp_path / "bare")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x" * 200)
+    assert not is_dicom_series(tmp_path / "other") and volume_format(tmp_path / "other") is None
+    assert not is_dicom_series(tmp_path / "named" / "slice000.dcm")  # a file is not a series
+
+
+def test_check_volume_paths_lists_the_missing_then_the_unsupported(tmp_path):
+    good = tmp_path / "a.nrrd"
+    good.write_bytes(b"")
+    (tmp_path / "b.png").write_bytes(b"")
+    (tmp_path / "c.vtk").write_bytes(b"")
+    check_volume_paths([str(good)])
+    with pytest.raises(
+        FileNotFoundError, match=r"(?s)2 file\(s\) named in the datalist do not exist:.*x\.nii.*y\.nrrd"
+    ):
+        check_volume_paths([str(good), str(tmp_path / "x.nii"), str(tmp_path / "y.nrrd"), str(tmp_path / "b.png")])
+    with pytest.raises(
+        ValueError, match=r"(?s)2 file\(s\) given are not volumes.*b\.png.*c\.vtk.*Give NIfTI.*itk\.imwrite"
+    ):
+        check_volume_paths([str(good), str(tmp_path / "b.png"), str(tmp_path / "c.vtk")], "given")
+
+
+@pytest.mark.parametrize("name", ["v.nrrd", "v.nhdr", "v.mha", "v.mhd", "v.nii.gz"])
+def test_header_of_each_format_matches_what_load_image_reads(name, tmp_path):
+    array = _noise((20, 24, 16))
+    path = str(tmp_path / name)
+    if name.endswith(".nii.gz"):
+        nib.save(nib.Nifti1Image(array, np.diag([0.8, 0.9, 2.5, 1.0])), path)
+    else:
+        _itk_file(tmp_path / name, array)
+    header = read_volume_header(path)
+    loaded = LoadImage(image_only=True)(path)
+    assert header.shape == tuple(loaded.shape) == (20, 24, 16) and header.channels == 1
+    np.testing.assert_allclose(header.affine, loaded.affine.numpy(), atol=1e-6)
+    np.testing.assert_allclose(voxel_spacing(header.affine), [0.8, 0.9, 2.5], rtol=1e-6)
+    assert (header.image is not None) == name.endswith(".nii.gz")  # NIfTI: header only; ITK: read and dropped
+    np.testing.assert_allclose(read_volume_values(header), loaded.numpy())
+    check_volume_data(header)
+
+
+def test_dicom_series_header_matches_what_load_image_reads(tmp_path):
+    folder = _dicom_series(tmp_path / "series", np.arange(8 * 10 * 4).reshape(8, 10, 4))
+    header = read_volume_header(folder)
+    loaded = LoadImage(image_only=True)(folder)
+    assert header.format == "DICOM" and header.shape == tuple(loaded.shape) == (8, 10, 4)
+    np.testing.assert_allclose(header.affine, loaded.affine.numpy(), atol=1e-6)
+
+
+def test_multichannel_nrrd_channels_are_checked(tmp_path):
+    path = _itk_file(tmp_path / "mr.nrrd", _noise((16, 16, 8, 3)), vector=True)
+    assert read_volume_header(path, num_channels=3).channels == 3
+    with pytest.raises(ValueError, match=r"mr\.nrrd has 3 channels \(shape \(16, 16, 8, 3\)\), 2 expected; give"):
+        read_volume_header(path, num_channels=2)
+    with pytest.raises(ValueError, match=r"mr\.nrrd has 3 channels .* 1 expected; a label is one channel"):
+        read_volume_header(path, num_channels=1, is_image=False)
+
+
+def test_2d_nrrd_is_refused_as_not_a_3d_volume(tmp_path):
+    path = _itk_file(tmp_path / "slice.nrrd", _noise((16, 16)))
+    with pytest.raises(ValueError, match=r"slice\.nrrd has shape \(16, 16\): a 3D volume \(X, Y, Z\) is expected"):
+        read_volume_header(path)
+
+
+@pytest.mark.parametrize("name, fmt", [("cut.nrrd", "NRRD"), ("cut.mha", "MetaImage")])
+def test_truncated_itk_file_is_caught_when_its_header_is_read(name, fmt, tmp_path):
+    path = _itk_file(tmp_path / name, _noise((20, 24, 16)))
+    _cut(path)
+    with pytest.raises(ValueError, match=rf"cannot read .*{name} as a {fmt} volume: ITKReader failed \(.*copy the"):
+        read_volume_header(path)
+
+
+def test_junk_with_a_volume_name_is_refused(tmp_path):
+    path = tmp_path / "junk.nrrd"
+    path.write_bytes(b"not an image at all")
+    with pytest.raises(ValueError, match=r"cannot read .*junk\.nrrd as a NRRD volume: ITKReader failed"):
+        read_volume_header(str(path))
+
+
+def test_unsupported_file_is_refused_before_any_reader_runs(tmp_path):
+    path = tmp_path / "photo.png"
+    path.write_bytes(b"\x89PNG")
+    with pytest.raises(ValueError, match=r"(?s)photo\.png.*Give NIfTI"):
+        read_volume_header(str(path))

@@ -107,3 +107,21 @@ def test_bad_arguments_and_networks():
         training(torch.rand(1, 1, 4, 4, 4), lambda x, slice_indices: x, slice_indices=torch.tensor([[0]]))
     with pytest.raises(ValueError, match="not a fraction 1/f"):
         training(torch.rand(1, 1, 4, 4, 4), lambda x, slice_indices: [x, x[..., :3]], slice_indices=torch.tensor([[0]]))
+
+
+def test_padded_depth_slices_are_masked_in_inference_and_training():
+    """PadInferer hands the unpadded sizes on: MSFA gives the padded depth slices no attention."""
+    net = _net("SCAA")
+    x = torch.rand(1, 1, 64, 64, 40)  # padded to 64 slices: 24 of zeros
+    padded = _pad_far_end(x, [64, 64, 64])
+    with torch.no_grad():
+        out = PadInferer(net.divisor, net.min_size, inferer=ContextSliceInferer(slice_chunk=16))(x, net)
+        torch.testing.assert_close(out, net(padded, valid_size=[64, 64, 40])[..., :40], atol=1e-5, rtol=1e-5)
+        assert (out - net(padded)[..., :40]).abs().max() > 1e-3  # unmasked, the padding takes attention
+        off = PadInferer(net.divisor, net.min_size, inferer=ContextSliceInferer(16), pass_valid_size=False)(x, net)
+        torch.testing.assert_close(off, net(padded)[..., :40], atol=1e-5, rtol=1e-5)
+        idx = torch.tensor([[0, 39]])
+        slices, aux = SliceTrainingPadInferer(net.divisor, net.min_size)(x, net, slice_indices=idx)
+        masked_slices, _ = net(padded, idx, valid_size=[64, 64, 40])
+    torch.testing.assert_close(slices, masked_slices)
+    assert aux.shape == (1, 3, 32, 32, 20)

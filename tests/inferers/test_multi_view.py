@@ -52,6 +52,49 @@ def test_each_view_slides_along_its_own_axis_and_outputs_come_back_in_place():
             torch.testing.assert_close(out, SliceGroupInferer(2, spatial_dim=view)(x, _axis_marker))
 
 
+class _InPlaneNet(torch.nn.Module):
+    """A slab 'network' that tells the two in-plane axes apart (a running sum along the first) and records the slabs
+    it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x)
+        return torch.cat([x.cumsum(2), -x], dim=1)
+
+
+def test_a_view_sees_the_slabs_of_the_inferer_along_that_axis_in_plane_axes_in_order():
+    """The slabs of view v are those SliceGroupInferer(spatial_dim=v) (and RandSliceGroupd(spatial_dim=v) in
+    training) gives: a network trained per view sees its training layout, not a transposed plane."""
+    x = torch.randn(1, 1, 4, 5, 6)  # three different sizes: a transposed plane changes the shapes
+    for along in (0, 1, 2):
+        for view in (0, 1, 2):
+            net, direct = _InPlaneNet(), _InPlaneNet()
+            out = MultiViewInferer(SliceGroupInferer(3, spatial_dim=along), [view], fusion="mean")(x, net)
+            expected = SliceGroupInferer(3, spatial_dim=view)(x, direct)
+            assert [s.shape for s in net.seen] == [s.shape for s in direct.seen]
+            assert all(torch.equal(a, b) for a, b in zip(net.seen, direct.seen))
+            torch.testing.assert_close(out, expected)
+
+
+def test_paper_protocol_three_networks_probabilities_vote():
+    """One network per view, 15-slice groups with stride 1, averaged probabilities, majority vote: equals fusing the
+    three single-view inferers by hand."""
+    torch.manual_seed(0)
+    nets = [torch.nn.Conv3d(1, 3, (3, 1, 1), padding=(1, 0, 0)) for _ in range(3)]  # in-plane sensitive
+    x = torch.randn(1, 1, 17, 16, 18)
+    single = SliceGroupInferer(15, stride=1, activation="softmax")
+    with torch.no_grad():
+        fused = MultiViewInferer(single, spatial_dims_order=(2, 1, 0))(x, nets)
+        per_view = [
+            SliceGroupInferer(15, spatial_dim=v, stride=1, activation="softmax")(x, n) for v, n in zip((2, 1, 0), nets)
+        ]
+    torch.testing.assert_close(fused, fuse_views(per_view, "vote"))
+    assert fused.sum(1).eq(1).all()  # one-hot labels
+
+
 def test_wraps_monai_slice_inferer_and_one_network_per_view():
     torch.manual_seed(0)
     nets = [torch.nn.Conv2d(1, 3, 1) for _ in range(3)]

@@ -61,3 +61,23 @@ def test_bad_arguments_and_outputs():
         PadInferer(divisor=0)
     with pytest.raises(ValueError, match="spatial size"):
         PadInferer(divisor=4)(torch.zeros(1, 1, 3, 3, 3), lambda t: t[..., :2])
+
+
+def test_valid_size_reaches_only_inferers_and_networks_that_take_it():
+    seen = []
+
+    def plain(x):  # a network without valid_size
+        return x
+
+    def taking(x, valid_size=None):
+        seen.append(valid_size)
+        return x
+
+    x = torch.rand(1, 1, 5, 6, 7)
+    torch.testing.assert_close(PadInferer(4)(x, plain), x)
+    PadInferer(4)(x, taking)
+    assert seen == [[5, 6, 7]]
+    PadInferer(4, pass_valid_size=False)(x, taking)
+    assert seen[-1] is None
+    with pytest.raises(TypeError):
+        PadInferer(4, pass_valid_size=True)(x, plain)

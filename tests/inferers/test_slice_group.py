@@ -1,7 +1,9 @@
 """The slice-group inferer: MONAI's sliding window equals an explicit group loop for any k, stride, size and axis;
-stride-1 averaging, thin volumes, batching, meta data, errors."""
+stride-1 averaging, probability averaging by hand, thin volumes, batching, meta data, errors."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -130,6 +132,34 @@ def test_a_volume_thinner_than_a_group_is_padded_at_the_far_end_and_cropped(mode
     torch.testing.assert_close(pad, x[..., -1:].expand_as(pad) if mode == "replicate" else torch.zeros_like(pad))
 
 
+def test_probability_averaging_by_hand():
+    """Groups of 2 over 3 slices: groups (0, 1) and (1, 2). The network gives class logits (v + s, -v - s) for input
+    value v at position s in its group, so slice 1's two groups disagree; averaging their softmax differs from
+    the softmax of their averaged logits."""
+
+    def net(t: torch.Tensor) -> torch.Tensor:
+        z = t + torch.arange(t.shape[-1], dtype=t.dtype)
+        return torch.cat([z, -z], dim=1)
+
+    x = torch.tensor([0.5, -1.0, 2.0]).reshape(1, 1, 1, 1, 3)
+    v = x.flatten().tolist()
+
+    def p(logit: float) -> float:  # softmax of (logit, -logit), class 0
+        return math.exp(logit) / (math.exp(logit) + math.exp(-logit))
+
+    # slice 0: group 0 position 0; slice 1: group 0 position 1 and group 1 position 0; slice 2: group 1 position 1
+    class0 = [p(v[0]), (p(v[1] + 1) + p(v[1])) / 2, p(v[2] + 1)]
+    out = SliceGroupInferer(2, activation="softmax")(x, net)
+    torch.testing.assert_close(out[0, 0].flatten(), torch.tensor(class0))
+    torch.testing.assert_close(out.sum(1), torch.ones(1, 1, 1, 3))  # probabilities
+    logits = SliceGroupInferer(2)(x, net)  # the default averages logits: slice 1 gets (v + 1 + v) / 2
+    assert logits[0, 0, 0, 0, 1].item() == pytest.approx(v[1] + 0.5)
+    assert torch.softmax(logits, 1)[0, 0, 0, 0, 1].item() != pytest.approx(class0[1], abs=1e-4)
+    sigmoid = SliceGroupInferer(2, activation="sigmoid")(x, net)
+    s1 = (torch.sigmoid(torch.tensor(v[1] + 1)) + torch.sigmoid(torch.tensor(v[1]))) / 2
+    assert sigmoid[0, 0, 0, 0, 1].item() == pytest.approx(s1.item())
+
+
 def test_keeps_meta_data():
     x = MetaTensor(torch.randn(1, 1, 3, 4, 6), meta={"filename_or_obj": "case.nii.gz"})
     out = SliceGroupInferer(3, spatial_dim=1)(x, SlabNet())
@@ -146,5 +176,7 @@ def test_bad_arguments_and_inputs():
         SliceGroupInferer(3, spatial_dim=4)
     with pytest.raises(ValueError, match="padding_mode must be one of"):
         SliceGroupInferer(3, padding_mode="reflect")
+    with pytest.raises(ValueError, match="activation must be one of"):
+        SliceGroupInferer(3, activation="relu")
     with pytest.raises(ValueError, match=r"expects a \(B, C, H, W, D\) volume"):
         SliceGroupInferer(3)(torch.randn(1, 4, 4, 4), SlabNet())

@@ -411,6 +411,8 @@ def test_label_train_then_new_weights(server):
     assert status["status"] == "DONE", json.dumps(status)[-3000:]
     after = hashlib.sha256(model.read_bytes()).hexdigest(), model.stat().st_mtime_ns
     assert after[0] != before[0] and after[1] > before[1]
+    # the run validated, so model.pt is its best-metric checkpoint and the final weights are kept beside it
+    assert (model.parent / "model_final.pt").stat().st_mtime_ns >= after[1]
     weights = {"trained": True, "modified": _mtime(model)}
     assert requests.get(f"{url}/info/", timeout=30).json()["models"]["ssh_unet"]["weights"] == weights
     log_before = server["log"].read_text()

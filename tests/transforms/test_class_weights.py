@@ -2,7 +2,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from monai_ext.losses import exponential_class_weights
+from monai_ext.losses import ExponentialWeightedCrossEntropyLoss, exponential_class_weights
 from monai_ext.transforms import ClassWeightCorrection, ClassWeightCorrectiond
 
 
@@ -41,3 +41,26 @@ def test_bad_weights_are_refused(weights):
 def test_channel_count_must_match_the_weights():
     with pytest.raises(ValueError, match="C = 2 classes"):
         ClassWeightCorrection([1.0, 2.0])(torch.rand(3, 4, 4))
+
+
+@pytest.mark.parametrize("swapped", [False, True])
+def test_undoes_what_the_weighted_loss_teaches_for_three_classes(swapped):
+    # voxels that all look alike, labelled 0 / 1 / 2 in proportions p: the logits that minimise RSANet's weighted
+    # loss give softmax proportional to w_c p_c; the correction with the loss's weights gives p back
+    p = torch.tensor([0.6, 0.3, 0.1])
+    target = torch.repeat_interleave(torch.arange(3), (p * 100).round().long()).reshape(1, 100)
+    loss_fn = ExponentialWeightedCrossEntropyLoss(r=[0.9, 0.07, 0.03], swapped=swapped)
+    logits = torch.zeros(3, requires_grad=True)
+    optimizer = torch.optim.LBFGS([logits], max_iter=200, tolerance_grad=1e-10, tolerance_change=1e-12)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = loss_fn(logits.reshape(1, 3, 1).expand(1, 3, 100), target)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    learned = torch.softmax(logits.detach(), 0).reshape(3, 1)
+    weights = exponential_class_weights([0.9, 0.07, 0.03], swapped=swapped)
+    assert not torch.allclose(learned.flatten(), p, atol=1e-2)  # the weighted posterior is off
+    torch.testing.assert_close(ClassWeightCorrection(weights)(learned).flatten(), p, atol=1e-4, rtol=0)

@@ -37,7 +37,7 @@ def test_wrong_number_of_dims_names_file_and_shapes():
 def test_spatial_dims_two_accepts_2d_and_refuses_3d():
     img = _img(1, 4, 5)
     assert ValidateImage(spatial_dims=2)(img) is img
-    with pytest.raises(ValueError, match=r"expected a 2D volume; give 2D NIfTI files"):
+    with pytest.raises(ValueError, match=r"expected a 2D volume; give 2D images \(NIfTI, NRRD"):
         ValidateImage(spatial_dims=2)(_img(1, 4, 5, 6))
 
 

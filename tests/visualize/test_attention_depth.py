@@ -22,9 +22,13 @@ def test_depth_attention_rows_sum_to_one_and_png_is_written(tmp_path):
         np.testing.assert_allclose(m.sum(1), 1.0, rtol=1e-5)
     with torch.no_grad():
         padded = F.pad(image, (0, 24, 0, 32, 0, 32))[None]
-        _, attention = net.eval().forward_slices(padded, net.encode_context(padded), range(40), return_attention=True)
+        context = net.eval().encode_context(padded)
+        _, attention = net.forward_slices(padded, context, range(40), return_attention=True, valid_size=(32, 32, 40))
     for m, a in zip(maps, attention):
         np.testing.assert_allclose(m, a[0].mean(dim=1).numpy(), rtol=1e-5, atol=1e-6)
+        depth = m.shape[1]  # F3D_i of the padded 64 slices: the padded ones (past 40 of 64) get no attention
+        valid = -(-40 * depth // 64)
+        assert m[:, valid:].max(initial=0.0) == 0.0 and m[:, :valid].min() > 0.0
     label = np.zeros((40, 32, 32), dtype=np.uint8)  # slices first: spatial_dim=0
     label[5:15, 10:20, 10:20] = 1
     path = save_depth_attention_png(maps, tmp_path / "fig" / "a.png", label=label, title="t", spatial_dim=0)

@@ -17,7 +17,14 @@ from monai_ext.networks.blocks.multi_view import (
     views_stackable,
 )
 from monai_ext.networks.blocks.multiplexing import ESM, EarlyStageMultiplexing
-from monai_ext.networks.blocks.slice_attention import RSA, RecurrentSliceAttention, SliceAttention, slice_attention
+from monai_ext.networks.blocks.slice_attention import (
+    RSA,
+    RSA_PAPER_ORDER,
+    RecurrentSliceAttention,
+    SliceAttention,
+    plane_axes,
+    slice_attention,
+)
 from monai_ext.networks.blocks.slice_sensitive_attention import (
     SSA,
     ConcatLink,
@@ -45,6 +52,7 @@ __all__ = [
     "MultiViewFuse",
     "MultiViewStack",
     "RSA",
+    "RSA_PAPER_ORDER",
     "RecurrentSliceAttention",
     "SSA",
     "SinePositionEncoding",
@@ -61,6 +69,7 @@ __all__ = [
     "deformable_attention_grid_sample",
     "deformable_reference_points",
     "from_view",
+    "plane_axes",
     "shift_along",
     "sine_position_encoding",
     "slice_attention",

@@ -10,6 +10,7 @@ from monai.networks.blocks.dynunet_block import UnetResBlock
 from torch import nn
 from torch.nn import functional as F
 
+from monai_ext.networks.blocks.adaptive_pool import adaptive_avg_pool_by_matrices
 from monai_ext.networks.checks import check_input
 
 __all__ = ["ContextEncoder3D", "GlobalDescriptor"]
@@ -85,7 +86,8 @@ class ContextEncoder3D(nn.Module):
             prev = c
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        check_input(x, "ContextEncoder3D", self.in_channels, spatial_dims=3, divisor=self.divisor)
+        if not torch.jit.is_scripting():  # plain-Python checks; a scripted encoder skips them
+            check_input(x, "ContextEncoder3D", self.in_channels, spatial_dims=3, divisor=self.divisor)
         x = F.avg_pool3d(x, 2)  # scale 1: the whole volume at half resolution
         features: list[torch.Tensor] = []
         for stage in self.stages:
@@ -121,7 +123,12 @@ class GlobalDescriptor(nn.Module):
         self.proj = nn.Linear(in_channels * pool_size**3, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 5 or x.shape[1] != self.in_channels:
+        if not torch.jit.is_scripting() and (x.dim() != 5 or x.shape[1] != self.in_channels):
             raise ValueError(f"GlobalDescriptor expects (B, {self.in_channels}, d, h, w), got {list(x.shape)}.")
-        pooled = F.adaptive_avg_pool3d(x, self.pool_size).flatten(1)  # (B, C * p^3)
+        p = self.pool_size
+        exporting = False if torch.jit.is_scripting() else torch.onnx.is_in_onnx_export()
+        if exporting:  # the ONNX exporter takes adaptive pooling only where p divides the sizes
+            pooled = adaptive_avg_pool_by_matrices(x, [p, p, p]).flatten(1)
+        else:
+            pooled = F.adaptive_avg_pool3d(x, p).flatten(1)  # (B, C * p^3)
         return torch.relu(self.proj(pooled))

@@ -8,7 +8,6 @@ per level and head group, kept as the in-project reference the tests compare aga
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 
@@ -27,11 +26,23 @@ __all__ = [
 ]
 
 
-def _shapes(spatial_shapes: torch.Tensor | Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
-    """Level sizes as a list of int tuples (accepts the release's ``(L, n)`` long tensor)."""
+def _shapes(spatial_shapes: torch.Tensor | Sequence[Sequence[int]]) -> list[list[int]]:
+    """Level sizes as a list of int lists (accepts the release's ``(L, n)`` long tensor)."""
     if isinstance(spatial_shapes, torch.Tensor):
-        return [tuple(int(s) for s in row) for row in spatial_shapes.tolist()]
-    return [tuple(int(s) for s in shape) for shape in spatial_shapes]
+        return [[int(s) for s in row] for row in spatial_shapes.tolist()]
+    return [[int(s) for s in shape] for shape in spatial_shapes]
+
+
+def _prod(sizes: list[int]) -> int:
+    """``math.prod`` in a form TorchScript compiles."""
+    out = 1
+    for s in sizes:
+        out *= s
+    return out
+
+
+def _numels(shapes: list[list[int]]) -> list[int]:
+    return [_prod(shape) for shape in shapes]
 
 
 def _check_core_inputs(
@@ -89,13 +100,20 @@ def deformable_attention_grid_sample(
     """
     shapes = _shapes(spatial_shapes)
     _check_core_inputs(value, shapes, sampling_locations, attention_weights)
-    n, _, heads, channels = value.shape
-    _, queries, _, levels, points, _ = sampling_locations.shape
-    values = value.split([math.prod(shape) for shape in shapes], dim=1)
+    return _grid_sample_core(value, shapes, sampling_locations, attention_weights)
+
+
+def _grid_sample_core(
+    value: torch.Tensor, shapes: list[list[int]], sampling_locations: torch.Tensor, attention_weights: torch.Tensor
+) -> torch.Tensor:
+    """:func:`deformable_attention_grid_sample` on checked inputs (TorchScript-compilable)."""
+    n, heads, channels = value.shape[0], value.shape[2], value.shape[3]
+    queries, levels, points = sampling_locations.shape[1], sampling_locations.shape[3], sampling_locations.shape[4]
+    values = value.split(_numels(shapes), dim=1)
     grids = (2 * sampling_locations - 1).flip(-1)  # grid_sample reads (x, y[, z]) = reversed array axes
-    samples = []
+    samples: list[torch.Tensor] = []
     for level, shape in enumerate(shapes):
-        v = values[level].flatten(2).transpose(1, 2).reshape(n * heads, channels, *shape)
+        v = values[level].flatten(2).transpose(1, 2).reshape([n * heads, channels] + shape)
         grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)  # (N * heads, Lq, points, n)
         if len(shape) == 3:
             grid = grid[:, None]  # (N * heads, 1, Lq, points, 3)
@@ -128,53 +146,79 @@ def deformable_attention_core(
     """
     shapes = _shapes(spatial_shapes)
     _check_core_inputs(value, shapes, sampling_locations, attention_weights)
-    n, _, heads, channels = value.shape
-    _, queries, _, levels, points, ndim = sampling_locations.shape
+    return _gather_core(value, shapes, sampling_locations, attention_weights, torch.onnx.is_in_onnx_export())
+
+
+def _gather_core(
+    value: torch.Tensor,
+    shapes: list[list[int]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+    exporting: bool = False,
+) -> torch.Tensor:
+    """:func:`deformable_attention_core` on checked inputs (TorchScript-compilable); ``exporting`` replaces
+    ``embedding_bag`` by ``index_select`` + ``bmm`` (the ONNX export of ``embedding_bag`` with per-sample weights
+    is wrong)."""
+    n, heads, channels = value.shape[0], value.shape[2], value.shape[3]
+    queries, ndim = sampling_locations.shape[1], len(shapes[0])  # ndim a plain int, also while tracing
     device, batches = value.device, n * heads
 
     # zero-padded levels, one after another, laid out (N, heads, padded tokens, C_head)
-    padded_shapes = [tuple(s + 2 for s in shape) for shape in shapes]
-    padded_sizes = [math.prod(shape) for shape in padded_shapes]
+    padded_shapes = [[s + 2 for s in shape] for shape in shapes]
+    padded_sizes = _numels(padded_shapes)
     total = sum(padded_sizes)
-    parts = []
-    for v, shape in zip(value.split([math.prod(s) for s in shapes], 1), shapes):
-        v = v.reshape(n, *shape, heads, channels).permute(0, ndim + 1, ndim + 2, *range(1, ndim + 1))
+    pad: list[int] = [1, 1] * ndim
+    parts: list[torch.Tensor] = []
+    perm = [0, ndim + 1, ndim + 2] + [a + 1 for a in range(ndim)]  # positive axes: ONNX's Transpose needs them
+    for v, shape in zip(value.split(_numels(shapes), 1), shapes):
+        v = v.reshape([n] + shape + [heads, channels]).permute(perm)
         # (N, heads, C_head, *shape) -> zero-padded, (N, heads, padded tokens, C_head)
-        parts.append(F.pad(v, (1, 1) * ndim).flatten(3).transpose(2, 3))
+        parts.append(F.pad(v, pad).flatten(3).transpose(2, 3))
     table = torch.cat(parts, dim=2).reshape(batches * total, channels)
 
     # level-major layout: every per-axis quantity below is one contiguous vector over (N, heads, Lq, points)
     loc = sampling_locations.permute(3, 5, 0, 2, 1, 4)  # (L, n, N, heads, Lq, points)
     attn = attention_weights.permute(3, 0, 2, 1, 4)  # (L, N, heads, Lq, points)
     batch_starts = (torch.arange(batches, device=device) * total).view(n, heads, 1, 1)
-    corners = list(itertools.product((0, 1), repeat=ndim))  # lexicographic, axis 0 slowest
-    index_parts, weight_parts, start = [], [], 0
-    for level, (shape, pshape) in enumerate(zip(shapes, padded_shapes)):
-        strides = [math.prod(pshape[a + 1 :]) for a in range(ndim)]  # row-major strides of the padded level
+    index_parts: list[torch.Tensor] = []
+    weight_parts: list[torch.Tensor] = []
+    start = 0
+    for level in range(len(shapes)):
+        shape, pshape = shapes[level], padded_shapes[level]
+        strides = [_prod(pshape[a + 1 :]) for a in range(ndim)]  # row-major strides of the padded level
         base = batch_starts + start  # flat row of the lower corner, in the padded table
-        inside = None  # False where a sample lies entirely outside the padded level: all corners read zero
-        pairs = []
+        inside = torch.empty(0)  # False where a sample lies entirely outside the padded level: corners read zero
+        lows: list[torch.Tensor] = []
+        highs: list[torch.Tensor] = []
         for axis in range(ndim):
             pixel = loc[level, axis] * shape[axis] - 0.5  # align_corners=False
             floor = pixel.detach().floor()
             frac = pixel - floor  # carries the gradient to the locations
             floor = floor.long()
             ok = (floor >= -1) & (floor < shape[axis])
-            inside = ok if inside is None else inside & ok
+            inside = ok if axis == 0 else inside & ok
             base = base + (floor.clamp(-1, shape[axis] - 1) + 1) * strides[axis]
-            pairs.append((1 - frac, frac))
+            lows.append(1 - frac)
+            highs.append(frac)
         partial = [attn[level] * inside]
         for axis in range(ndim):  # corner weights as products shared between corners, in corner order
-            partial = [w * pairs[axis][c] for w in partial for c in (0, 1)]
-        for corner, w in zip(corners, partial):
-            index_parts.append(base + sum(c * st for c, st in zip(corner, strides)))
-            weight_parts.append(w)
+            grown: list[torch.Tensor] = []
+            for w in partial:
+                grown.append(w * lows[axis])
+                grown.append(w * highs[axis])
+            partial = grown
+        for corner in range(len(partial)):  # lexicographic corners, axis 0 slowest
+            offset = 0
+            for axis in range(ndim):
+                offset += ((corner >> (ndim - 1 - axis)) & 1) * strides[axis]
+            index_parts.append(base + offset)
+            weight_parts.append(partial[corner])
         start += padded_sizes[level]
     # one bag of L * 2^n * points rows per (batch, head, query)
     indices = torch.stack(index_parts, dim=-2).reshape(batches * queries, -1)
     weights = torch.stack(weight_parts, dim=-2).reshape(batches * queries, -1)
     weights = weights.to(table.dtype)
-    if torch.onnx.is_in_onnx_export():  # the ONNX export of embedding_bag with per-sample weights is wrong
+    if exporting:
         gathered = table.index_select(0, indices.reshape(-1)).view(batches * queries, -1, channels)
         out = torch.bmm(weights.unsqueeze(1), gathered).squeeze(1)
     else:
@@ -192,10 +236,15 @@ def deformable_reference_points(
 ) -> torch.Tensor:
     """Normalised voxel centres of every level, in the flattened (row-major) token order: ``(S, n)`` in ``(0, 1)``,
     coordinates in array axis order (``(h, w, d)`` for a ``(H, W, D)`` level)."""
-    points = []
-    for shape in _shapes(spatial_shapes):
+    return _reference_points(_shapes(spatial_shapes), torch.empty(0, device=device).device, dtype)
+
+
+def _reference_points(shapes: list[list[int]], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`deformable_reference_points` of int level sizes (TorchScript-compilable)."""
+    points: list[torch.Tensor] = []
+    for shape in shapes:
         axes = [(torch.arange(s, device=device, dtype=dtype) + 0.5) / s for s in shape]
-        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(shape))
+        grid = torch.stack(torch.meshgrid(axes, indexing="ij"), dim=-1).reshape(-1, len(shape))
         points.append(grid)
     return torch.cat(points, dim=0)
 
@@ -245,6 +294,8 @@ class MSDeformableAttention(nn.Module):
             ``forward`` for inconsistent shapes.
     """
 
+    __jit_ignored_attributes__ = ["reference_axes", "offset_axes"]  # forward reads the lists below
+
     def __init__(
         self,
         hidden_size: int = 384,
@@ -274,6 +325,9 @@ class MSDeformableAttention(nn.Module):
         self.core = core
         self.reference_axes: list[int] | None = None
         self.offset_axes: list[int] | None = None
+        self._reference_order = list(range(spatial_dims))  # the same as lists (typed for TorchScript)
+        self._offset_order = list(range(spatial_dims))
+        self._permuted = (False, False)  # (reference_axes, offset_axes) not the identity
         self.set_sampling_axes(reference_axes, offset_axes)
         self.sampling_offsets = nn.Linear(hidden_size, num_heads * num_levels * num_points * spatial_dims)
         self.attention_weights = nn.Linear(hidden_size, num_heads * num_levels * num_points)
@@ -297,6 +351,9 @@ class MSDeformableAttention(nn.Module):
                 raise ValueError(f"{name} must list every spatial axis of {identity} once, got {axes}.")
             orders.append(None if axes == identity else axes)
         self.reference_axes, self.offset_axes = orders
+        self._reference_order = identity if orders[0] is None else list(orders[0])
+        self._offset_order = identity if orders[1] is None else list(orders[1])
+        self._permuted = (orders[0] is not None, orders[1] is not None)
 
     def reset_parameters(self) -> None:
         """The release's initialisation (see the class docstring)."""
@@ -323,10 +380,47 @@ class MSDeformableAttention(nn.Module):
         query: torch.Tensor,
         reference_points: torch.Tensor,
         input_flatten: torch.Tensor,
-        spatial_shapes: torch.Tensor | Sequence[Sequence[int]],
+        spatial_shapes: list[list[int]],
         padding_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        shapes = _shapes(spatial_shapes)
+        """``spatial_shapes`` may also be the release's ``(L, n)`` long tensor (not in TorchScript)."""
+        shapes = spatial_shapes
+        if not torch.jit.is_scripting():  # plain-Python checks; a scripted block skips them
+            shapes = _shapes(spatial_shapes)
+            self._check_inputs(query, reference_points, input_flatten, shapes)
+        if reference_points.dim() == 3:
+            reference_points = reference_points[:, :, None]  # the same point on every level
+        n, queries, width = query.shape[0], query.shape[1], query.shape[2]
+        tokens = input_flatten.shape[1]
+        heads, levels, points, ndim = self.num_heads, self.num_levels, self.num_points, self.spatial_dims
+
+        value = self.value_proj(input_flatten)
+        if padding_mask is not None:
+            value = value.masked_fill(padding_mask[..., None], 0.0)
+        value = value.view(n, tokens, heads, width // heads)
+        offsets = self.sampling_offsets(query).view(n, queries, heads, levels, points, ndim)
+        weights = self.attention_weights(query).view(n, queries, heads, levels * points)
+        weights = weights.softmax(-1).view(n, queries, heads, levels, points)
+
+        sizes = torch.tensor(shapes, dtype=query.dtype, device=query.device)  # (L, n), array axis order
+        if self._permuted[0]:
+            axes = torch.tensor(self._reference_order, device=query.device)
+            reference_points, sizes = reference_points.index_select(-1, axes), sizes.index_select(-1, axes)
+        if self._permuted[1]:
+            offsets = offsets.index_select(-1, torch.tensor(self._offset_order, device=query.device))
+        locations = reference_points[:, :, None, :, None, :] + offsets / sizes[None, None, None, :, None, :]
+        if self.core == "grid_sample":
+            out = _grid_sample_core(value, shapes, locations, weights)
+        else:
+            exporting = False if torch.jit.is_scripting() else torch.onnx.is_in_onnx_export()
+            out = _gather_core(value, shapes, locations, weights, exporting)
+        return self.output_proj(out)
+
+    @torch.jit.unused
+    def _check_inputs(
+        self, query: torch.Tensor, reference_points: torch.Tensor, input_flatten: torch.Tensor, shapes: list[list[int]]
+    ) -> None:
+        """Raise a ValueError for inputs of inconsistent shapes."""
         n, queries, width = query.shape if query.dim() == 3 else (0, 0, -1)
         if width != self.hidden_size or input_flatten.dim() != 3 or input_flatten.shape[::2] != (n, width):
             raise ValueError(
@@ -343,10 +437,8 @@ class MSDeformableAttention(nn.Module):
             raise ValueError(
                 f"input_flatten has {input_flatten.shape[1]} tokens, spatial_shapes {shapes} hold {tokens}."
             )
-        if reference_points.dim() == 3:
-            reference_points = reference_points[:, :, None]  # the same point on every level
         if (
-            reference_points.dim() != 4
+            reference_points.dim() not in (3, 4)
             or reference_points.shape[1] != queries
             or reference_points.shape[-1] != (self.spatial_dims)
         ):
@@ -354,21 +446,3 @@ class MSDeformableAttention(nn.Module):
                 f"reference_points must be (N, Lq, {self.spatial_dims}) or (N, Lq, levels, {self.spatial_dims}) with "
                 f"Lq = {queries}, got {list(reference_points.shape)}."
             )
-        heads, levels, points, ndim = self.num_heads, self.num_levels, self.num_points, self.spatial_dims
-
-        value = self.value_proj(input_flatten)
-        if padding_mask is not None:
-            value = value.masked_fill(padding_mask[..., None], 0.0)
-        value = value.view(n, tokens, heads, width // heads)
-        offsets = self.sampling_offsets(query).view(n, queries, heads, levels, points, ndim)
-        weights = self.attention_weights(query).view(n, queries, heads, levels * points)
-        weights = weights.softmax(-1).view(n, queries, heads, levels, points)
-
-        sizes = torch.tensor(shapes, dtype=query.dtype, device=query.device)  # (L, n), array axis order
-        if self.reference_axes is not None:
-            reference_points, sizes = reference_points[..., self.reference_axes], sizes[:, self.reference_axes]
-        if self.offset_axes is not None:
-            offsets = offsets[..., self.offset_axes]
-        locations = reference_points[:, :, None, :, None, :] + offsets / sizes[None, None, None, :, None, :]
-        out = CORES[self.core](value, shapes, locations, weights)
-        return self.output_proj(out)

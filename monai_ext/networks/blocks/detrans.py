@@ -10,7 +10,7 @@ import torch
 from monai.networks.layers.utils import get_act_layer
 from torch import nn
 
-from monai_ext.networks.blocks.deformable_attention import MSDeformableAttention, deformable_reference_points
+from monai_ext.networks.blocks.deformable_attention import MSDeformableAttention, _numels, _reference_points
 
 __all__ = ["DeTransEncoder", "DeTransLayer", "SinePositionEncoding", "sine_position_encoding"]
 
@@ -53,26 +53,47 @@ def sine_position_encoding(
     order = list(range(ndim)) if spatial_dims_order is None else list(spatial_dims_order)
     if sorted(order) != list(range(ndim)):
         raise ValueError(f"spatial_dims_order must list every axis of {list(range(ndim))} once, got {order}.")
-    base = hidden_size // ndim
-    feats = [base + hidden_size % ndim] + [base] * (ndim - 1)  # the first group takes the remainder
+    feats = _channels_per_axis(ndim, hidden_size)
     if any(f % 2 or f < 2 for f in feats):
         raise ValueError(
             f"hidden_size={hidden_size} splits into {feats} channels per axis; each must be even (sin/cos pairs)."
         )
-    parts = []
-    for axis, channels in zip(order, feats):
-        size = spatial_shape[axis]
+    sizes = [int(s) for s in spatial_shape]
+    device = torch.empty(0).device if device is None else torch.device(device)
+    return _sine_encoding(sizes, hidden_size, float(temperature), normalize, float(scale), order, device).to(dtype)
+
+
+def _channels_per_axis(ndim: int, hidden_size: int) -> list[int]:
+    """``hidden_size // ndim`` channels per axis, the remainder to the first group."""
+    base = hidden_size // ndim
+    return [base + hidden_size % ndim] + [base] * (ndim - 1)
+
+
+def _sine_encoding(
+    sizes: list[int],
+    hidden_size: int,
+    temperature: float,
+    normalize: bool,
+    scale: float,
+    order: list[int],
+    device: torch.device,
+) -> torch.Tensor:
+    """:func:`sine_position_encoding` on checked arguments, in float32 (TorchScript-compilable)."""
+    ndim = len(sizes)
+    parts: list[torch.Tensor] = []
+    for axis, channels in zip(order, _channels_per_axis(ndim, hidden_size)):
+        size = sizes[axis]
         pos = torch.arange(1, size + 1, device=device, dtype=torch.float32)
         if normalize:
             pos = (pos - 0.5) / (size + 1e-6) * scale
         i = torch.arange(channels, device=device, dtype=torch.float32)
         freq = temperature ** (ndim * torch.div(i, ndim, rounding_mode="floor") / channels)
         angle = pos[:, None] / freq  # (size, channels)
-        enc = torch.stack((angle[:, 0::2].sin(), angle[:, 1::2].cos()), dim=-1).flatten(1)  # sin, cos interleaved
+        enc = torch.stack([angle[:, 0::2].sin(), angle[:, 1::2].cos()], dim=-1).flatten(1)  # sin, cos interleaved
         view = [1] * ndim
         view[axis] = size
-        parts.append(enc.t().reshape(channels, *view).expand(channels, *spatial_shape))
-    return torch.cat(parts, dim=0).to(dtype)
+        parts.append(enc.t().reshape([channels] + view).expand([channels] + sizes))
+    return torch.cat(parts, dim=0)
 
 
 class SinePositionEncoding(nn.Module):
@@ -84,6 +105,8 @@ class SinePositionEncoding(nn.Module):
     Shapes:
         input ``(N, C, *spatial)`` (only its shape, device and dtype are used); output ``(N, hidden_size, *spatial)``.
     """
+
+    __jit_unused_properties__ = ["spatial_dims_order"]
 
     def __init__(
         self,
@@ -98,20 +121,30 @@ class SinePositionEncoding(nn.Module):
         self.temperature = temperature
         self.normalize = normalize
         self.scale = scale
-        self.spatial_dims_order = None if spatial_dims_order is None else tuple(spatial_dims_order)
+        self._order = [-1]  # spatial_dims_order as a list, [-1] for array order (typed for TorchScript)
+        self.spatial_dims_order = spatial_dims_order
+
+    @property
+    def spatial_dims_order(self) -> tuple[int, ...] | None:
+        """The axes in the order their channel groups are concatenated; None: array order."""
+        return None if self._order[0] < 0 else tuple(self._order)
+
+    @spatial_dims_order.setter
+    def spatial_dims_order(self, order: Sequence[int] | None) -> None:
+        self._order = [-1] if order is None else [int(a) for a in order]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pos = sine_position_encoding(
-            x.shape[2:],
-            self.hidden_size,
-            self.temperature,
-            self.normalize,
-            self.scale,
-            x.device,
-            x.dtype,
-            self.spatial_dims_order,
-        )
-        return pos.unsqueeze(0).expand(x.shape[0], *pos.shape)
+        sizes = x.shape[2:]
+        if torch.jit.is_scripting():
+            order = list(range(len(sizes))) if self._order[0] < 0 else self._order
+            pos = _sine_encoding(sizes, self.hidden_size, self.temperature, self.normalize, self.scale, order, x.device)
+            pos = pos.to(x.dtype)
+        else:  # checks the arguments
+            pos = sine_position_encoding(
+                sizes, self.hidden_size, self.temperature, self.normalize, self.scale, x.device, x.dtype,
+                self.spatial_dims_order,
+            )  # fmt: skip
+        return pos.unsqueeze(0).expand([x.shape[0]] + list(pos.shape))
 
 
 class DeTransLayer(nn.Module):
@@ -164,7 +197,7 @@ class DeTransLayer(nn.Module):
         src: torch.Tensor,
         pos: torch.Tensor | None,
         reference_points: torch.Tensor,
-        spatial_shapes: Sequence[Sequence[int]],
+        spatial_shapes: list[list[int]],
         padding_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         query = src if pos is None else src + pos
@@ -247,15 +280,39 @@ class DeTransEncoder(nn.Module):
                 m.reset_parameters()
         nn.init.normal_(self.level_embed)
 
-    def forward(self, features: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    def forward(self, features: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         if isinstance(features, torch.Tensor):
-            if self.num_levels != 1:
+            if not torch.jit.is_scripting() and self.num_levels != 1:
                 raise ValueError(
                     f"DeTransEncoder was built for {self.num_levels} levels and takes a list of as many maps; "
                     f"one tensor is one level (num_levels=1)."
                 )
-            return self.forward([features])[0]
-        features = list(features)
+            return self.forward_levels([features])[0]
+        return self.forward_levels(list(features))
+
+    def forward_levels(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """:meth:`forward` on a list of maps (one type in, one out: what a scripted caller uses)."""
+        if not torch.jit.is_scripting():
+            self._check_levels(features)
+        n = features[0].shape[0]
+        shapes = [list(f.shape[2:]) for f in features]
+        tokens = torch.cat([f.flatten(2).transpose(1, 2) for f in features], dim=1)  # (N, S, d)
+        pos = torch.cat(
+            [
+                (self.position_encoding(f).flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1))
+                for lvl, f in enumerate(features)
+            ],
+            dim=1,
+        )
+        reference = _reference_points(shapes, tokens.device, tokens.dtype)[None]
+        for layer in self.layers:
+            tokens = layer(tokens, pos, reference, shapes)
+        outs = tokens.split(_numels(shapes), dim=1)
+        return [o.transpose(1, 2).reshape([n, self.hidden_size] + s) for o, s in zip(outs, shapes)]
+
+    @torch.jit.unused
+    def _check_levels(self, features: list[torch.Tensor]) -> None:
+        """Raise a ValueError for a wrong number of maps, channels, batch sizes or ranks."""
         if len(features) != self.num_levels:
             raise ValueError(f"DeTransEncoder expects {self.num_levels} feature maps, got {len(features)}.")
         n = features[0].shape[0]
@@ -266,17 +323,3 @@ class DeTransEncoder(nn.Module):
                     f"axes and one batch size, got shapes {[list(x.shape) for x in features]}; project the channels "
                     f"to hidden_size first (e.g. a 1x1 convolution)."
                 )
-        shapes = [tuple(f.shape[2:]) for f in features]
-        tokens = torch.cat([f.flatten(2).transpose(1, 2) for f in features], dim=1)  # (N, S, d)
-        pos = torch.cat(
-            [
-                (self.position_encoding(f).flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1))
-                for lvl, f in enumerate(features)
-            ],
-            dim=1,
-        )
-        reference = deformable_reference_points(shapes, tokens.device, tokens.dtype)[None]
-        for layer in self.layers:
-            tokens = layer(tokens, pos, reference, shapes)
-        outs = tokens.split([math.prod(s) for s in shapes], dim=1)
-        return [o.transpose(1, 2).reshape(n, self.hidden_size, *s) for o, s in zip(outs, shapes)]

@@ -9,6 +9,7 @@ from monai.networks.blocks.dynunet_block import UnetBasicBlock
 from torch import nn
 from torch.nn import functional as F
 
+from monai_ext.networks.blocks.adaptive_pool import adaptive_avg_pool_by_matrices
 from monai_ext.networks.checks import check_input
 from monai_ext.networks.layout import DEFAULT_SPATIAL_DIM, check_spatial_dim, tensor_dim
 
@@ -34,20 +35,30 @@ def aggregate_slices(
         (head-major), the 2D slices of volume ``b`` at rows ``b * S .. b * S + S - 1``; ``(h, w)`` are the other two
         spatial axes of ``volume`` in their order.
     """
-    volume = volume.movedim(tensor_dim(check_spatial_dim(spatial_dim)), 2)  # (B, C, d, h, w)
-    b, s, m, _ = attention.shape
+    return _aggregate(attention, volume.movedim(tensor_dim(check_spatial_dim(spatial_dim)), 2))
+
+
+def _aggregate(attention: torch.Tensor, volume: torch.Tensor) -> torch.Tensor:
+    """:func:`aggregate_slices` of a depth-first ``volume`` ``(B, C, d, h, w)``."""
+    b, s, m = attention.shape[0], attention.shape[1], attention.shape[2]
     agg = torch.einsum("bsmd,bcdhw->bsmchw", attention, volume)  # (B, S, M, C, h, w)
     return agg.reshape(b * s, m * volume.shape[1], volume.shape[3], volume.shape[4])
 
 
 def _pool_in_plane(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Average-pool the last two axes to ``size x size``: a plain average pool where they divide evenly (exportable
-    to ONNX), else adaptive pooling."""
+    """Average-pool the last two axes to ``size x size``: a plain average pool where they divide evenly, else adaptive
+    pooling (while exporting to ONNX: products with pooling matrices, which the exporter takes for any sizes)."""
+    exporting = False if torch.jit.is_scripting() else torch.onnx.is_in_onnx_export()
+    if exporting:
+        return adaptive_avg_pool_by_matrices(x, [size, size])
     h, w = int(x.shape[-2]), int(x.shape[-1])  # constants when traced: the pooled size is fixed per input size
     if h % size == 0 and w % size == 0:
-        kernel = (h // size, w // size)
-        return F.avg_pool2d(x, kernel) if x.dim() == 4 else F.avg_pool3d(x, (1, *kernel))
-    return F.adaptive_avg_pool2d(x, size) if x.dim() == 4 else F.adaptive_avg_pool3d(x, (x.shape[2], size, size))
+        if x.dim() == 4:
+            return F.avg_pool2d(x, [h // size, w // size])
+        return F.avg_pool3d(x, [1, h // size, w // size])
+    if x.dim() == 4:
+        return F.adaptive_avg_pool2d(x, [size, size])
+    return F.adaptive_avg_pool3d(x, [x.shape[2], size, size])
 
 
 class MultiSliceFeatureAggregation(nn.Module):
@@ -70,6 +81,11 @@ class MultiSliceFeatureAggregation(nn.Module):
     - heads concatenated and merged by a ``1 x 1`` conv (``num_heads * in_channels_3d -> in_channels_3d``);
     - output ``fusion(concat(x2d, F_agg))``: two (conv ``3 x 3`` + norm + act) blocks,
       ``in_channels_2d + in_channels_3d -> out_channels``.
+
+    Padding: the paper's volumes are never padded. Where a volume was padded along the depth axis (as
+    :class:`~monai_ext.inferers.PadInferer` does, at the far end), ``valid_depth`` gives the number of depth slices of
+    ``x3d`` that hold image content; the slices after it get attention 0 (their scores are set to ``-inf`` before the
+    softmax), so the result equals the block on ``x3d`` cut to its ``valid_depth`` slices.
 
     With ``mode="center"`` (the paper's C-CA ablation) ``F_agg`` is the depth slice of ``x3d`` at ``positions``
     (the 3D slice that holds the 2D slice), with no query, key or head merge; the returned attention is one-hot.
@@ -94,14 +110,15 @@ class MultiSliceFeatureAggregation(nn.Module):
         ``x2d``: ``(B * S, in_channels_2d, h, w)``, the ``S`` slices of volume ``b`` at rows ``b * S ..``;
         ``x3d``: ``(B, in_channels_3d, h3, w3, d)`` with the default ``spatial_dim=2`` (the ``d`` depth slices on
         spatial axis ``spatial_dim``); ``positions``: ``(B, S)`` integer depth indices into ``x3d``
-        (required for ``mode="center"``, ignored otherwise). Output ``(B * S, out_channels, h, w)``, and with
+        (required for ``mode="center"``, ignored otherwise); ``valid_depth``: an int in ``[1, d]`` or None (every
+        slice is valid). Output ``(B * S, out_channels, h, w)``, and with
         ``return_attention=True`` also the weights ``(B * S, num_heads, d)`` (``(B * S, 1, d)`` for C-CA), each row
         summing to 1.
 
     Raises:
         ValueError: for non-positive sizes, an unknown ``mode`` or a bad ``spatial_dim``; in ``forward`` for inputs of
-            the wrong rank or channels, a 2D batch that is not a multiple of the 3D batch, or missing / out-of-range
-            ``positions``.
+            the wrong rank or channels, a 2D batch that is not a multiple of the 3D batch, missing / out-of-range
+            ``positions``, or a ``valid_depth`` outside ``[1, d]``.
     """
 
     def __init__(
@@ -139,6 +156,10 @@ class MultiSliceFeatureAggregation(nn.Module):
         self.pool_size = pool_size
         self.mode = mode
         self.spatial_dim = check_spatial_dim(spatial_dim)
+        self._depth_axis = tensor_dim(self.spatial_dim)
+        self.query: nn.Module | None = None  # attention mode only
+        self.key: nn.Module | None = None
+        self.merge: nn.Module | None = None
         if mode == "attention":
             self.query = nn.Conv2d(in_channels_2d, num_heads * embed_channels, kernel_size=1)
             self.key = nn.Conv3d(in_channels_3d, num_heads * embed_channels, kernel_size=1)
@@ -148,15 +169,15 @@ class MultiSliceFeatureAggregation(nn.Module):
             act_name=act_name,
         )  # fmt: skip
 
-    def attention(self, x2d: torch.Tensor, x3d: torch.Tensor) -> torch.Tensor:
+    def attention(self, x2d: torch.Tensor, x3d: torch.Tensor, valid_depth: int | None = None) -> torch.Tensor:
         """Softmax weights ``(B, S, num_heads, d)`` of the 2D slices over the depth slices of ``x3d``."""
-        return self._attention(x2d, self._depth_first(x3d))
+        return self._attention(x2d, self._depth_first(x3d), valid_depth)
 
     def _depth_first(self, x3d: torch.Tensor) -> torch.Tensor:
         """``x3d`` with its depth axis first among the spatial ones: ``(B, C3, d, h3, w3)``."""
-        return x3d.movedim(tensor_dim(self.spatial_dim), 2)
+        return x3d.movedim(self._depth_axis, 2)
 
-    def _attention(self, x2d: torch.Tensor, x3d: torch.Tensor) -> torch.Tensor:
+    def _attention(self, x2d: torch.Tensor, x3d: torch.Tensor, valid_depth: int | None = None) -> torch.Tensor:
         """:meth:`attention` for ``x3d`` laid out depth first ``(B, C3, d, h3, w3)``."""
         b, d = x3d.shape[0], x3d.shape[2]
         s, m, p = x2d.shape[0] // b, self.num_heads, self.pool_size
@@ -165,6 +186,8 @@ class MultiSliceFeatureAggregation(nn.Module):
         k = _pool_in_plane(self.key(x3d), p)  # (B, M * E, d, p, p): every depth slice pooled
         k = k.reshape(b, m, self.embed_channels, d, p * p).permute(0, 1, 3, 2, 4).reshape(b, m, d, -1)  # (B, M, d, L)
         logits = torch.einsum("bsml,bmdl->bsmd", q, k) / math.sqrt(q.shape[-1])  # (B, S, M, d)
+        if valid_depth is not None and valid_depth < d:  # padded depth slices take no attention
+            logits = logits.masked_fill(torch.arange(d, device=logits.device) >= valid_depth, float("-inf"))
         return torch.softmax(logits, dim=-1)
 
     def forward(
@@ -173,33 +196,62 @@ class MultiSliceFeatureAggregation(nn.Module):
         x3d: torch.Tensor,
         positions: torch.Tensor | None = None,
         return_attention: bool = False,
-    ):
-        check_input(x2d, "MultiSliceFeatureAggregation (x2d, 2D slices)", self.in_channels_2d, spatial_dims=2)
-        check_input(x3d, "MultiSliceFeatureAggregation (x3d, 3D context)", self.in_channels_3d, spatial_dims=3)
+        valid_depth: int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        out, weights = self.forward_with_attention(x2d, x3d, positions, valid_depth)
+        if return_attention:
+            return out, weights
+        return out
+
+    def forward_with_attention(
+        self,
+        x2d: torch.Tensor,
+        x3d: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        valid_depth: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` with ``return_attention=True`` (one return type: what a scripted caller uses)."""
+        if not torch.jit.is_scripting():  # plain-Python checks; a scripted block skips them
+            self._check(x2d, x3d, positions, valid_depth)
         x3d = self._depth_first(x3d)  # (B, C3, d, h3, w3)
         b, d = x3d.shape[0], x3d.shape[2]
+        s = x2d.shape[0] // b
+        merge = self.merge
+        if merge is not None:  # mode "attention" (a test TorchScript resolves when it compiles)
+            weights = self._attention(x2d, x3d, valid_depth)  # (B, S, M, d)
+            agg = merge(_aggregate(weights, x3d))  # (B * S, C3, h3, w3)
+        else:
+            assert positions is not None  # checked above; refines the type for TorchScript
+            weights = F.one_hot(positions.long(), d).to(x3d.dtype).unsqueeze(2)  # (B, S, 1, d)
+            agg = _aggregate(weights, x3d)  # (B * S, C3, h3, w3): the picked slices
+        if agg.shape[2:] != x2d.shape[2:]:
+            agg = F.interpolate(agg, size=x2d.shape[2:], mode="bilinear", align_corners=False)
+        out = self.fusion(torch.cat([x2d, agg], dim=1))
+        return out, weights.reshape(b * s, weights.shape[2], d)
+
+    @torch.jit.unused
+    def _check(
+        self, x2d: torch.Tensor, x3d: torch.Tensor, positions: torch.Tensor | None, valid_depth: int | None
+    ) -> None:
+        """Raise a ValueError for inputs the block does not take."""
+        check_input(x2d, "MultiSliceFeatureAggregation (x2d, 2D slices)", self.in_channels_2d, spatial_dims=2)
+        check_input(x3d, "MultiSliceFeatureAggregation (x3d, 3D context)", self.in_channels_3d, spatial_dims=3)
+        b, d = x3d.shape[0], x3d.shape[self._depth_axis]
         if x2d.shape[0] % b != 0:
             raise ValueError(
                 f"x2d holds {x2d.shape[0]} slices, not a multiple of the {b} volumes of x3d: give S slices per volume."
             )
         s = x2d.shape[0] // b
-        if self.mode == "attention":
-            weights = self._attention(x2d, x3d)  # (B, S, M, d)
-            agg = self.merge(aggregate_slices(weights, x3d, spatial_dim=0))  # (B * S, C3, h3, w3)
-        else:
+        if self.mode == "center":
             if positions is None or tuple(positions.shape) != (b, s):
                 got = None if positions is None else list(positions.shape)
                 raise ValueError(f"mode='center' (C-CA) needs positions of shape {[b, s]} (depth indices), got {got}.")
             if positions.numel() > 0 and (int(positions.min()) < 0 or int(positions.max()) >= d):
                 raise ValueError(f"positions must index the {d} depth slices of x3d, got {positions.tolist()}.")
-            weights = F.one_hot(positions.long(), d).to(x3d.dtype).unsqueeze(2)  # (B, S, 1, d)
-            agg = aggregate_slices(weights, x3d, spatial_dim=0)  # (B * S, C3, h3, w3): the picked slices
-        if agg.shape[2:] != x2d.shape[2:]:
-            agg = F.interpolate(agg, size=x2d.shape[2:], mode="bilinear", align_corners=False)
-        out = self.fusion(torch.cat([x2d, agg], dim=1))
-        if return_attention:
-            return out, weights.reshape(b * s, weights.shape[2], d)
-        return out
+        if valid_depth is not None and not 1 <= valid_depth <= d:
+            raise ValueError(
+                f"valid_depth must lie in [1, {d}] (the depth slices of x3d holding image content), got {valid_depth}."
+            )
 
 
 MSFA = MultiSliceFeatureAggregation

@@ -101,7 +101,7 @@ class MultiViewStack(nn.Module):
 class MultiViewFuse(nn.Module):
     """Bring the views back to ``(H, W, D)``, sum them, and map them to logits.
 
-    The head follows the SSH-UNet release (Ugwu et al. 2023, https://arxiv.org/abs/2307.09148): 1x1x1 conv
+    The head follows the SSH-UNet release (Ugwu et al. 2023, https://arxiv.org/abs/2307.12853): 1x1x1 conv
     (``in -> in``, bias), norm, activation, 1x1x1 conv (``in -> out``, bias). Parameter names ``conv1.conv.*`` and
     ``conv.conv.*`` match it.
 

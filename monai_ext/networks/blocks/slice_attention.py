@@ -1,7 +1,10 @@
 """Slice-wise attention (SA) and recurrent slice-wise attention (RSA), the attention blocks of RSANet.
 
 Axes follow :mod:`monai_ext.networks.layout`: inputs are ``(N, C, *spatial)`` (``(N, C, H, W, D)`` for volumes) and
-the slice axis is named by ``spatial_dim``, an index over the spatial axes (0 = H, 1 = W, 2 = D).
+the slice axis is named by ``spatial_dim``, an index over the spatial axes (0 = H, 1 = W, 2 = D). Which anatomical
+planes those axes hold depends on the volume's orientation: after MONAI's ``Orientationd(axcodes="RAS")`` spatial
+axis 0 runs left-right (its slices are sagittal), 1 posterior-anterior (coronal slices) and 2 inferior-superior
+(axial slices). :func:`plane_axes` translates plane names into axes for any orientation.
 """
 
 from __future__ import annotations
@@ -15,7 +18,63 @@ from torch import nn
 
 from monai_ext.networks.layout import DEFAULT_SPATIAL_DIM, check_spatial_axes, check_spatial_dim
 
-__all__ = ["RSA", "RecurrentSliceAttention", "SliceAttention", "slice_attention"]
+__all__ = ["RSA", "RSA_PAPER_ORDER", "RecurrentSliceAttention", "SliceAttention", "plane_axes", "slice_attention"]
+
+# the anatomical axis across which each plane's slices are stacked, as its two orientation letters
+_PLANE_LETTERS = {"sagittal": "LR", "coronal": "AP", "axial": "IS"}
+
+
+def plane_axes(planes: Sequence[str], axcodes: str | Sequence[str] = "RAS") -> tuple[int, ...]:
+    """The spatial axes along which the given anatomical planes are stacked, in a volume oriented ``axcodes``.
+
+    Sagittal slices are stacked along the left-right axis, coronal slices along the anterior-posterior axis and
+    axial slices along the inferior-superior axis; ``axcodes`` names the direction of each spatial axis as MONAI's
+    :class:`~monai.transforms.Orientationd` and nibabel's ``aff2axcodes`` do (the direction of an axis does not
+    matter here, only which anatomical axis it is). The result is an order for
+    :class:`RecurrentSliceAttention`'s ``spatial_dims_order``: ``plane_axes(("sagittal", "coronal", "axial"))`` is
+    ``(0, 1, 2)`` (:data:`RSA_PAPER_ORDER`), ``plane_axes(("coronal", "sagittal", "axial"))`` is ``(1, 0, 2)``.
+
+    Args:
+        planes: plane names, each ``"sagittal"``, ``"coronal"`` or ``"axial"`` (any case), distinct.
+        axcodes: one letter per spatial axis from ``L``/``R``, ``A``/``P``, ``I``/``S``, each anatomical axis at
+            most once (e.g. ``"RAS"``, ``"LPS"``, ``"SAR"``; two letters for a 2D slice), as a string or a sequence
+            of letters (nibabel's ``aff2axcodes(affine)``). Default ``"RAS"``, the orientation of every monai_ext
+            bundle.
+
+    Returns:
+        one spatial axis index (0 = the first spatial axis) per plane, in the order of ``planes``.
+
+    Raises:
+        ValueError: for an unknown or repeated plane name, malformed ``axcodes``, or a plane whose anatomical axis
+            ``axcodes`` does not contain.
+    """
+    try:
+        codes = "".join(axcodes).upper()
+    except TypeError:  # not letters (nibabel gives None for an axis it cannot name)
+        codes = ""
+    owners = [next((p for p, letters in _PLANE_LETTERS.items() if c in letters), None) for c in codes]
+    if not 1 <= len(codes) <= 3 or None in owners or len(set(owners)) != len(owners):
+        raise ValueError(
+            f"axcodes must name each spatial axis with one letter of L/R, A/P, I/S, each anatomical axis at most "
+            f"once (e.g. 'RAS'), got {axcodes!r}."
+        )
+    names = [str(p).lower() for p in planes]
+    unknown = [p for p in names if p not in _PLANE_LETTERS]
+    if unknown or not names or len(set(names)) != len(names):
+        raise ValueError(f"planes must be distinct names from {list(_PLANE_LETTERS)}, got {list(planes)}.")
+    missing = [p for p in names if p not in owners]
+    if missing:
+        raise ValueError(
+            f"axcodes {axcodes!r} has no axis across which {missing} slices are stacked "
+            f"({', '.join(f'{p}: {_PLANE_LETTERS[p][0]}/{_PLANE_LETTERS[p][1]}' for p in missing)})."
+        )
+    return tuple(owners.index(p) for p in names)
+
+
+RSA_PAPER_ORDER = plane_axes(("sagittal", "coronal", "axial"))
+"""The paper's RSA order, "sagittal, coronal and axial" (Zhang et al. 2019), as spatial axes of a RAS-oriented
+``(N, C, H, W, D)`` volume: ``(0, 1, 2)``. :class:`RecurrentSliceAttention`'s default. The release attends in
+another order: :data:`monai_ext.networks.compat.RSA_RELEASE_ORDER`."""
 
 
 def slice_attention(
@@ -62,19 +121,26 @@ class RecurrentSliceAttention(nn.Module):
 
     (see :func:`slice_attention`). Each direction has one scalar ``beta``, initialised to 0, so the block
     starts as the identity. Parameter names equal the release's (``theta_conv``, ``phi_conv``, ``g_conv``,
-    ``betas.{i}``, one beta per direction in the same order): the authors' ``rsaBlock`` state dict loads with
-    ``load_state_dict`` unchanged.
+    ``betas.{i}``, one beta per direction of ``spatial_dims_order``): with the release's order (below) the
+    authors' ``rsaBlock`` state dict loads with ``load_state_dict`` unchanged.
 
-    The default order is the release's: H, then W, then D, i.e. ``spatial_dims_order=(0, 1, 2)`` on MONAI's
-    ``(N, C, H, W, D)`` (the release names its tensors ``(N, C, D, H, W)``; with the slices moved last, see
-    :func:`monai_ext.networks.compat.rsanet_release_to_monai`, the block reproduces the authors' ``rsaBlock``).
-    The order in which the other axes are flattened into a slice vector does not change the result.
+    The order matters, because each direction attends over the ``x`` the previous ones updated; the axes are named
+    by their index, so the anatomy they hold depends on the volume's orientation (see :func:`plane_axes`). The
+    default is the paper's order, "sagittal, coronal and axial" (:data:`RSA_PAPER_ORDER`): ``(0, 1, 2)`` on a
+    RAS-oriented volume, as every monai_ext bundle reads them (``Orientationd(axcodes="RAS")``). The release attends
+    coronal, sagittal, then axial: ``(1, 0, 2)`` on a RAS volume
+    (:data:`monai_ext.networks.compat.RSA_RELEASE_ORDER`; the release's own tensors move to this layout with
+    :func:`monai_ext.networks.compat.rsanet_release_to_monai`, and the block then reproduces the authors'
+    ``rsaBlock``). Within one direction, the order in which the other axes are flattened into a slice vector and
+    the direction (sign) of every axis do not change the result: a flip permutes the slices, or the entries of
+    every slice vector, the same way in ``theta``, ``phi`` and ``g``.
 
     Args:
         spatial_dims: 2 or 3.
         in_channels: channels ``C`` of input and output.
-        spatial_dims_order: spatial axes to attend along, in order (0 = H, 1 = W, 2 = D), distinct.
-            Default ``(0, 1, 2)`` for 3D (the release) and ``(0, 1)`` for 2D.
+        spatial_dims_order: spatial axes to attend along, in order (0 = H, 1 = W, 2 = D), distinct; e.g.
+            ``plane_axes(("coronal", "sagittal", "axial"), "RAS")``. Default :data:`RSA_PAPER_ORDER`, ``(0, 1, 2)``
+            (sagittal, coronal, axial on RAS volumes), and ``(0, 1)`` for 2D.
         scaled: divide the attention logits by ``sqrt(L)`` (``L`` = length of a flattened slice). Off in the
             release; with many channels its softmax saturates, which the scaling avoids.
 
@@ -99,7 +165,7 @@ class RecurrentSliceAttention(nn.Module):
         if in_channels < 1:
             raise ValueError(f"in_channels must be a positive integer, got {in_channels}.")
         if spatial_dims_order is None:
-            spatial_dims_order = tuple(range(spatial_dims))
+            spatial_dims_order = RSA_PAPER_ORDER if spatial_dims == 3 else (0, 1)
         self.name = type(self).__name__  # for messages (TorchScript cannot evaluate type(self))
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels

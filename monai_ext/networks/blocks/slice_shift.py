@@ -62,7 +62,7 @@ class SliceShift(nn.Module):
 
     The shift gives 2D convolutions (kernel ``(3, 3, 1)`` for slices on the last axis) information from the
     neighbouring slices at no cost in parameters or FLOPs. It is the core of SSH-UNet (Ugwu et al., "Slice Shift
-    UNet", https://arxiv.org/abs/2307.09148) and comes from the Temporal Shift Module for video (Lin et al.,
+    UNet", https://arxiv.org/abs/2307.12853) and comes from the Temporal Shift Module for video (Lin et al.,
     ICCV 2019, https://arxiv.org/abs/1811.08383).
 
     ``fold = C // fold_div`` channels move each way:

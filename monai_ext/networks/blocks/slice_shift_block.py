@@ -19,9 +19,10 @@ SHIFT_POSITIONS = ("after_conv", "before_conv")
 class SliceShiftResBlock(nn.Module):
     """MONAI's DynUNet residual block (two convs + norm + activation) with a slice shift at each conv.
 
-    Part of SSH-UNet (Ugwu et al. 2023, https://arxiv.org/abs/2307.09148). With ``shift_position="after_conv"``
-    (SSH-UNet release) the shift follows conv1 and conv2; with ``"before_conv"`` (paper text, TSM) it precedes
-    them. ``shift=None`` gives a plain residual block.
+    Part of SSH-UNet (Ugwu et al. 2023, https://arxiv.org/abs/2307.12853). With ``shift_position="after_conv"``
+    (SSH-UNet release; the paper's Fig. 1 caption: convolve, then shift) the shift follows conv1 and conv2; with
+    ``"before_conv"`` (the paper's Sec. 3.2, and TSM: shift, then convolve) it precedes them.
+    ``shift=None`` gives a plain residual block.
 
     Two orders of the residual sum exist and both are kept:
     ``residual_before_norm=True`` (SSH-UNet release): ``act(norm2(conv2(.) + residual))``;

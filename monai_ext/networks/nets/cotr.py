@@ -70,7 +70,8 @@ class CoTr(nn.Module):
       the two in-plane axes (``(2, 2, 1)`` for slices last);
     - encoder stage ``i`` (stride 2): ``encoder_blocks[i]`` residual blocks (one ``3^3`` conv + norm, shortcut,
       act) to ``encoder_channels[i + 1]`` (3, 3, 2 blocks; 192, 384, 384 channels);
-    - DeTrans (:class:`~monai_ext.networks.blocks.DeTransEncoder`) on the last two encoder levels jointly
+    - DeTrans (:class:`~monai_ext.networks.blocks.DeTransEncoder`) on the last ``detrans_levels`` (2) encoder levels
+      jointly
       (``d = 384``, 6 heads, 6 layers, FFN 1536, 4 points, dropout 0.1);
     - decoder level ``k`` (deep to shallow): ``2^3`` stride-2 transposed convolution (no bias), sum with the
       skip (the DeTrans output on the second-deepest level, CNN features above), a residual block of two
@@ -80,7 +81,8 @@ class CoTr(nn.Module):
     With the defaults (1 input channel, 14 classes) the network has 41,872,504 parameters, the release's
     count (encoder 20,500,800, DeTrans 9,316,992). The paper's variants are registry entries
     (:func:`monai_ext.networks.create_network`): ``"cotr"``, ``"cotr_star"``, ``"cotr_plus"``,
-    ``"cotr_without_detrans"``. Released weights load through :func:`monai_ext.networks.compat.load_cotr_release`.
+    ``"cotr_without_detrans"``, ``"cotr_single_scale"``. Released weights load through
+    :func:`monai_ext.networks.compat.load_cotr_release`.
 
     Output: in eval mode, or without ``deep_supervision``, one tensor of full-resolution logits. In training mode
     with ``deep_supervision`` a list ``[full, level 0, level 1, level 2]``: the full-resolution logits, then the
@@ -90,14 +92,17 @@ class CoTr(nn.Module):
     Args:
         in_channels: input channels.
         out_channels: classes, background included.
-        encoder_channels: stem and stage channels; the last two must equal (DeTrans runs on both levels).
+        encoder_channels: stem and stage channels; the last ``detrans_levels`` must be equal (DeTrans runs on them).
         encoder_blocks: residual blocks per encoder stage.
         spatial_dim: the slice axis, 0-2 over the spatial axes (default 2, the last, as MONAI's ``SliceInferer``);
             the stem does not stride along it.
         use_detrans: False for the ablation without DeTrans (the decoder reads the CNN features directly).
+        detrans_levels: how many of the deepest encoder levels DeTrans takes jointly (released CoTr: 2; 1 is the
+            single-scale DeTrans of the paper's Fig. 3, on the deepest level only).
         num_heads, num_layers, mlp_dim, num_points, dropout_rate: DeTrans settings.
         norm_name: MONAI norm factory name/arguments (release default: instance norm with affine).
-        act_name: MONAI activation factory name/arguments (release default: LeakyReLU 0.01).
+        act_name: MONAI activation factory name/arguments of the CNN parts (release default: LeakyReLU 0.01; the
+            paper's text writes Conv-IN-ReLU: ``"relu"``). DeTrans's FFN keeps GELU.
         deep_supervision: return the deep-supervision list in training mode.
         core: DeTrans sampling core, ``"fast"`` or ``"grid_sample"``.
 
@@ -121,6 +126,7 @@ class CoTr(nn.Module):
         encoder_blocks: Sequence[int] = (3, 3, 2),
         spatial_dim: int = DEFAULT_SPATIAL_DIM,
         use_detrans: bool = True,
+        detrans_levels: int = 2,
         num_heads: int = 6,
         num_layers: int = 6,
         mlp_dim: int = 1536,
@@ -145,14 +151,20 @@ class CoTr(nn.Module):
             raise ValueError(
                 f"encoder_channels and encoder_blocks must be positive, got {encoder_channels}, {encoder_blocks}."
             )
-        if use_detrans and encoder_channels[-1] != encoder_channels[-2]:
+        if not 1 <= detrans_levels <= len(encoder_channels):
             raise ValueError(
-                f"DeTrans runs on the last two encoder levels and needs them equally wide, got {encoder_channels[-2:]}."
+                f"detrans_levels must lie in [1, {len(encoder_channels)}] (the encoder levels), got {detrans_levels}."
+            )
+        if use_detrans and len(set(encoder_channels[-detrans_levels:])) != 1:
+            raise ValueError(
+                f"DeTrans runs on the last {detrans_levels} encoder levels and needs them equally wide, got "
+                f"{encoder_channels[-detrans_levels:]}; set encoder_channels or detrans_levels accordingly."
             )
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.spatial_dim = check_spatial_dim(spatial_dim)
         self.deep_supervision = deep_supervision
+        self.detrans_levels = detrans_levels
         stem_strides = [1 if a == spatial_dim else 2 for a in range(spatial_dims)]
         self.divisors = [s * 2 ** len(encoder_blocks) for s in stem_strides]  # of every input size, per axis
         conv = Conv[Conv.CONV, spatial_dims]
@@ -180,8 +192,9 @@ class CoTr(nn.Module):
         self.detrans: DeTransEncoder | None = None
         if use_detrans:
             self.detrans = DeTransEncoder(
-                encoder_channels[-1], num_levels=2, num_layers=num_layers, mlp_dim=mlp_dim, num_heads=num_heads,
-                num_points=num_points, dropout_rate=dropout_rate, act="gelu", spatial_dims=spatial_dims, core=core,
+                encoder_channels[-1], num_levels=detrans_levels, num_layers=num_layers, mlp_dim=mlp_dim,
+                num_heads=num_heads, num_points=num_points, dropout_rate=dropout_rate, act="gelu",
+                spatial_dims=spatial_dims, core=core,
             )  # fmt: skip
         decoder_levels = list(reversed(range(len(encoder_blocks))))  # skip levels, deep to shallow
         self.upsamples = nn.ModuleList(
@@ -206,20 +219,27 @@ class CoTr(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        check_input(x, "CoTr", self.in_channels, spatial_dims=3, divisor=self.divisors)
+        if not torch.jit.is_scripting():  # plain-Python checks; a scripted network skips them
+            check_input(x, "CoTr", self.in_channels, spatial_dims=3, divisor=self.divisors)
         feats = [self.stem(x)]
         for stage in self.encoder_stages:
             feats.append(stage(feats[-1]))
         if self.detrans is not None:
-            feats[-2], feats[-1] = self.detrans(feats[-2:])
+            first = len(feats) - self.detrans_levels
+            if torch.jit.is_scripting():  # one type in, one out
+                levels = self.detrans.forward_levels(feats[first:])
+            else:  # through the module call, so that hooks on the encoder see it
+                levels = self.detrans(feats[first:])
+            feats = feats[:first] + levels
         x = feats[-1]
-        outputs = []
+        outputs: list[torch.Tensor] = []
         for j, (up, block, head) in enumerate(zip(self.upsamples, self.decoder_blocks, self.deep_heads)):
-            x = block(up(x) + feats[-2 - j])
+            x = block(up(x) + feats[len(feats) - 2 - j])
             outputs.append(head(x))
         result = self.out_conv(self.final_upsample(x))
         if self.training and self.deep_supervision:
-            return [result, *reversed(outputs)]  # full, then levels shallow to deep
+            outputs.reverse()  # levels shallow to deep
+            return [result] + outputs
         return result
 
 
@@ -264,10 +284,11 @@ register_network(
         method=4,
     )
 )
-for _name, _title, _defaults in (
-    ("cotr_star", "CoTr*", {"encoder_blocks": (1, 1, 1)}),  # the paper's smaller CNN encoders: our reading
-    ("cotr_plus", "CoTr†", {"encoder_blocks": (2, 2, 2)}),
-    ("cotr_without_detrans", "CoTr w/o DeTrans", {"use_detrans": False}),
+for _name, _title, _defaults, _row in (
+    ("cotr_star", "CoTr*", {"encoder_blocks": (1, 1, 1)}, _PAPER),  # the paper's smaller CNN encoders: our reading
+    ("cotr_plus", "CoTr†", {"encoder_blocks": (2, 2, 2)}, _PAPER),
+    ("cotr_without_detrans", "CoTr w/o DeTrans", {"use_detrans": False}, _PAPER),
+    ("cotr_single_scale", "CoTr (single-scale DeTrans)", {"detrans_levels": 1}, "Xie et al. 2021, Fig. 3"),
 ):
     register_network(
         NetworkEntry(
@@ -275,7 +296,7 @@ for _name, _title, _defaults in (
             CoTr,
             "3d",
             _title,
-            f"{_PAPER}: {_title}",
+            f"{_row}: {_title}",
             defaults=_defaults,
             inferer=cotr_inferer,
             bundle="cotr",

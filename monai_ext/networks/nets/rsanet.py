@@ -48,6 +48,9 @@ class RSANet(nn.Module):
     :func:`rsanet_inferer` (or :class:`monai_ext.inferers.PadInferer`). The release instead zero-pads the
     upsampled decoder features at the near end; for divisible sizes the two agree.
 
+    The network scripts (``torch.jit.script``, as the Model Zoo's ``ckpt_export``) and traces. A scripted network
+    skips the input checks, as a traced one does.
+
     Args:
         spatial_dims: 3 (the release) or 2.
         in_channels: input channels (the release: T1, T2, FLAIR).
@@ -56,7 +59,10 @@ class RSANet(nn.Module):
         rsa_placement: three characters from ``"01"`` (encoder, bottleneck, decoder), see above.
         rsa_spatial_dims_order: spatial axes every RSA block attends along, in order (0 = H, 1 = W, 2 = D of
             ``(B, C, H, W, D)``), see :class:`~monai_ext.networks.blocks.RecurrentSliceAttention`. Default: the
-            release's H, W, then D (``(0, 1, 2)``; ``(0, 1)`` in 2D).
+            paper's sagittal, coronal, then axial on RAS-oriented volumes
+            (:data:`~monai_ext.networks.blocks.RSA_PAPER_ORDER`, ``(0, 1, 2)``; ``(0, 1)`` in 2D). The release's
+            coronal, sagittal, axial is :data:`~monai_ext.networks.compat.RSA_RELEASE_ORDER`, ``(1, 0, 2)``; for
+            other orientations see :func:`~monai_ext.networks.blocks.plane_axes`.
         rsa_scaled: scale the RSA attention logits by ``1 / sqrt(L)`` (off in the release).
         norm_name: normalisation, MONAI factory name and arguments. Default ``("group", {"num_groups": 8})``.
         act_name: activation, MONAI factory name and arguments. Default ``("relu", {"inplace": True})``.
@@ -69,8 +75,9 @@ class RSANet(nn.Module):
 
     Raises:
         ValueError: for ``spatial_dims`` not 2 or 3, non-positive channel counts, fewer than two levels,
-            a malformed ``rsa_placement`` or ``rsa_spatial_dims_order``; in ``forward`` for an input of the wrong
-            rank or channel count, or with a spatial size that is not a multiple of ``2 ** (len(filters) - 1)``.
+            a malformed ``rsa_placement`` or ``rsa_spatial_dims_order``; in ``forward`` (eager, not scripted) for
+            an input of the wrong rank or channel count, or with a spatial size that is not a multiple of
+            ``2 ** (len(filters) - 1)``.
     """
 
     def __init__(
@@ -145,7 +152,8 @@ class RSANet(nn.Module):
         self.rsa_decoder = rsa(filters[-2], rsa_placement[2])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, "RSANet", self.in_channels, self.spatial_dims, divisor=self.divisor)
+        if not torch.jit.is_scripting():  # the checks are plain Python; a scripted network skips them
+            check_input(x, "RSANet", self.in_channels, self.spatial_dims, divisor=self.divisor)
         x = self.dropout(self.init_conv(x))
         skips: list[torch.Tensor] = []
         last = len(self.encoders) - 1

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from monai_ext.networks.blocks.context_encoder import ContextEncoder3D, GlobalDescriptor
 from monai_ext.networks.blocks.msfa import MultiSliceFeatureAggregation
 from monai_ext.networks.checks import check_input
-from monai_ext.networks.layout import DEFAULT_SPATIAL_DIM, check_spatial_dim, take_slices, tensor_dim
+from monai_ext.networks.layout import DEFAULT_SPATIAL_DIM, check_spatial_dim, tensor_dim
 from monai_ext.networks.registry import NetworkEntry, register_network
 
 __all__ = ["CONFIGURATIONS", "SCAA", "SliceContext", "SpatialContextAwareNet", "scaa_inferer", "scaa_sizes"]
@@ -115,6 +115,11 @@ class SpatialContextAwareNet(nn.Module):
     - ``net(x, slice_indices)``: training. Only the given slices go through the 2D path. Returns the list
       ``[slice_logits, aux_logits]``: ``slice_logits`` as :meth:`forward_slices`, ``aux_logits`` as :meth:`forward_aux`
       (half resolution).
+    - ``valid_size=[h, w, d]`` (both calls, and :meth:`forward_slices`): the sizes of ``x`` before it was padded at
+      the far end; MSFA then gives the padded depth slices no attention. The pad inferers pass it.
+
+    ``torch.jit.script`` compiles :meth:`forward` (``slice_indices`` a tensor there); ``encode_context`` and
+    ``forward_slices`` stay eager.
 
     Sizes: every spatial axis must be a multiple of ``divisor = 2^L`` (32), and the in-plane axes at least
     ``2^(L+1)`` (64); the network raises for other sizes (:attr:`divisor`, :attr:`min_size`, :func:`scaa_sizes`).
@@ -186,6 +191,7 @@ class SpatialContextAwareNet(nn.Module):
         self.configuration = configuration
         self.msfa_mode, self.use_global = CONFIGURATIONS[configuration]
         self.spatial_dim = check_spatial_dim(spatial_dim)
+        self._slice_axis = tensor_dim(self.spatial_dim)
         self.levels = len(filters)
         self.divisor, self.min_size = scaa_sizes(self.levels, self.spatial_dim)
 
@@ -221,16 +227,24 @@ class SpatialContextAwareNet(nn.Module):
         self.head = nn.Conv2d(head_in, out_channels, kernel_size=1)
         self.aux_head = nn.Conv3d(context_channels[-1], out_channels, kernel_size=1)
 
-    def _check(self, x: torch.Tensor) -> None:
+    @torch.jit.unused
+    def _check(self, x: torch.Tensor, valid_size: Sequence[int] | None = None) -> None:
         check_input(x, "SCAA", self.in_channels, spatial_dims=3, divisor=self.divisor, min_size=self.min_size)
+        if valid_size is not None:
+            sizes = list(x.shape[2:])
+            if len(valid_size) != 3 or any(not 1 <= int(v) <= n for v, n in zip(valid_size, sizes)):
+                raise ValueError(
+                    f"valid_size must give the unpadded size of each spatial axis, between 1 and the input's {sizes}, "
+                    f"got {list(valid_size)}."
+                )
 
     def _slices_first(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, *spatial)`` with the slice axis moved first among the spatial axes (a view)."""
-        return x.movedim(tensor_dim(self.spatial_dim), 2)
+        return x.movedim(self._slice_axis, 2)
 
     def _slices_restored(self, x: torch.Tensor) -> torch.Tensor:
         """Undo :meth:`_slices_first`."""
-        return x.movedim(2, tensor_dim(self.spatial_dim))
+        return x.movedim(2, self._slice_axis)
 
     def encode_context(self, x: torch.Tensor) -> SliceContext:
         """Run the 3D context encoder (and the global descriptor, where the configuration has one) on whole volumes.
@@ -242,9 +256,16 @@ class SpatialContextAwareNet(nn.Module):
             :class:`SliceContext`: ``F3D_2 .. F3D_L`` in the input's layout and the global descriptor (or None).
         """
         self._check(x)
+        features, descriptor = self._context(x)
+        return SliceContext(features, descriptor)
+
+    def _context(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """:meth:`encode_context` as a tuple, unchecked."""
         features = self.context_encoder(self._slices_first(x))  # F3D_i (B, C_i, D_i, H_i, W_i)
-        descriptor = self.global_descriptor(features[-1]) if self.global_descriptor is not None else None
-        return SliceContext([self._slices_restored(f) for f in features], descriptor)
+        descriptor: torch.Tensor | None = None
+        if self.global_descriptor is not None:
+            descriptor = self.global_descriptor(features[-1])
+        return [self._slices_restored(f) for f in features], descriptor
 
     def forward_slices(
         self,
@@ -252,6 +273,7 @@ class SpatialContextAwareNet(nn.Module):
         context: SliceContext,
         slice_indices: torch.Tensor | Sequence[int],
         return_attention: bool = False,
+        valid_size: Sequence[int] | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Run the 2D path on the given slices of ``x``, against ``context`` from :meth:`encode_context` of ``x``.
 
@@ -260,6 +282,10 @@ class SpatialContextAwareNet(nn.Module):
             context: :meth:`encode_context` of ``x``.
             slice_indices: ``(S,)`` (the same slices of every volume) or ``(B, S)`` indices along ``spatial_dim``.
             return_attention: also return the MSFA weights (for pictures such as the paper's Fig. 2).
+            valid_size: where ``x`` was padded at the far end of its axes (as
+                :class:`~monai_ext.inferers.PadInferer` does), its unpadded spatial sizes: the depth slices of
+                ``F3D_i`` that hold no image content (those after ``ceil(valid_size[spatial_dim] / 2^i)``) get MSFA
+                attention 0. None: every slice is image content.
 
         Returns:
             the logits ``(B, out_channels, *spatial)`` with ``S`` in place of the slice axis (slice ``j`` = input slice
@@ -267,13 +293,23 @@ class SpatialContextAwareNet(nn.Module):
             ``2 .. L``, ``(B, S, heads, d_i)`` over the ``d_i`` slices of ``F3D_i`` (empty for CA).
 
         Raises:
-            ValueError: for an input the network does not take, or slice indices of the wrong shape or out of range.
+            ValueError: for an input the network does not take, slice indices of the wrong shape or out of range, or a
+                ``valid_size`` that is not 3 sizes between 1 and the input's.
         """
-        self._check(x)
+        self._check(x, valid_size)
+        indices = self._indices(x, slice_indices)
+        attention: list[torch.Tensor] | None = [] if return_attention else None
+        depth = None if valid_size is None else int(valid_size[self.spatial_dim])
+        logits = self._slices(x, context.features, context.descriptor, indices, depth, attention)
+        return (logits, attention) if attention is not None else logits
+
+    @torch.jit.unused
+    def _indices(self, x: torch.Tensor, slice_indices: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """Checked slice indices ``(B, S)`` on ``x``'s device."""
         indices = torch.as_tensor(slice_indices, device=x.device).long()
         if indices.dim() == 1:
             indices = indices.expand(x.shape[0], -1)
-        depth = x.shape[tensor_dim(self.spatial_dim)]
+        depth = x.shape[self._slice_axis]
         if indices.dim() != 2 or indices.shape[0] != x.shape[0] or indices.shape[1] < 1:
             raise ValueError(
                 f"slice_indices must be (S,) or (B, S) = ({x.shape[0]}, S) with S >= 1, "
@@ -284,57 +320,76 @@ class SpatialContextAwareNet(nn.Module):
                 f"slice_indices must lie in [0, {depth}) (slices along spatial_dim={self.spatial_dim}), got values in "
                 f"[{int(indices.min())}, {int(indices.max())}]."
             )
-        attention: list[torch.Tensor] | None = [] if return_attention else None
-        logits = self._slices(x, context, indices, attention)
-        return (logits, attention) if attention is not None else logits
+        return indices
 
     def _slices(
         self,
         x: torch.Tensor,
-        context: SliceContext,
+        features: list[torch.Tensor],
+        descriptor: torch.Tensor | None,
         indices: torch.Tensor,
+        valid_depth: int | None = None,
         attention: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """The 2D path for valid slice indices ``(B, S)``; appends the MSFA weights per scale to ``attention``."""
-        b, s = indices.shape
+        """The 2D path for valid slice indices ``(B, S)``, ``valid_depth`` unpadded slices along ``spatial_dim`` (None:
+        all); appends the MSFA weights per scale to ``attention``."""
+        b, s = indices.shape[0], indices.shape[1]
         volume = self._slices_first(x)  # (B, C, D, H, W)
-        h = take_slices(volume, indices, 0).transpose(1, 2).reshape(b * s, x.shape[1], *volume.shape[3:])  # (B*S,C,H,W)
+        batch = torch.arange(b, device=x.device).unsqueeze(1)  # (B, 1)
+        h = volume[batch, :, indices].reshape(b * s, x.shape[1], volume.shape[3], volume.shape[4])  # (B*S, C, H, W)
         skips: list[torch.Tensor] = []
         for level, encoder in enumerate(self.encoders):
             h = encoder(h)
             skips.append(h)
             h = F.max_pool2d(h, 2)  # scale level + 1
             scale = level + 1
-            if scale >= 2 and len(self.msfa) > 0:
-                positions = torch.div(indices, 2**scale, rounding_mode="floor")  # the 3D slice holding each slice
-                msfa = self.msfa[scale - 2]
-                if attention is None:
-                    h = msfa(h, context.features[scale - 2], positions)
-                else:
-                    h, weights = msfa(h, context.features[scale - 2], positions, return_attention=True)
-                    attention.append(weights.reshape(b, s, weights.shape[1], weights.shape[2]))
-        for decoder, skip in zip(self.decoders, reversed(skips)):
-            h = decoder(h, skip)
-        if context.descriptor is not None:
-            g = context.descriptor.repeat_interleave(s, dim=0)[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])
+            positions = torch.div(indices, 1 << scale, rounding_mode="floor")  # the 3D slice holding each slice
+            depth: int | None = None
+            if valid_depth is not None:
+                depth = (valid_depth + (1 << scale) - 1) >> scale  # F3D slices holding image content
+            for j, msfa in enumerate(self.msfa):  # the MSFA of this scale (a loop TorchScript unrolls)
+                if j == scale - 2:
+                    h, weights = msfa.forward_with_attention(h, features[j], positions, depth)
+                    if attention is not None:
+                        attention.append(weights.reshape(b, s, weights.shape[1], weights.shape[2]))
+        for j, decoder in enumerate(self.decoders):
+            h = decoder(h, skips[len(skips) - 1 - j])
+        if descriptor is not None:
+            g = descriptor.repeat_interleave(s, dim=0)[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])
             h = torch.cat([h, g], dim=1)
         logits = self.head(h)  # (B * S, K, H, W)
-        return self._slices_restored(logits.reshape(b, s, *logits.shape[1:]).transpose(1, 2))  # S on spatial_dim
+        return self._slices_restored(
+            logits.reshape(b, s, logits.shape[1], logits.shape[2], logits.shape[3]).transpose(1, 2)
+        )  # S on spatial_dim
 
     def forward_aux(self, context: SliceContext) -> torch.Tensor:
         """The auxiliary 3D head on ``context``: logits ``(B, out_channels, *spatial / 2)`` (half resolution)."""
-        aux = self.aux_head(self._slices_first(context.features[-1]))
-        aux = F.interpolate(aux, scale_factor=2 ** (self.levels - 1), mode="trilinear", align_corners=False)
+        return self._aux(context.features)
+
+    def _aux(self, features: list[torch.Tensor]) -> torch.Tensor:
+        aux = self.aux_head(self._slices_first(features[-1]))
+        aux = F.interpolate(aux, scale_factor=float(2 ** (self.levels - 1)), mode="trilinear", align_corners=False)
         return self._slices_restored(aux)
 
     def forward(
-        self, x: torch.Tensor, slice_indices: torch.Tensor | Sequence[int] | None = None
+        self, x: torch.Tensor, slice_indices: torch.Tensor | None = None, valid_size: list[int] | None = None
     ) -> torch.Tensor | list[torch.Tensor]:
-        context = self.encode_context(x)
+        """See the class docstring; ``slice_indices`` may also be a sequence of ints (not in TorchScript), and
+        ``valid_size`` gives the unpadded spatial sizes of a padded ``x`` (see :meth:`forward_slices`)."""
+        if not torch.jit.is_scripting():  # plain-Python checks; a scripted network skips them
+            self._check(x, valid_size)
+        features, descriptor = self._context(x)
+        depth: int | None = None
+        if valid_size is not None:
+            depth = int(valid_size[self.spatial_dim])
         if slice_indices is None:
-            depth = x.shape[tensor_dim(self.spatial_dim)]
-            return self._slices(x, context, torch.arange(depth, device=x.device).expand(x.shape[0], -1))
-        return [self.forward_slices(x, context, slice_indices), self.forward_aux(context)]
+            indices = torch.arange(x.shape[self._slice_axis], device=x.device).expand(x.shape[0], -1)
+            return self._slices(x, features, descriptor, indices, depth)
+        if torch.jit.is_scripting():
+            indices = slice_indices.long() if slice_indices.dim() == 2 else slice_indices.long().expand(x.shape[0], -1)
+        else:
+            indices = self._indices(x, slice_indices)
+        return [self._slices(x, features, descriptor, indices, depth), self._aux(features)]
 
 
 SCAA = SpatialContextAwareNet

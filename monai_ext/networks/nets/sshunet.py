@@ -34,7 +34,7 @@ def _per_axis(value: Sequence[int] | int, name: str, level: int) -> list[int]:
 
 
 class SSHUNet(nn.Module):
-    """Slice SHift UNet (Ugwu et al., 2023, https://arxiv.org/abs/2307.09148; code: github.com/cugwu/ssh-unet).
+    """Slice SHift UNet (Ugwu et al., 2023, https://arxiv.org/abs/2307.12853; code: github.com/cugwu/ssh-unet).
 
     A U-Net of MONAI DynUNet blocks whose convolutions are 2D (``(3, 3, 1)`` kernels: in-slice, slices on the last
     axis) and whose residual blocks shift a quarter of the channels to each neighbouring slice
@@ -56,9 +56,12 @@ class SSHUNet(nn.Module):
     ``upsamples``, ``output_block``, ``deep_supervision_heads``), without DynUNet's ``skip_layers`` aliases.
 
     Beyond the release: inputs whose views differ in shape are accepted (the shared trunk then runs once per view;
-    the result equals the stacked path), ``shift_position="before_conv"`` gives the paper's placement, and fewer
-    views give the paper's single-view rows (``spatial_dims_order=(2,)``: 2D+shift; with ``shift_input=False,
-    shift_levels=(), shift_bottleneck=False``: plain 2D). The single-view variants keep the release's output head.
+    the result equals the stacked path), ``shift_position="before_conv"`` gives the placement of the paper's Sec. 3.2
+    (shift, then the 2D convolution), and the ablations are arguments (registry names in brackets): one view,
+    ``spatial_dims_order=(2,)``, is Table 5's 2D+shift (``ssh_unet_2d_shift``); no shift anywhere
+    (``shift_input=False, shift_levels=(), shift_bottleneck=False``) is Table 5's 2D with one view
+    (``ssh_unet_2d``) and Table 6's shifted fraction 0 with three views (``ssh_unet_multi_view``). The variants keep
+    the release's output head.
 
     Args:
         in_channels: input channels; default 1.
@@ -77,7 +80,8 @@ class SSHUNet(nn.Module):
         shift_bottleneck: shift in the bottleneck.
         shift_decoder: shift in the decoder blocks matching ``shift_levels``.
         fold_div: ``C // fold_div`` channels move each way.
-        shift_position: ``"after_conv"`` (release) or ``"before_conv"`` (paper text).
+        shift_position: ``"after_conv"`` (the release, and the paper's Fig. 1 caption) or ``"before_conv"`` (the
+            paper's Sec. 3.2).
         norm_name, act_name, dropout: as for DynUNet.
         deep_supervision: in training mode, also return the outputs of ``deep_supr_num`` coarser decoder levels.
         deep_supr_num: number of extra outputs, 1 to ``len(strides) - 2``.
@@ -236,7 +240,7 @@ def sshunet_inferer(**overrides: Any) -> SlidingWindowInferer:
 
 
 def _register(name: str, title: str, row: str, defaults: dict[str, Any]) -> None:
-    """Register the SSHUNet built with ``defaults``, the paper's Table 5 row ``row``."""
+    """Register the SSHUNet built with ``defaults``, the paper's table row ``row``."""
     main = name == "ssh_unet"
     register_network(
         NetworkEntry(
@@ -244,7 +248,7 @@ def _register(name: str, title: str, row: str, defaults: dict[str, Any]) -> None
             builder=SSHUNet,
             kind="2d",
             title=title,
-            paper=f"Ugwu et al. 2023, Table 5: {row}",
+            paper=f"Ugwu et al. 2023, {row}",
             defaults=defaults,
             inferer=sshunet_inferer,
             bundle="ssh_unet",
@@ -256,11 +260,8 @@ def _register(name: str, title: str, row: str, defaults: dict[str, Any]) -> None
     )
 
 
-_register("ssh_unet", "SSH-UNet", "2D+shift+multi-view", {})  # the release and the bundle
-_register("ssh_unet_2d_shift", "SSH-UNet (2D+shift)", "2D+shift", {"spatial_dims_order": (2,)})
-_register(
-    "ssh_unet_2d",
-    "SSH-UNet (2D)",
-    "2D",
-    {"spatial_dims_order": (2,), "shift_input": False, "shift_levels": (), "shift_bottleneck": False},
-)
+_register("ssh_unet", "SSH-UNet", "Table 5: 2D+shift+multi-view", {})  # the release and the bundle
+_register("ssh_unet_2d_shift", "SSH-UNet (2D+shift)", "Table 5: 2D+shift", {"spatial_dims_order": (2,)})
+_NO_SHIFT = {"shift_input": False, "shift_levels": (), "shift_bottleneck": False}
+_register("ssh_unet_2d", "SSH-UNet (2D)", "Table 5: 2D", {"spatial_dims_order": (2,), **_NO_SHIFT})
+_register("ssh_unet_multi_view", "SSH-UNet (multi-view, no shift)", "Table 6: shifted fraction 0", _NO_SHIFT)

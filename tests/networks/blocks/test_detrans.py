@@ -153,3 +153,17 @@ def test_one_level_encoder_after_dynunet_bottleneck():
     assert after.shape == before.shape and (after - before).abs().max() > 1e-3
     after.sum().backward()
     assert detrans.layers[0].self_attn.sampling_offsets.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_torchscript_equals_eager(spatial_dims):
+    torch.manual_seed(0)
+    one = DeTransEncoder(12, num_levels=1, num_layers=1, mlp_dim=16, num_heads=2, num_points=2, dropout_rate=0.0,
+                         spatial_dims=spatial_dims).eval()  # fmt: skip
+    x = torch.randn(2, 12, *[4, 6, 3][:spatial_dims])
+    torch.testing.assert_close(torch.jit.script(one)(x), one(x), rtol=0, atol=0)  # one tensor in, one out
+    two = DeTransEncoder(12, num_levels=2, num_layers=1, mlp_dim=16, num_heads=2, num_points=2, dropout_rate=0.0,
+                         spatial_dims=spatial_dims).eval()  # fmt: skip
+    maps = [x, torch.randn(2, 12, *[2, 3, 2][:spatial_dims])]
+    for got, want in zip(torch.jit.script(two)(maps), two(maps)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)

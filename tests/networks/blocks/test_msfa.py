@@ -70,7 +70,7 @@ def test_center_mode_equals_picking_the_centre_slice():
     assert att.shape == (6, 1, 4)
     torch.testing.assert_close(att[:, 0].argmax(-1), positions.flatten())
     torch.testing.assert_close(att.sum(-1), torch.ones(6, 1))
-    assert not hasattr(block, "query")  # C-CA has no attention parameters
+    assert block.query is None and [n for n, _ in block.named_parameters() if not n.startswith("fusion.")] == []
 
 
 def test_3d_map_of_another_in_plane_size_is_resized():
@@ -186,3 +186,36 @@ def test_bad_inputs():
         center(x2d, x3d)
     with pytest.raises(ValueError, match="must index the 4 depth slices"):
         center(x2d, x3d, torch.full((2, 3), 4))
+
+
+@pytest.mark.parametrize("spatial_dim", [0, 2])
+def test_padded_depth_slices_are_masked_out(spatial_dim):
+    """With valid_depth, the result equals the block on the 3D map cut to its valid slices, whatever the padding."""
+    x2d, x3d = _inputs(b=2, s=3, d=4)
+    padded = torch.cat([x3d, 5 * torch.randn(2, 5, 8, 6, 3)], dim=-1)  # 3 slices of other content after the 4
+    block = MultiSliceFeatureAggregation(6, 5, num_heads=2, embed_channels=2, pool_size=2, spatial_dim=spatial_dim)
+    block = block.eval()
+    x3d, padded = x3d.movedim(-1, 2 + spatial_dim), padded.movedim(-1, 2 + spatial_dim)
+    out, att = block(x2d, padded, return_attention=True, valid_depth=4)
+    ref_out, ref_att = block(x2d, x3d, return_attention=True)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(att[..., :4], ref_att)
+    assert att.shape == (6, 2, 7) and (att[..., 4:] == 0).all()
+    unmasked = block(x2d, padded)
+    assert (unmasked - ref_out).abs().max() > 1e-3  # the padded slices matter without the mask
+    torch.testing.assert_close(block(x2d, padded, valid_depth=7), unmasked)  # all valid: nothing masked
+    with pytest.raises(ValueError, match="valid_depth must lie in"):
+        block(x2d, padded, valid_depth=0)
+
+
+@pytest.mark.parametrize("mode", ["attention", "center"])
+def test_torchscript_equals_eager(mode):
+    x2d, x3d = _inputs()
+    block = MultiSliceFeatureAggregation(6, 5, num_heads=2, pool_size=2, mode=mode).eval()
+    positions = torch.tensor([[0, 3, 1], [2, 2, 0]])
+    scripted = torch.jit.script(block)
+    for valid in (None, 2):
+        out, att = scripted.forward_with_attention(x2d, x3d, positions, valid)
+        ref_out, ref_att = block(x2d, x3d, positions, return_attention=True, valid_depth=valid)
+        torch.testing.assert_close(out, ref_out, rtol=0, atol=0)
+        torch.testing.assert_close(att, ref_att, rtol=0, atol=0)

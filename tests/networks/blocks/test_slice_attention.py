@@ -1,16 +1,33 @@
 import itertools
 import math
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
+from monai.data import MetaTensor
 from monai.networks.nets import DynUNet
 from monai.networks.nets.dynunet import DynUNetSkipLayer
+from monai.transforms import Orientation
 from torch import nn
 
-from monai_ext.networks.blocks import RSA, RecurrentSliceAttention, SliceAttention, slice_attention
-from monai_ext.networks.compat import monai_to_rsanet_release, rsanet_release_to_monai
+from monai_ext.networks.blocks import (
+    RSA,
+    RSA_PAPER_ORDER,
+    RecurrentSliceAttention,
+    SliceAttention,
+    plane_axes,
+    slice_attention,
+)
+from monai_ext.networks.compat import (
+    RSA_RELEASE_ORDER,
+    RSANET_RELEASE_PLANES,
+    monai_to_rsanet_release,
+    rsanet_release_to_monai,
+)
 
-RELEASE_ORDER = (0, 1, 2)  # the release's H, W, then D, as spatial axes of (N, C, H, W, D)
+PAPER_PLANES = ("sagittal", "coronal", "axial")  # Zhang et al. 2019: "sagittal, coronal and axial"
+RELEASE_PLANES = ("coronal", "sagittal", "axial")  # the release's rsaBlock: saBlocks [coronal, sagittal, axial]
 
 
 def _randomise(block: nn.Module, seed: int = 0) -> nn.Module:
@@ -41,16 +58,68 @@ def _naive_slice_attention(q, k, v, spatial_dim, scale=1.0):
     return out
 
 
+def _anatomical_volume(varying: str, channels: int = 2) -> torch.Tensor:
+    """A batch of one volume that varies only along the anatomical axis of orientation letter ``varying``, read as
+    the bundles read volumes: stored in the RSANet release's layout (axes S, A, R: axial, coronal, sagittal slice
+    axes), then ``Orientation(axcodes="RAS")``. Returns ``(1, channels, *spatial)``."""
+    affine = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)  # axes S, A, R
+    assert nib.orientations.aff2axcodes(affine) == ("S", "A", "R")
+    shape = (5, 6, 7)
+    axis = "SAR".index(varying)
+    profile = torch.linspace(0.1, 0.4, shape[axis]).reshape([-1 if a == axis else 1 for a in range(3)])
+    stored = torch.stack([profile.expand(shape) + 0.05 * c for c in range(channels)])  # (C, S, A, R)
+    return Orientation(axcodes="RAS", labels=None)(MetaTensor(stored, affine=torch.as_tensor(affine))).as_tensor()[None]
+
+
+def _directions_that_see(block: RecurrentSliceAttention, x: torch.Tensor) -> list[int]:
+    """Indices of the block's directions whose attention alone changes ``x``, with identity projections: across
+    slices that are all equal, attention gives ``x`` back (``x + beta * x`` with beta 1), across slices that
+    differ it mixes them. A volume varying along one axis is seen only by the direction that attends along it."""
+    channels = block.in_channels
+    eye = torch.eye(channels).reshape(channels, channels, *([1] * block.spatial_dims))
+    seen = []
+    with torch.no_grad():
+        for conv in (block.theta_conv, block.phi_conv, block.g_conv):
+            conv.weight.copy_(eye)
+            conv.bias.zero_()
+        for k in range(len(block.betas)):
+            for i, beta in enumerate(block.betas):
+                beta.fill_(float(i == k))
+            if not torch.allclose(block(x), 2 * x, atol=1e-6):
+                seen.append(k)
+    return seen
+
+
+@pytest.mark.parametrize("varying, paper_step, release_step", [("R", 0, 1), ("A", 1, 0), ("S", 2, 2)])
+def test_default_attends_sagittal_coronal_axial_on_ras_volumes(varying, paper_step, release_step):
+    # sagittal slices differ where the volume varies left-right (R), coronal ones anterior-posterior (A), axial
+    # ones inferior-superior (S); the paper attends sagittal, coronal, then axial, the release coronal first
+    x = _anatomical_volume(varying)
+    assert _directions_that_see(RecurrentSliceAttention(3, 2), x) == [paper_step]
+    assert _directions_that_see(RecurrentSliceAttention(3, 2, spatial_dims_order=RSA_RELEASE_ORDER), x) == [
+        release_step
+    ]
+
+
 def test_matches_rsanet_release_block(golden):
-    g = golden("rsanet_rsa_block")  # made with the release's (N, C, D, H, W): slices first
-    block = RecurrentSliceAttention(3, 16)
+    g = golden("rsanet_rsa_block")  # made with the release's (N, C, D, H, W): axial, coronal, sagittal slice axes
+    block = RecurrentSliceAttention(3, 16, spatial_dims_order=RSA_RELEASE_ORDER)
     block.load_state_dict(g["state_dict"])  # identical parameter names: no key mapping needed
-    x = rsanet_release_to_monai(g["x"])  # (2, 16, 5, 6, 7) -> (2, 16, 6, 7, 5): slices last
-    assert x.shape == (2, 16, 6, 7, 5)
+    x = rsanet_release_to_monai(g["x"])  # (2, 16, 5, 6, 7) -> (2, 16, 7, 6, 5): RAS's axis order
+    assert x.shape == (2, 16, 7, 6, 5)
     torch.testing.assert_close(monai_to_rsanet_release(block(x)), g["y"], atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("order", [p for p in itertools.permutations((0, 1, 2)) if p != RELEASE_ORDER])
+def test_release_planes_in_release_layout_match_release_block(golden):
+    # the release's planes, placed by name in its own (D, H, W) layout, reproduce it without moving any tensor
+    g = golden("rsanet_rsa_block")
+    axcodes = "".join({"axial": "S", "coronal": "A", "sagittal": "R"}[p] for p in RSANET_RELEASE_PLANES)
+    block = RecurrentSliceAttention(3, 16, spatial_dims_order=plane_axes(RELEASE_PLANES, axcodes))
+    block.load_state_dict(g["state_dict"])
+    torch.testing.assert_close(block(g["x"]), g["y"], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("order", [p for p in itertools.permutations((0, 1, 2)) if p != RSA_RELEASE_ORDER])
 def test_other_direction_orders_do_not_match_release(golden, order):
     g = golden("rsanet_rsa_block")
     block = RecurrentSliceAttention(3, 16, spatial_dims_order=order)
@@ -60,8 +129,55 @@ def test_other_direction_orders_do_not_match_release(golden, order):
 
 def test_release_layout_conversion_round_trips():
     x = torch.randn(1, 2, 3, 4, 5)  # release (N, C, D, H, W)
-    assert rsanet_release_to_monai(x).shape == (1, 2, 4, 5, 3)  # MONAI (N, C, H, W, D)
+    assert rsanet_release_to_monai(x).shape == (1, 2, 5, 4, 3)  # RAS-ordered (N, C, H, W, D)
     assert torch.equal(monai_to_rsanet_release(rsanet_release_to_monai(x)), x)
+
+
+@pytest.mark.parametrize("flip", [(2,), (3,), (4,), (2, 4)])
+def test_axis_directions_do_not_matter(flip):
+    # why plane_axes needs only the anatomical axis of each letter: RSA commutes with flips
+    block = _randomise(RSA(3, 4))
+    x = torch.randn(1, 4, 3, 4, 5)
+    torch.testing.assert_close(block(x.flip(flip)), block(x).flip(flip))
+
+
+@pytest.mark.parametrize(
+    "planes, axcodes, expected",
+    [
+        (PAPER_PLANES, "RAS", (0, 1, 2)),
+        (RELEASE_PLANES, "RAS", (1, 0, 2)),
+        (PAPER_PLANES, "LPS", (0, 1, 2)),
+        (PAPER_PLANES, "sar", (2, 1, 0)),
+        (PAPER_PLANES, ("S", "A", "R"), (2, 1, 0)),  # as nibabel's aff2axcodes gives them
+        (("Axial",), "PIL", (1,)),
+        (("coronal", "sagittal"), "RA", (1, 0)),  # a 2D axial slice
+    ],
+)
+def test_plane_axes(planes, axcodes, expected):
+    assert plane_axes(planes, axcodes) == expected
+
+
+def test_paper_and_release_orders():
+    assert RSA_PAPER_ORDER == plane_axes(PAPER_PLANES) == (0, 1, 2)
+    assert RSA_RELEASE_ORDER == plane_axes(RELEASE_PLANES) == (1, 0, 2)
+
+
+@pytest.mark.parametrize(
+    "planes, axcodes, message",
+    [
+        (["sagital"], "RAS", r"planes must be distinct names from \['sagittal', 'coronal', 'axial'\]"),
+        (["axial", "axial"], "RAS", "planes must be distinct"),
+        ([], "RAS", "planes must be distinct"),
+        (["axial"], "RAR", "each anatomical axis at most once"),
+        (["axial"], "RAX", "one letter of L/R, A/P, I/S"),
+        (["axial"], "RASL", "got 'RASL'"),
+        (["axial"], ("R", None, "S"), r"got \('R', None, 'S'\)"),
+        (["axial"], "RA", r"no axis across which \['axial'\] slices are stacked \(axial: I/S\)"),
+    ],
+)
+def test_plane_axes_bad_arguments(planes, axcodes, message):
+    with pytest.raises(ValueError, match=message):
+        plane_axes(planes, axcodes)
 
 
 @pytest.mark.parametrize("spatial_dim", [0, 1, 2])
@@ -97,7 +213,6 @@ def test_identity_at_initialisation(block):
 def test_defaults_and_parameter_names():
     block = RSA(3, 8)
     assert RSA is RecurrentSliceAttention
-    assert block.spatial_dims_order == list(RELEASE_ORDER)
     assert RSA(2, 8).spatial_dims_order == [0, 1]
     assert SliceAttention(3, 8).spatial_dims_order == [2]  # the slice axis: the last, D, by default
     assert sorted(block.state_dict()) == sorted(

@@ -27,7 +27,7 @@ def test_parameter_count_is_the_release():
 
 def test_registry_entries_are_the_paper_variants():
     entries = {e.name: e for e in list_networks() if e.name.startswith("cotr")}
-    assert list(entries) == ["cotr", "cotr_star", "cotr_plus", "cotr_without_detrans"]
+    assert list(entries) == ["cotr", "cotr_star", "cotr_plus", "cotr_without_detrans", "cotr_single_scale"]
     counts = {name: _count(create_network(name)) for name in entries}
     assert counts["cotr"] == 41_872_504
     assert round(counts["cotr_star"] / 1e6, 1) == 27.9  # paper Table 1
@@ -38,8 +38,13 @@ def test_registry_entries_are_the_paper_variants():
     assert (main.kind, main.bundle, main.loader, main.patch, main.variant_of) == (
         "3d", "cotr", load_cotr_release, (192, 192, 48), None
     )  # fmt: skip
-    assert all(entries[n].variant_of == "cotr" for n in ("cotr_star", "cotr_plus", "cotr_without_detrans"))
-    assert all(e.paper.startswith("Xie et al. 2021, Table 1: ") for e in entries.values())
+    assert all(entries[n].variant_of == "cotr" for n in list(entries)[1:])
+    assert all(e.paper.startswith("Xie et al. 2021, Table 1: ") for n, e in entries.items() if n != "cotr_single_scale")
+    assert entries["cotr_single_scale"].paper == "Xie et al. 2021, Fig. 3: CoTr (single-scale DeTrans)"
+    single = create_network("cotr_single_scale")
+    assert single.detrans.num_levels == 1 and single.detrans.level_embed.shape == (1, 384)
+    per_level = 6 * ((384 + 1) * 6 * 4 * 3 + (384 + 1) * 6 * 4)  # 6 layers' offset and weight heads of one level
+    assert counts["cotr_single_scale"] == counts["cotr"] - per_level - 384  # and one level embedding
 
 
 @pytest.mark.parametrize("spatial_dim, stride, divisors", [(2, (2, 2, 1), [16, 16, 8]), (0, (1, 2, 2), [8, 16, 16])])
@@ -119,3 +124,75 @@ def test_bad_inputs():
         CoTr(encoder_channels=(8, 16, 24), encoder_blocks=(1, 1, 1))
     with pytest.raises(ValueError, match="spatial_dim"):
         CoTr(spatial_dim=4)
+
+
+def test_detrans_levels_choose_the_levels_detrans_takes():
+    x = torch.randn(1, 1, 32, 32, 16)
+    single = CoTr(out_channels=3, detrans_levels=1, **{**TINY, "encoder_channels": (8, 16, 24, 36)}).eval()
+    assert single.detrans.hidden_size == 36 and single.detrans.num_levels == 1
+    seen = []
+    single.detrans.register_forward_hook(lambda m, args, out: seen.append([tuple(t.shape) for t in args[0]]))
+    assert single(x).shape == (1, 3, 32, 32, 16)
+    assert seen == [[(1, 36, 2, 2, 2)]]  # the deepest level only
+    three = CoTr(out_channels=3, detrans_levels=3, **{**TINY, "encoder_channels": (8, 24, 24, 24)}).eval()
+    assert three.detrans.num_levels == 3 and three(x).shape == (1, 3, 32, 32, 16)
+    with pytest.raises(ValueError, match="last 3 encoder levels and needs them equally wide"):
+        CoTr(detrans_levels=3, **TINY)
+    with pytest.raises(ValueError, match="detrans_levels must lie in"):
+        CoTr(detrans_levels=0, **TINY)
+
+
+def test_relu_option_replaces_every_cnn_activation():
+    net = CoTr(act_name="relu", **TINY)
+    acts = [type(m) for m in net.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU))]
+    assert acts and set(acts) == {torch.nn.ReLU}
+    assert {type(m) for m in CoTr(**TINY).modules() if isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU))} == {
+        torch.nn.LeakyReLU
+    }
+    assert isinstance(net.detrans.layers[0].activation, torch.nn.GELU)  # the FFN keeps GELU
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"core": "grid_sample"}, {"detrans_levels": 1, "encoder_channels": (8, 16, 24, 36)}, {"use_detrans": False}],
+)
+def test_torchscript_equals_eager(settings, tmp_path):
+    torch.manual_seed(0)
+    net = CoTr(out_channels=3, **{**TINY, **settings}).eval()
+    x = torch.randn(1, 1, 32, 32, 16)
+    torch.jit.save(torch.jit.script(net), tmp_path / "net.ts")
+    scripted = torch.jit.load(tmp_path / "net.ts")
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x), rtol=0, atol=0)
+        torch.testing.assert_close(scripted(torch.randn(1, 1, 16, 48, 8)).shape, (1, 3, 16, 48, 8))  # any size
+    net.train()
+    scripted.train()
+    with torch.no_grad():
+        outs = scripted(x)
+    assert [o.shape for o in outs] == [o.shape for o in net(x)]  # the deep-supervision list in training
+
+
+def test_torchscript_with_the_release_axes():
+    from monai_ext.networks.compat import use_cotr_release_axes
+
+    torch.manual_seed(0)
+    net = use_cotr_release_axes(CoTr(out_channels=3, **TINY)).eval()
+    for layer in net.detrans.layers:
+        torch.nn.init.normal_(layer.self_attn.sampling_offsets.weight, std=0.1)  # offsets that depend on the query
+    x = torch.randn(1, 1, 32, 32, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.script(net)(x), net(x), rtol=0, atol=0)
+
+
+def test_onnx_export_runs_in_onnxruntime(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    net = CoTr(out_channels=3, **TINY).eval()
+    for layer in net.detrans.layers:
+        torch.nn.init.normal_(layer.self_attn.sampling_offsets.weight, std=0.1)  # samples off the voxel centres
+    x = torch.randn(1, 1, 32, 32, 16)
+    path = str(tmp_path / "cotr.onnx")
+    torch.onnx.export(net, (x,), path, dynamo=False, opset_version=17, input_names=["image"], output_names=["pred"])
+    got = ort.InferenceSession(path).run(None, {"image": x.numpy()})[0]
+    with torch.no_grad():
+        assert abs(got - net(x).numpy()).max() < 1e-4

@@ -4,8 +4,8 @@ from torch import nn
 
 from monai_ext.inferers import PadInferer
 from monai_ext.networks import create_network, get_network_entry, list_networks
-from monai_ext.networks.blocks import RecurrentSliceAttention
-from monai_ext.networks.compat import monai_to_rsanet_release, rsanet_release_to_monai
+from monai_ext.networks.blocks import RecurrentSliceAttention, plane_axes
+from monai_ext.networks.compat import RSA_RELEASE_ORDER, monai_to_rsanet_release, rsanet_release_to_monai
 from monai_ext.networks.nets import RSANet
 from monai_ext.networks.nets.rsanet import RSANET_PATCH, rsanet_inferer
 
@@ -63,7 +63,7 @@ def test_release_layout():
     net = RSANet()
     assert isinstance(net.dropout, nn.Dropout3d) and net.dropout.p == 0.2
     assert isinstance(net.rsa_bottleneck, RecurrentSliceAttention)
-    assert net.rsa_bottleneck.spatial_dims_order == [0, 1, 2]  # H, W, then D, as the release
+    assert net.rsa_bottleneck.spatial_dims_order == [0, 1, 2]  # the paper's order (its anatomy: test_slice_attention)
     assert isinstance(net.encoders[0].norm1, nn.GroupNorm) and net.encoders[0].norm1.num_groups == 8
     assert isinstance(net.encoders[0].lrelu, nn.ReLU)
     assert net.downsamples[0].conv.stride == (2, 2, 2) and net.downsamples[0].conv.bias is None
@@ -110,11 +110,13 @@ def test_pad_inferer_takes_any_size(shape):
 
 @pytest.mark.parametrize("placement", ["010", "101", "111"])
 def test_release_layout_gives_the_same_output_after_the_layout_permutation(placement):
-    # a volume in the release's (N, C, D, H, W), attended H, W, then D as the release does ((1, 2, 0) in its
-    # spatial axes), equals the default network on the volume moved to MONAI's (N, C, H, W, D), its 3D kernels
-    # moved the same way
-    release = _activate_rsa(RSANet(**SMALL, rsa_placement=placement, rsa_spatial_dims_order=(1, 2, 0))).eval()
-    ours = RSANet(**SMALL, rsa_placement=placement).eval()
+    # a volume in the release's (N, C, D, H, W) (axial, coronal, sagittal slice axes), attended coronal, sagittal,
+    # then axial as the release does, equals the network with RSA_RELEASE_ORDER on the volume moved to RAS's axis
+    # order, its 3D kernels moved the same way
+    in_release_layout = plane_axes(("coronal", "sagittal", "axial"), "SAR")  # (1, 2, 0)
+    release = RSANet(**SMALL, rsa_placement=placement, rsa_spatial_dims_order=in_release_layout)
+    release = _activate_rsa(release).eval()
+    ours = RSANet(**SMALL, rsa_placement=placement, rsa_spatial_dims_order=RSA_RELEASE_ORDER).eval()
     ours.load_state_dict(
         {k: rsanet_release_to_monai(v) if v.dim() == 5 else v for k, v in release.state_dict().items()}
     )
@@ -144,6 +146,26 @@ def test_trace():
     net = _activate_rsa(RSANet(**SMALL, rsa_placement="101")).eval()
     x = torch.randn(1, 3, 8, 8, 8)
     torch.testing.assert_close(torch.jit.trace(net, x)(x), net(x))
+
+
+@pytest.mark.parametrize(
+    "kwargs, shape",
+    [
+        ({"rsa_placement": "111", "rsa_spatial_dims_order": RSA_RELEASE_ORDER}, (1, 3, 8, 12, 4)),
+        ({"rsa_placement": "000"}, (2, 3, 4, 8, 8)),
+        ({"spatial_dims": 2, "rsa_placement": "101", "rsa_scaled": True}, (1, 3, 8, 12)),
+    ],
+)
+def test_script(kwargs, shape):
+    # the Model Zoo's `ckpt_export` scripts (no --use_trace); same output as eager, same state-dict keys
+    net = _activate_rsa(RSANet(**SMALL, **kwargs)).eval()
+    scripted = torch.jit.script(net)
+    assert list(scripted.state_dict()) == list(net.state_dict())
+    x = torch.randn(shape)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x))
+        other = torch.randn(1, 3, *(s + 4 for s in shape[2:]))  # another size: a script, unlike a trace, adapts
+        torch.testing.assert_close(scripted(other), net(other))
 
 
 @pytest.mark.parametrize(

@@ -156,9 +156,13 @@ def test_registry_entry_runs_through_its_inferer_on_a_non_cubic_volume(name):
     x = torch.rand(1, 1, 64, 48, 40)
     with torch.no_grad():
         out = entry.make_inferer(slice_chunk=16)(x, net)
-        expected = net(F.pad(x, (0, 24, 0, 16)))[..., :48, :40]  # the network on the padded volume, cropped
+        padded = F.pad(x, (0, 24, 0, 16))
+        expected = net(padded, valid_size=[64, 48, 40])[..., :48, :40]  # the network on the padded volume, cropped
+        unmasked = net(padded)[..., :48, :40]
     assert out.shape == (1, 3, 64, 48, 40)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    # 24 padded slices of 64: MSFA masks them (C-CA has no attention over depth, nothing to mask)
+    assert (out - unmasked).abs().max() > 1e-3 if name == "scaa_star" else torch.allclose(out, unmasked, atol=1e-5)
 
 
 def test_registry_inferer_is_the_bundles():
@@ -203,3 +207,57 @@ def test_bad_inputs():
         net(torch.rand(1, 1, 64, 64, 32), torch.tensor([0, 32]))
     with pytest.raises(ValueError, match="slice_indices must be"):
         net(torch.rand(2, 1, 64, 64, 32), torch.zeros(3, 2, dtype=torch.long))
+
+
+def test_padded_depth_slices_take_no_attention():
+    net = _net("SCAA").eval()
+    x = torch.rand(1, 1, 64, 64, 64)
+    x[..., 40:] = 0  # 24 padded slices at the far end
+    with torch.no_grad():
+        context = net.encode_context(x)
+        _, masked = net.forward_slices(x, context, [0, 20, 39], return_attention=True, valid_size=[64, 64, 40])
+        _, plain = net.forward_slices(x, context, [0, 20, 39], return_attention=True)
+    for scale, (a, p) in enumerate(zip(masked, plain), start=2):
+        valid = -(-40 // 2**scale)  # F3D slices holding image content: 10, 5, 3, 2 of 16, 8, 4, 2
+        assert a.shape[-1] == 64 // 2**scale
+        assert (a[..., valid:] == 0).all() and (p[..., valid : valid + 1] > 0).all()
+        torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:-1]))
+    with torch.no_grad():
+        whole = net(x, valid_size=[64, 64, 40])
+        torch.testing.assert_close(net(x, torch.tensor([3, 39]), valid_size=[64, 64, 40])[0], whole[..., [3, 39]])
+    with pytest.raises(ValueError, match="valid_size must give the unpadded size"):
+        net(x, valid_size=[64, 64, 65])
+
+
+@pytest.mark.parametrize("configuration", ["SCAA*", "C-CA", "CA"])
+def test_torchscript_equals_eager(configuration, tmp_path):
+    net = _net(configuration).eval()
+    x = torch.rand(1, 1, 64, 64, 64)
+    torch.jit.save(torch.jit.script(net), tmp_path / "net.ts")
+    scripted = torch.jit.load(tmp_path / "net.ts")
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x), rtol=0, atol=0)
+        torch.testing.assert_close(scripted(x, valid_size=[64, 64, 40]), net(x, valid_size=[64, 64, 40]))
+        x = torch.rand(1, 1, 64, 96, 32)  # another size: nothing is fixed at export
+        idx = torch.tensor([[1, 30]])
+        for got, want in zip(scripted(x, idx), net(x, idx)):  # the training call: [slice logits, aux logits]
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_onnx_export_with_dynamic_sizes_runs_in_onnxruntime(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    net = _net("SCAA").eval()
+    path = str(tmp_path / "scaa.onnx")
+    axes = {2: "h", 3: "w", 4: "d"}
+    torch.onnx.export(
+        net, (torch.rand(1, 1, 64, 64, 64),), path, dynamo=False, opset_version=17, input_names=["image"],
+        output_names=["pred"], dynamic_axes={"image": axes, "pred": axes},
+    )  # fmt: skip
+    session = ort.InferenceSession(path)
+    for shape in ((1, 1, 64, 64, 64), (1, 1, 96, 64, 32)):  # 96: MSFA pools 24 x 16 maps to 16 x 16, no factor
+        x = torch.rand(*shape)
+        with torch.no_grad():
+            expected = net(x).numpy()
+        got = session.run(None, {"image": x.numpy()})[0]
+        assert got.shape == expected.shape
+        assert abs(got - expected).max() < 1e-4

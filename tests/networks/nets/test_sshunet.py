@@ -178,7 +178,12 @@ def test_bad_arguments(kwargs, match):
 
 # --- registry ---
 
-PAPER_ROWS = {"ssh_unet": "2D+shift+multi-view", "ssh_unet_2d_shift": "2D+shift", "ssh_unet_2d": "2D"}
+PAPER_ROWS = {
+    "ssh_unet": "Table 5: 2D+shift+multi-view",
+    "ssh_unet_2d_shift": "Table 5: 2D+shift",
+    "ssh_unet_2d": "Table 5: 2D",
+    "ssh_unet_multi_view": "Table 6: shifted fraction 0",
+}
 
 
 @pytest.mark.parametrize("name, row", list(PAPER_ROWS.items()))
@@ -186,13 +191,18 @@ def test_registry_entries_are_the_paper_rows(name, row):
     entry = get_network_entry(name)
     main = name == "ssh_unet"
     assert entry.kind == "2d" and entry.family == "ours" and entry.method == 1 and entry.patch == (96, 96, 96)
-    assert entry.paper == f"Ugwu et al. 2023, Table 5: {row}"
+    assert entry.paper == f"Ugwu et al. 2023, {row}"
     assert entry.variant_of == (None if main else "ssh_unet") and entry.bundle == "ssh_unet"
     assert entry.loader is (load_sshunet_release if main else None)
     net = create_network(name, **SMALL)
     shifts = sum(isinstance(m, SliceShift) for m in net.modules())
     assert isinstance(net, SSHUNet) and net.filters == [8, 16, 32, 64]
-    views_and_shifts = {"ssh_unet": (3, 6), "ssh_unet_2d_shift": (1, 6), "ssh_unet_2d": (1, 0)}
+    views_and_shifts = {
+        "ssh_unet": (3, 6),
+        "ssh_unet_2d_shift": (1, 6),
+        "ssh_unet_2d": (1, 0),
+        "ssh_unet_multi_view": (3, 0),
+    }
     assert (len(net.spatial_dims_order), shifts) == views_and_shifts[name]
     assert {e.name for e in list_networks() if e.name == "ssh_unet" or e.variant_of == "ssh_unet"} == set(PAPER_ROWS)
 
