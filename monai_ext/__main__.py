@@ -9,12 +9,13 @@ import fire
 
 
 def demo(output_dir: str = "demo_output", num_train: int = 8, num_test: int = 4, size: int = 64, seed: int = 0,
-         epochs: int | None = None, fast_allocator: bool = True, bundle: str = "ssh_unet") -> None:  # fmt: skip
+         epochs: int | None = None, fast_allocator: bool = True, bundle: str = "ssh_unet",
+         task: str = "vessels") -> None:  # fmt: skip
     """Train a bundle (SSH-UNet by default; also cotr, scaa, thick2d) on synthetic CT on CPU, infer on held-out
-    cases, print Dice, write a PNG."""
+    cases, print Dice, write a PNG. ``--task vessels_oblique``: vessels 15-45 degrees from the slice normal."""
     from monai_ext.demo import run_demo
 
-    run_demo(output_dir, num_train, num_test, size, seed, epochs, fast_allocator, bundle)
+    run_demo(output_dir, num_train, num_test, size, seed, epochs, fast_allocator, bundle, task)
 
 
 def phantom(
@@ -30,6 +31,8 @@ def phantom(
     """Write a synthetic dataset in the Medical Segmentation Decathlon layout.
 
     ``task="vessels"``: CT with vessels and nodules that only 3D context tells apart (cubes of 64, 1.5 mm).
+    ``task="vessels_oblique"``: the same with vessels 15-45 degrees from the slice normal and nodules whose axial
+    sections match theirs.
     ``task="lesions"``: T1/T2/FLAIR brain MRI with MS-like lesions (64 x 64 x 32 at 1 x 1 x 3 mm).
     ``size`` and ``spacing`` replace the task's defaults on every axis.
     """

@@ -16,7 +16,9 @@ from monai_ext.metrics import dice_per_class
 from monai_ext.networks import list_networks
 from monai_ext.visualize.figures import pyplot, save_png
 
-__all__ = ["demo_bundles", "run_demo", "save_comparison_png"]
+__all__ = ["VESSEL_TASKS", "demo_bundles", "run_demo", "save_comparison_png"]
+
+VESSEL_TASKS = ("vessels", "vessels_oblique")  # the phantom tasks the demo runs on (single-channel CT, LABELS)
 
 
 def demo_bundles() -> dict[str, str]:
@@ -67,6 +69,7 @@ def run_demo(
     epochs: int | None = None,
     fast_allocator: bool = True,
     bundle: str = "ssh_unet",
+    task: str = "vessels",
 ) -> dict:
     """Generate the demo data, train a bundle on CPU, infer on held-out cases, report.
 
@@ -79,12 +82,14 @@ def run_demo(
         fast_allocator: run the bundle processes with the glibc allocator settings of
             :data:`monai_ext.bundles.ALLOCATOR_ENV`.
         bundle: one of :func:`demo_bundles`; trained with its ``configs/train.json`` + ``configs/demo.json``.
+        task: the phantom, a CT vessel/nodule task of :data:`monai_ext.data.tasks.TASKS`: ``"vessels"`` (vessels
+            along z) or ``"vessels_oblique"`` (vessels 15-45 degrees from the slice normal).
 
     Returns:
         the results also written to ``results.json``.
 
     Raises:
-        ValueError: ``bundle`` is not one of :func:`demo_bundles`.
+        ValueError: ``bundle`` is not one of :func:`demo_bundles`, or ``task`` is not a vessel/nodule CT task.
         RuntimeError: a bundle run failed (its log file is named).
     """
     titles = demo_bundles()
@@ -93,11 +98,19 @@ def run_demo(
             f"the demo trains one of {list(titles)} on the vessels/nodules phantom, got bundle={bundle!r}; "
             "RSANet's demo runs on `python -m monai_ext phantom DIR --task lesions` (see docs/rsanet.md)."
         )
+    if task not in VESSEL_TASKS:
+        raise ValueError(
+            f"the demo runs on a vessel/nodule CT task, one of {list(VESSEL_TASKS)}, got task={task!r}; "
+            "the lesions task is RSANet's (`python -m monai_ext phantom DIR --task lesions`, docs/rsanet.md)."
+        )
     out = Path(output_dir).resolve()
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
-    print(f"[1/4] writing {num_train} training and {num_test} held-out synthetic CT volumes ({size}^3) to {out}/data")
-    write_msd_dataset(out / "data", num_train=num_train, num_test=num_test, shape=(size,) * 3, seed=seed)
+    print(
+        f"[1/4] writing {num_train} training and {num_test} held-out synthetic CT volumes ({size}^3, task {task}) "
+        f"to {out}/data"
+    )
+    write_msd_dataset(out / "data", num_train=num_train, num_test=num_test, shape=(size,) * 3, seed=seed, task=task)
     common = {"bundle_root": out / "bundle", "dataset_dir": out / "data"}
 
     print(f"[2/4] training {bundle}: python -m monai.bundle run with configs/train.json + configs/demo.json")
@@ -132,6 +145,7 @@ def run_demo(
     classes = [name for v, name in LABELS.items() if v]
     results = {
         "bundle": bundle,
+        "task": task,
         "dice": {c: float(np.nanmean([d[c] for d in per_case])) for c in classes},
         "dice_min": {c: float(np.nanmin([d[c] for d in per_case])) for c in classes},
         "chance": {c: float(np.mean([d[c] for d in chance])) for c in classes},

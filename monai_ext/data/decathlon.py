@@ -75,10 +75,12 @@ def write_msd_dataset(
 ) -> Path:
     """Write a synthetic dataset in the Medical Segmentation Decathlon (MSD) layout.
 
-    Two tasks:
+    Three tasks:
 
     - ``"vessels"``: CT-like vessel/nodule volumes (:func:`monai_ext.data.make_phantom`), labels ``LABELS``,
       ``modality`` ``{"0": "CT"}``; default shape ``(64, 64, 64)``, spacing 1.5 mm.
+    - ``"vessels_oblique"``: the same with vessels 15-45 degrees from the slice normal and nodules whose axial
+      sections match theirs (``make_phantom(..., tilt=(15, 45))``); ``generator`` records the task.
     - ``"lesions"``: brain-MRI-like volumes with MS-like lesions (:func:`monai_ext.data.make_lesion_phantom`),
       4D images ``(X, Y, Z, 3)`` (float32 in [0, 1], channels last, ``tensorImageSize`` ``"4D"``), ``modality``
       ``{"0": "T1", "1": "T2", "2": "FLAIR"}``, labels ``{"0": "background", "1": "lesion"}``; default shape
@@ -112,7 +114,7 @@ def write_msd_dataset(
         seed: base seed; the same arguments give identical arrays and an identical ``dataset.json``.
         overwrite: replace ``output_dir`` if it exists and is not empty.
         progress: print one line per written case.
-        task: a key of :data:`monai_ext.data.tasks.TASKS`: ``"vessels"`` or ``"lesions"``.
+        task: a key of :data:`monai_ext.data.tasks.TASKS`: ``"vessels"``, ``"vessels_oblique"`` or ``"lesions"``.
 
     Returns:
         Path of the written ``dataset.json``.

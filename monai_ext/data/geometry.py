@@ -12,7 +12,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["Blob", "BodyCylinder", "Tube", "ellipsoid_sdf", "partial_volume", "smooth_field", "voxel_grid"]
+__all__ = [
+    "Blob",
+    "BodyCylinder",
+    "ObliqueTube",
+    "Tube",
+    "ellipsoid_sdf",
+    "partial_volume",
+    "smooth_field",
+    "voxel_grid",
+]
 
 
 def voxel_grid(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -188,26 +197,126 @@ class Tube:
         return float(np.min(np.sqrt((cx - p[0]) ** 2 + (cy - p[1]) ** 2 + (z - p[2]) ** 2))) - self.radius - radius
 
 
+class ObliqueTube:
+    """Straight tube of constant radius whose axis makes ``tilt`` degrees with z, with round caps.
+
+    The axis has direction ``(sin t cos a, sin t sin a, cos t)`` for the tilt ``t`` (drawn uniformly from
+    ``tilt_range``) and the azimuth ``a`` (uniform in ``[0, 2 pi)``) and passes through a uniform random point of the
+    body's core at a depth in the middle half of the volume. It runs as far as it can while the tube (radius plus
+    half a voxel) stays inside the core and its centreline stays within the depth (each end up to 12 % short of the
+    volume's faces, as :class:`Tube`). Each axial slice cuts it in an ellipse of semi-axes ``radius`` and
+    ``radius / cos t``, the long one along the azimuth; consecutive sections move by ``tan t`` voxels.
+
+    Args:
+        shape: the volume's size ``(X, Y, Z)``.
+        body: the body the tube lies in.
+        radius: the tube's radius in voxels.
+        tilt_range: ``(low, high)``, the range of the angle to z in degrees, ``0 <= low <= high < 90``.
+        rng: the random generator the axis is drawn from.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        body: BodyCylinder,
+        radius: float,
+        tilt_range: tuple[float, float],
+        rng: np.random.Generator,
+    ) -> None:
+        nz = shape[2]
+        self.radius = radius
+        self.tilt = math.radians(rng.uniform(*tilt_range))
+        self.azimuth = rng.uniform(0, 2 * math.pi)
+        st = math.sin(self.tilt)
+        self.direction = np.array([st * math.cos(self.azimuth), st * math.sin(self.azimuth), math.cos(self.tilt)])
+        x, y = body.sample_core(rng, radius + 0.5)
+        origin = np.array([x, y, rng.uniform(0.25, 0.75) * (nz - 1)])
+        z_low = rng.uniform(0.0, 0.12) * (nz - 1)
+        z_high = (1.0 - rng.uniform(0.0, 0.12)) * (nz - 1)
+        # the centreline origin + s * direction: s within the depth ...
+        dz = self.direction[2]
+        s0, s1 = (z_low - origin[2]) / dz, (z_high - origin[2]) / dz
+        # ... and within the core shrunk by the radius (a quadratic in s; empty when the origin is outside)
+        ex, ey = body.ix - radius - 0.5, body.iy - radius - 0.5
+        if ex > 0 and ey > 0:
+            u = np.array([(origin[0] - body.cx) / ex, (origin[1] - body.cy) / ey])
+            v = np.array([self.direction[0] / ex, self.direction[1] / ey])
+            a, b, c = float(v @ v), 2.0 * float(u @ v), float(u @ u) - 1.0
+            disc = b * b - 4 * a * c
+            if a > 0 and disc >= 0:
+                root = math.sqrt(disc)
+                s0, s1 = max(s0, (-b - root) / (2 * a)), min(s1, (-b + root) / (2 * a))
+            elif a > 0 or c > 0:
+                s1 = s0 - 1.0  # the line misses the core, or the origin lies outside it
+        else:
+            s1 = s0 - 1.0
+        self.length = max(s1 - s0, 0.0)
+        self.start = origin + s0 * self.direction
+        self.end = self.start + self.length * self.direction
+
+    @property
+    def depth(self) -> float:
+        """The centreline's extent along z in voxels (0 when the drawn axis does not fit)."""
+        return self.length * float(self.direction[2])
+
+    def _to_segment(self, points: np.ndarray) -> np.ndarray:
+        """Distances of ``points`` ``(N, 3)`` to the centreline segment, shape ``(N,)``."""
+        w = points - self.start
+        s = np.clip(w @ self.direction, 0.0, self.length)
+        return np.linalg.norm(w - s[:, None] * self.direction, axis=1)
+
+    def distance(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Distance to the centreline segment (round caps) on a broadcastable ``(X, 1, 1), (1, Y, 1), (1, 1, Z)``
+        grid."""
+        wx, wy, wz = x - self.start[0], y - self.start[1], z - self.start[2]
+        d = self.direction
+        s = np.clip(wx * d[0] + wy * d[1] + wz * d[2], 0.0, self.length)
+        return np.sqrt((wx - s * d[0]) ** 2 + (wy - s * d[1]) ** 2 + (wz - s * d[2]) ** 2)
+
+    def samples(self, count: int = 64) -> np.ndarray:
+        """``count`` evenly spaced points of the centreline, shape ``(count, 3)``."""
+        return self.start + np.linspace(0.0, self.length, count)[:, None] * self.direction
+
+    def gap_to_tube(self, other: ObliqueTube) -> float:
+        """Smallest surface-to-surface gap to ``other`` in 3D, in voxels (centrelines sampled every <= 1 voxel)."""
+        count = int(max(self.length, other.length)) + 2
+        gap = min(other._to_segment(self.samples(count)).min(), self._to_segment(other.samples(count)).min())
+        return float(gap) - self.radius - other.radius
+
+    def gap_to_point(self, p: np.ndarray, radius: float) -> float:
+        """Surface-to-surface gap to a ball of ``radius`` around ``p = (x, y, z)``, in voxels."""
+        return float(self._to_segment(np.asarray(p, dtype=float)[None])[0]) - self.radius - radius
+
+
 class Blob:
     """Roughly spherical blob: ``(dx / sx)^2 + (dy / sy)^2 + |dz / sz|^p <= 1`` with semi-axes ``radius * scale``.
 
     ``p = 2`` is an ellipsoid; ``p > 2`` flattens the poles a little, so that most axial cross-sections are close to
-    the full disk (as for a tube) while the extent along z stays ``2 * radius * sz``.
+    the full disk (as for a tube) while the extent along z stays ``2 * radius * sz``. A nonzero ``azimuth`` turns
+    the in-plane axes: ``sx`` then lies along ``(cos azimuth, sin azimuth, 0)``.
 
     Args:
         centre: ``(x, y, z)`` in voxels, shape ``(3,)``.
         radius: the nominal radius in voxels.
         scale: per-axis stretch of the radius, shape ``(3,)``.
         z_power: the exponent ``p`` of the z term. Defaults to 2 (an ellipsoid).
+        azimuth: in-plane angle of the first semi-axis to x, radians. Defaults to 0 (axis-aligned).
     """
 
-    def __init__(self, centre: np.ndarray, radius: float, scale: np.ndarray, z_power: float = 2.0) -> None:
+    def __init__(
+        self, centre: np.ndarray, radius: float, scale: np.ndarray, z_power: float = 2.0, azimuth: float = 0.0
+    ) -> None:
         self.centre, self.radius, self.scale, self.z_power = centre, radius, scale, z_power
+        self.azimuth = azimuth
 
     def distance(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Radial distance-like field, equal to ``radius`` on the surface, on a broadcastable grid."""
         c, s = self.centre, self.scale * self.radius
-        level = ((x - c[0]) / s[0]) ** 2 + ((y - c[1]) / s[1]) ** 2 + np.abs((z - c[2]) / s[2]) ** self.z_power
+        dx, dy = x - c[0], y - c[1]
+        if self.azimuth:
+            cos, sin = math.cos(self.azimuth), math.sin(self.azimuth)
+            dx, dy = cos * dx + sin * dy, cos * dy - sin * dx
+        level = (dx / s[0]) ** 2 + (dy / s[1]) ** 2 + np.abs((z - c[2]) / s[2]) ** self.z_power
         return self.radius * np.sqrt(level)
 
     def gap_to_point(self, p: np.ndarray, radius: float) -> float:

@@ -4,6 +4,8 @@
 object counts drawn per case), the ``dataset.json`` header and the default shape and spacing.
 
 - ``"vessels"``: :func:`monai_ext.data.make_phantom` (CT, vessels and nodules), stored as int16 HU;
+- ``"vessels_oblique"``: the same with vessels at 15-45 degrees from the slice normal and nodules whose axial
+  sections match theirs (``make_phantom(..., tilt=OBLIQUE_TILT)``);
 - ``"lesions"``: :func:`monai_ext.data.make_lesion_phantom` (T1, T2, FLAIR with MS-like lesions), float32 channels
   last.
 """
@@ -12,13 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from .lesions import LESION_LABELS, MODALITIES, make_lesion_phantom
 from .vessels import LABELS, make_phantom
 
-__all__ = ["TASKS", "TaskSpec", "case_seed", "get_task"]
+__all__ = ["OBLIQUE_TILT", "TASKS", "TaskSpec", "case_seed", "get_task"]
+
+OBLIQUE_TILT = (15.0, 45.0)  # degrees between the vessels and the slice normal in the "vessels_oblique" task
 
 
 @dataclass(frozen=True)
@@ -79,12 +84,14 @@ def _fewer_until_fits(
             counts[counts.index(max(counts))] -= 1
 
 
-def _vessel_case(shape: tuple[int, int, int], seed: int, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+def _vessel_case(
+    shape: tuple[int, int, int], seed: int, index: int, tilt: tuple[float, float] | None = None
+) -> tuple[np.ndarray, np.ndarray, str]:
     """One case of the vessel task: 2-4 vessels and 2-4 nodules (fewer, at least one of each, when they do not fit),
-    the image rounded to int16 HU."""
+    the image rounded to int16 HU; ``tilt`` is :func:`make_phantom`'s (None: vessels along z)."""
     drawn = np.random.default_rng(case_seed(seed, index, stream=1)).integers(2, 5, size=2)
     image, label, (vessels, nodules) = _fewer_until_fits(
-        lambda v, n: make_phantom(shape, case_seed(seed, index), v, n), (int(drawn[0]), int(drawn[1]))
+        lambda v, n: make_phantom(shape, case_seed(seed, index), v, n, tilt=tilt), (int(drawn[0]), int(drawn[1]))
     )
     hu = np.clip(np.rint(image), -1024, 3071).astype(np.int16)
     return hu, label, f"{vessels} vessels, {nodules} nodules"
@@ -108,6 +115,24 @@ TASKS: dict[str, TaskSpec] = {
             "name": "SyntheticVesselNodule",
             "description": "Synthetic CT-like phantoms: tubular vessels and spherical nodules of matching size and "
             "intensity, only separable with 3D context. labelsTs (not in MSD) holds the test ground truth.",
+            "reference": "monai_ext.data.vessels (generated data, no patient data)",
+            "licence": "CC0-1.0",
+            "release": "1.0",
+            "tensorImageSize": "3D",
+            "modality": {"0": "CT"},
+            "labels": {str(k): v for k, v in LABELS.items()},
+        },
+    ),
+    "vessels_oblique": TaskSpec(
+        make_case=partial(_vessel_case, tilt=OBLIQUE_TILT),
+        shape=(64, 64, 64),
+        spacing=(1.5, 1.5, 1.5),
+        header={
+            "name": "SyntheticObliqueVesselNodule",
+            "description": "Synthetic CT-like phantoms: straight tubular vessels running 15-45 degrees from the slice "
+            "normal and ellipsoidal nodules whose axial sections match the vessels' (ellipses of semi-axes r and "
+            "r / cos(angle)), of the same intensity, only separable with 3D context. labelsTs (not in MSD) holds the "
+            "test ground truth.",
             "reference": "monai_ext.data.vessels (generated data, no patient data)",
             "licence": "CC0-1.0",
             "release": "1.0",

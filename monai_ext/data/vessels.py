@@ -7,8 +7,11 @@
 Both draw their radius from the same range and their intensity from the same distribution, so an axial cross-section
 of either is a bright disk of similar size; in 3D one is a tube and the other a ball.
 
+``make_phantom(..., tilt=(low, high))`` is the oblique variant: straight vessels ``low``-``high`` degrees from z and
+nodules whose axial sections are the same ellipses (see :func:`make_phantom`).
+
 Arrays are indexed ``(x, y, z)`` as NIfTI stores them; z is the axial slice axis. :mod:`monai_ext.data.tasks` turns
-the phantom into the ``"vessels"`` task of :func:`monai_ext.data.write_msd_dataset`.
+the phantom into the ``"vessels"`` and ``"vessels_oblique"`` tasks of :func:`monai_ext.data.write_msd_dataset`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .checks import check_count, check_noise, check_seed, check_shape
-from .geometry import Blob, BodyCylinder, Tube, voxel_grid
+from .geometry import Blob, BodyCylinder, ObliqueTube, Tube, voxel_grid
 
 __all__ = ["LABELS", "make_phantom"]
 
@@ -36,12 +39,24 @@ _NODULE_Z_POWER = 3.0  # slightly flattened poles: axial cross-sections of nodul
 _GAP = 3.0  # minimum surface-to-surface gap between objects, voxels
 _MAX_LAYOUTS = 20  # restarts of the whole object layout
 _MAX_TRIES = 200  # placement attempts per object within one layout
+_MIN_OBLIQUE_DEPTH = 0.5  # an oblique vessel's centreline crosses at least this share of the depth
+_MAX_TILT = 60.0  # degrees from z
 
 
 def _place_objects(
-    shape: tuple[int, int, int], body: BodyCylinder, num_vessels: int, num_nodules: int, rng: np.random.Generator
-) -> tuple[list[Tube], list[Blob]]:
+    shape: tuple[int, int, int],
+    body: BodyCylinder,
+    num_vessels: int,
+    num_nodules: int,
+    rng: np.random.Generator,
+    tilt: tuple[float, float] | None = None,
+) -> tuple[list[Tube] | list[ObliqueTube], list[Blob]]:
     """Vessels, then nodules, inside the body's core and ``_GAP`` apart; whole layouts restart when one does not fit.
+
+    ``tilt`` None: :class:`Tube` vessels along z and near-round nodules. ``tilt`` ``(low, high)`` degrees: straight
+    :class:`ObliqueTube` vessels crossing at least ``_MIN_OBLIQUE_DEPTH`` of the depth, and nodules whose axial
+    sections are the ellipses an oblique vessel cuts (semi-axes ``r / cos t`` and ``r`` for a tilt ``t`` drawn from
+    the same range, turned by a random azimuth).
 
     Raises:
         RuntimeError: when no layout out of ``_MAX_LAYOUTS`` fits.
@@ -53,19 +68,28 @@ def _place_objects(
         vessel_radii = rng.uniform(*_RADIUS_RANGE, size=num_vessels)
         nodule_radii = rng.uniform(*_RADIUS_RANGE, size=num_nodules)
         nodule_scales = rng.uniform(0.9, 1.1, size=(num_nodules, 3))
-        vessels: list[Tube] = []
+        nodule_azimuths = np.zeros(num_nodules)
+        if tilt is not None:  # stretch along a random azimuth by 1 / cos(tilt), as an oblique vessel's section
+            nodule_scales[:, 0] /= np.cos(np.radians(rng.uniform(*tilt, size=num_nodules)))
+            nodule_azimuths = rng.uniform(0, 2 * math.pi, size=num_nodules)
+        vessels: list = []
         nodules: list[Blob] = []
         for radius in vessel_radii:
             for _ in range(_MAX_TRIES):
-                v = Tube(shape, body, float(radius), rng)
-                if v.fits(body) and all(v.gap_to_tube(o) >= _GAP for o in vessels):
+                if tilt is None:
+                    v = Tube(shape, body, float(radius), rng)
+                    fits = v.fits(body)
+                else:
+                    v = ObliqueTube(shape, body, float(radius), tilt, rng)
+                    fits = v.depth >= _MIN_OBLIQUE_DEPTH * (nz - 1)
+                if fits and all(v.gap_to_tube(o) >= _GAP for o in vessels):
                     vessels.append(v)
                     break
             else:
                 break
         if len(vessels) < num_vessels:
             continue
-        for radius, scale in zip(nodule_radii, nodule_scales):
+        for radius, scale, azimuth in zip(nodule_radii, nodule_scales, nodule_azimuths):
             extent = radius * float(scale.max())
             for _ in range(_MAX_TRIES):
                 x, y = body.sample_core(rng, extent + 0.5)
@@ -76,7 +100,7 @@ def _place_objects(
                     and all(v.gap_to_point(p, extent) >= _GAP for v in vessels)
                     and all(n.gap_to_point(p, extent) >= _GAP for n in nodules)
                 ):
-                    nodules.append(Blob(p, float(radius), scale, _NODULE_Z_POWER))
+                    nodules.append(Blob(p, float(radius), scale, _NODULE_Z_POWER, float(azimuth)))
                     break
             else:
                 break
@@ -107,12 +131,33 @@ def _place_fat(
     return fat
 
 
+def _check_tilt(tilt: Sequence[float] | None) -> tuple[float, float] | None:
+    """``tilt`` as a ``(low, high)`` pair of floats, or None.
+
+    Raises:
+        ValueError: when ``tilt`` is not None or two numbers with ``0 <= low <= high <= 60``.
+    """
+    if tilt is None:
+        return None
+    try:
+        low, high = (float(t) for t in tilt)
+    except (TypeError, ValueError):
+        raise ValueError(f"tilt must be None or (low, high) in degrees, got {tilt!r}.") from None
+    if not 0.0 <= low <= high <= _MAX_TILT:
+        raise ValueError(
+            f"tilt must satisfy 0 <= low <= high <= {_MAX_TILT:g} degrees (steeper vessels do not cross half the "
+            f"depth inside the body), got {tilt!r}."
+        )
+    return low, high
+
+
 def make_phantom(
     shape: Sequence[int] = (64, 64, 64),
     seed: int = 0,
     num_vessels: int = 3,
     num_nodules: int = 3,
     noise_std: float = 20.0,
+    tilt: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Generate one CT-like volume with tubular vessels and spherical nodules of matching size and intensity.
 
@@ -124,12 +169,22 @@ def make_phantom(
     Gaussian noise of ``noise_std`` HU is added everywhere. The default counts need an in-plane size of about
     40 voxels or more; a 24-voxel volume holds one vessel and one nodule.
 
+    ``tilt=(low, high)`` makes the oblique variant: each vessel is a straight tube whose axis makes an angle drawn
+    uniformly from ``[low, high]`` degrees with z (the slice normal), in a random direction, crossing at least half
+    of the depth inside the core; it cuts every axial slice in an ellipse of semi-axes ``r`` and ``r / cos(angle)``,
+    shifted by ``tan(angle)`` voxels per slice. Each nodule's in-plane semi-axes are stretched to match: ``r`` and
+    ``r / cos(angle)`` (angle drawn from the same range, long axis along a random azimuth, the same 0.9-1.1 jitter),
+    so a single axial section still does not tell the classes apart. ``None`` (default) keeps the near-z vessels;
+    the arrays are then those the phantom has always produced.
+
     Args:
         shape: spatial size ``(X, Y, Z)``; z (the last axis) is the axial slice axis. Each at least 24.
         seed: seed of ``np.random.default_rng``; the same arguments give identical arrays.
         num_vessels: number of vessels (label 1), >= 0.
         num_nodules: number of nodules (label 2), >= 0.
         noise_std: standard deviation of the additive Gaussian noise in HU, >= 0.
+        tilt: ``(low, high)`` angles between the vessels and z in degrees, ``0 <= low <= high <= 60``, or None
+            (default): vessels along z, gently tilted and curved.
 
     Returns:
         ``(image, label)``, both of shape ``shape``: the image in HU as float32, the label as uint8 with values in
@@ -144,13 +199,14 @@ def make_phantom(
     num_vessels = check_count("num_vessels", num_vessels)
     num_nodules = check_count("num_nodules", num_nodules)
     check_noise(noise_std, " (HU)")
+    tilt_ = _check_tilt(tilt)
 
     rng = np.random.default_rng(seed)
     nx, ny, nz = shape_
     x, y, z = voxel_grid(shape_)
 
     body = BodyCylinder(shape_, rng)
-    vessels, nodules = _place_objects(shape_, body, num_vessels, num_nodules, rng)
+    vessels, nodules = _place_objects(shape_, body, num_vessels, num_nodules, rng, tilt_)
     fat = _place_fat(shape_, body, [*vessels, *nodules], rng)
 
     # soft tissue with a smooth low-frequency variation (a few random plane waves, about +-10 HU); not

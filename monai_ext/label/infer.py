@@ -85,6 +85,11 @@ def _signature(stat: os.stat_result) -> tuple[int, int, int]:
     return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
+def file_signature(path: str | os.PathLike) -> tuple[int, int, int]:
+    """``(inode, size, mtime_ns)`` of ``path``: a new value means a new or rewritten file."""
+    return _signature(os.stat(path))
+
+
 def read_weights(path: str | os.PathLike) -> tuple[Mapping[str, torch.Tensor], tuple[int, int, int], Weights]:
     """Read the state dict in ``path`` only if the file is complete.
 

@@ -12,6 +12,7 @@ from monailabel.tasks.train.bundle import BundleTrainTask
 
 from monai_ext.handlers import save_atomic
 from monai_ext.label.discovery import apply_overrides
+from monai_ext.label.infer import file_signature
 
 __all__ = ["FINAL_WEIGHTS", "MonaiExtTrainTask", "publish_final_weights"]
 
@@ -20,11 +21,8 @@ FINAL_WEIGHTS = "model_final.pt"
 
 
 def _signature(path: Path) -> tuple[int, int, int] | None:
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return None
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+    """What the server compares to see a new ``model.pt`` (:func:`monai_ext.label.infer.file_signature`)."""
+    return file_signature(path) if path.exists() else None
 
 
 def publish_final_weights(models: str | os.PathLike, before: tuple[int, int, int] | None) -> bool:

@@ -180,11 +180,11 @@ def test_an_unsupported_file_or_an_empty_folder_is_refused_with_the_formats(tmp_
     png = tmp_path / "slice.png"
     png.write_bytes(b"\x89PNG")
     with pytest.raises(ValueError, match=r"(?s)slice\.png.*Give NIfTI \(\.nii, \.nii\.gz\), NRRD"):
-        len(config("ssh_unet", input=str(png)).get_parsed_content("dataset#data"))
+        config("ssh_unet", input=str(png)).get_parsed_content("dataset#data").check()
     with pytest.raises(ValueError, match=r"no volume found in the folder .* \(it holds: slice\.png\)"):
-        len(config("ssh_unet", input=str(tmp_path)).get_parsed_content("dataset#data"))
+        config("ssh_unet", input=str(tmp_path)).get_parsed_content("dataset#data").check()
     with pytest.raises(FileNotFoundError, match=r"input .*absent\.nrrd not found; .*--input"):
-        len(config("ssh_unet", input=str(tmp_path / "absent.nrrd")).get_parsed_content("dataset#data"))
+        config("ssh_unet", input=str(tmp_path / "absent.nrrd")).get_parsed_content("dataset#data").check()
 
 
 # ---------------------------------------------------------------- inference runs (tiny SSH-UNet)

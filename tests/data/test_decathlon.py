@@ -187,8 +187,8 @@ def test_msd_lesions_explicit_shape_spacing_deterministic(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"task": "mri"}, r"task must be one of 'vessels', 'lesions', got 'mri'"),
-        ({"task": None}, r"task must be one of 'vessels', 'lesions', got None"),
+        ({"task": "mri"}, r"task must be one of 'vessels', 'vessels_oblique', 'lesions', got 'mri'"),
+        ({"task": None}, r"task must be one of 'vessels', 'vessels_oblique', 'lesions', got None"),
         ({"task": "lesions", "spacing": (1.0, 1.0, -3.0)}, r"spacing must be a sequence of 3 positive finite"),
         ({"task": "lesions", "shape": (64, 64, 20)}, r"each >= 24, got \(64, 64, 20\)"),
     ],
@@ -199,7 +199,7 @@ def test_msd_lesions_bad_arguments(tmp_path, kwargs, match):
     assert not (tmp_path / "ds").exists()
 
 
-@pytest.mark.parametrize("task", ["vessels", "lesions"])
+@pytest.mark.parametrize("task", ["vessels", "vessels_oblique", "lesions"])
 def test_written_arrays_are_the_task_cases(tmp_path, task):
     shape = (40, 36, 24)
     json_path = write_msd_dataset(tmp_path / task, num_train=1, num_test=1, shape=shape, seed=5, task=task)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from monai_ext.data.geometry import (
     Blob,
     BodyCylinder,
+    ObliqueTube,
     Tube,
     ellipsoid_sdf,
     partial_volume,
@@ -92,3 +95,60 @@ def test_blob_surface_at_radius_and_flattened_poles():
     assert flat.distance(x, y, z)[20, 18, 20] == pytest.approx(4.0)
     assert (flat.distance(x, y, z) <= 4.0).sum() > (d <= 4.0).sum()
     assert ball.gap_to_point(centre + np.array([10.0, 0.0, 0.0]), 2.0) == pytest.approx(4.0)
+
+
+def test_oblique_tube_angle_sections_and_gaps():
+    shape = (64, 60, 48)
+    rng = np.random.default_rng(2)
+    body = BodyCylinder(shape, rng)
+    tubes = [ObliqueTube(shape, body, 3.0, (15.0, 45.0), rng) for _ in range(40)]
+    tilts = np.degrees([t.tilt for t in tubes])
+    assert tilts.min() >= 15.0 and tilts.max() <= 45.0 and np.ptp(tilts) > 15.0
+    tube = max(tubes, key=lambda t: t.depth)  # the one that crosses the most slices
+    d = tube.direction
+    assert np.linalg.norm(d) == pytest.approx(1.0) and math.degrees(math.acos(d[2])) == pytest.approx(
+        math.degrees(tube.tilt)
+    )
+    assert tube.depth == pytest.approx(tube.end[2] - tube.start[2]) and tube.depth > 0.5 * shape[2]
+    # the centreline stays in the core (radius to spare) and within the depth
+    points = tube.samples(50)
+    assert body.inside_core(points[:, 0], points[:, 1], tube.radius + 0.5 - 1e-6).all()
+    assert points[:, 2].min() >= 0.0 and points[:, 2].max() <= shape[2] - 1
+    # an axial slice cuts an ellipse: semi-axis r / cos(tilt) along the azimuth, r across it
+    mid = (tube.start + tube.end) / 2
+    along = np.array([math.cos(tube.azimuth), math.sin(tube.azimuth), 0.0])
+    across = np.array([-along[1], along[0], 0.0])
+    for offset, semi in ((along, tube.radius / math.cos(tube.tilt)), (across, tube.radius)):
+        p = mid + semi * offset
+        assert tube.distance(*(np.array([[[c]]]) for c in p)).item() == pytest.approx(tube.radius)
+    # on the grid: the voxels within the radius in that slice, about the ellipse's area
+    x, y, z = voxel_grid(shape)
+    k = int(round(mid[2]))
+    area = int((tube.distance(x, y, np.array([[[float(k)]]])) <= tube.radius).sum())
+    assert area == pytest.approx(math.pi * tube.radius**2 / math.cos(tube.tilt), rel=0.1)
+    # round caps beyond the ends, 3D gaps
+    beyond = tube.end + 2.0 * d
+    assert tube.gap_to_point(beyond, 1.0) == pytest.approx(2.0 - tube.radius - 1.0)
+    assert tube.gap_to_point(mid, 1.0) == pytest.approx(-tube.radius - 1.0)
+    other = next(t for t in tubes if t is not tube and t.length > 0)
+    assert tube.gap_to_tube(other) == pytest.approx(other.gap_to_tube(tube), abs=0.1)
+    assert tube.gap_to_tube(tube) == pytest.approx(-2 * tube.radius)
+
+
+def test_oblique_tube_that_misses_the_core_has_no_length():
+    shape = (40, 36, 32)
+    body = BodyCylinder(shape, np.random.default_rng(0))
+    # a radius wider than the core: nothing fits
+    tube = ObliqueTube(shape, body, 100.0, (30.0, 30.0), np.random.default_rng(0))
+    assert tube.length == 0.0 and tube.depth == 0.0
+
+
+def test_blob_azimuth_turns_the_in_plane_axes():
+    centre = np.array([20.0, 18.0, 16.0])
+    scale = np.array([1.5, 1.0, 1.0])
+    x, y, z = voxel_grid(SHAPE)
+    turned = Blob(centre, 2.0, scale, azimuth=math.pi / 2)  # the long axis along y
+    d = turned.distance(x, y, z)
+    assert d[20, 21, 16] == pytest.approx(2.0) and d[22, 18, 16] == pytest.approx(2.0)
+    assert d[20, 18, 16] == 0.0
+    np.testing.assert_allclose(d, Blob(centre, 2.0, scale[[1, 0, 2]]).distance(x, y, z), atol=1e-12)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from monai_ext.data import LABELS, LESION_LABELS, make_lesion_phantom, make_phantom
-from monai_ext.data.tasks import TASKS, TaskSpec, _fewer_until_fits, case_seed, get_task
+from monai_ext.data.tasks import OBLIQUE_TILT, TASKS, TaskSpec, _fewer_until_fits, case_seed, get_task
 
 # Regression references: sha256 (tests/data/conftest.py) of (image, label) of TASKS[task].make_case((40, 36, 24), 5,
 # index), with the note it printed, computed with the code before the split of monai_ext/data/synthetic.py (commit
@@ -27,7 +27,7 @@ def test_case_bytes_and_note_unchanged(sha256, task, index, note, digest):
 
 
 def test_table_names_defaults_and_headers():
-    assert list(TASKS) == ["vessels", "lesions"]
+    assert list(TASKS) == ["vessels", "vessels_oblique", "lesions"]
     assert all(isinstance(spec, TaskSpec) for spec in TASKS.values())
     vessels, lesions = TASKS["vessels"], TASKS["lesions"]
     assert (vessels.shape, vessels.spacing) == ((64, 64, 64), (1.5, 1.5, 1.5))
@@ -47,6 +47,22 @@ def test_vessel_case_is_the_phantom_in_int16_hu():
     phantom, phantom_label = make_phantom(shape, case_seed(5, 0), 3, 3)  # the counts the note gives
     np.testing.assert_array_equal(image, np.clip(np.rint(phantom), -1024, 3071).astype(np.int16))
     np.testing.assert_array_equal(label, phantom_label)
+
+
+def test_oblique_vessel_case_is_the_tilted_phantom():
+    shape = (48, 48, 40)
+    spec = TASKS["vessels_oblique"]
+    assert (spec.shape, spec.spacing) == (TASKS["vessels"].shape, TASKS["vessels"].spacing)
+    assert spec.header["labels"] == TASKS["vessels"].header["labels"] and spec.header["modality"] == {"0": "CT"}
+    assert spec.header["name"] != TASKS["vessels"].header["name"]
+    image, label, note = spec.make_case(shape, 5, 0)
+    assert image.dtype == np.int16 and label.dtype == np.uint8 and image.shape == shape
+    vessels, nodules = (int(word) for word in note.split() if word.isdigit())
+    phantom, phantom_label = make_phantom(shape, case_seed(5, 0), vessels, nodules, tilt=OBLIQUE_TILT)
+    np.testing.assert_array_equal(image, np.clip(np.rint(phantom), -1024, 3071).astype(np.int16))
+    np.testing.assert_array_equal(label, phantom_label)
+    straight, _, _ = TASKS["vessels"].make_case(shape, 5, 0)
+    assert not np.array_equal(image, straight)
 
 
 def test_lesion_case_is_the_phantom_channels_last():
@@ -99,5 +115,5 @@ def test_case_seed_is_deterministic_and_separates_cases_and_streams():
 
 @pytest.mark.parametrize("task", ["mri", None, ["vessels"], "Vessels"])
 def test_unknown_task_names_the_choices(task):
-    with pytest.raises(ValueError, match=r"task must be one of 'vessels', 'lesions', got"):
+    with pytest.raises(ValueError, match=r"task must be one of 'vessels', 'vessels_oblique', 'lesions', got"):
         get_task(task)

@@ -90,6 +90,52 @@ def test_axial_slices_ambiguous_only_3d_decides(components):
     assert min(stats[1]["extent"]) > 2 * max(stats[2]["extent"])
 
 
+def _elongation(section: np.ndarray) -> float:
+    """Ratio of the long to the short axis of a 2D mask, from the second moments of its voxel positions."""
+    eig = np.linalg.eigvalsh(np.cov(np.argwhere(section).astype(float).T))
+    return float(np.sqrt(eig[1] / max(eig[0], 1e-9)))
+
+
+def test_oblique_vessels_tilted_sections_match_the_nodules(components):
+    # pooled over 6 volumes (18 vessels, 18 nodules)
+    stats = {v: {"area": [], "mean": [], "elongation": [], "extent": []} for v in (1, 2)}
+    for seed in range(6):
+        image, label = make_phantom((48, 48, 48), seed=seed, tilt=(15, 45))
+        assert image.shape == label.shape == (48, 48, 48) and set(np.unique(label)) == {0, 1, 2}
+        for value in (1, 2):
+            comps = components(label == value)
+            assert len(comps) == 3  # objects do not touch
+            for comp in comps:
+                zs = np.nonzero(comp.any(axis=(0, 1)))[0]
+                stats[value]["extent"].append(int(zs.max() - zs.min() + 1))
+                if value == 1:  # the main axis of the vessel's voxels: 15-45 degrees from z (voxelisation: +-2)
+                    axis = np.linalg.eigh(np.cov(np.argwhere(comp).astype(float).T))[1][:, -1]
+                    assert 13.0 <= np.degrees(np.arccos(abs(axis[2]))) <= 47.0
+                for k in zs:
+                    section = comp[:, :, k]
+                    if section.sum() >= 5:  # not the caps' last voxels
+                        stats[value]["area"].append(int(section.sum()))
+                        stats[value]["mean"].append(float(image[:, :, k][section].mean()))
+                        stats[value]["elongation"].append(_elongation(section))
+    # per axial slice, vessels and nodules look alike: area, intensity and the ellipse's elongation ...
+    for key in ("area", "mean", "elongation"):
+        vessel, nodule = np.asarray(stats[1][key]), np.asarray(stats[2][key])
+        mv, mn = np.median(vessel), np.median(nodule)
+        assert abs(mv - mn) <= 0.35 * max(mv, mn), (key, mv, mn)
+        assert _best_threshold_accuracy(vessel, nodule) < 0.8, key
+    assert np.median(stats[1]["elongation"]) > 1.05  # the sections are ellipses, not disks
+    # ... while vessels still cross at least half the depth and nodules are compact
+    assert min(stats[1]["extent"]) >= 24 > 2 * max(stats[2]["extent"])
+
+
+def test_oblique_phantom_is_deterministic_and_differs_from_the_straight_one():
+    a = make_phantom((40, 36, 32), seed=1, tilt=(15, 45))
+    b = make_phantom((40, 36, 32), seed=1, tilt=(15, 45))
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[1], make_phantom((40, 36, 32), seed=1)[1])
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -101,6 +147,10 @@ def test_axial_slices_ambiguous_only_3d_decides(components):
         ({"num_nodules": 1.5}, r"num_nodules must be an integer >= 0, got 1.5"),
         ({"noise_std": -1.0}, r"noise_std must be a finite number >= 0"),
         ({"seed": -3}, r"seed must be a non-negative integer, got -3"),
+        ({"tilt": (45, 15)}, r"tilt must satisfy 0 <= low <= high <= 60 degrees"),
+        ({"tilt": (10, 70)}, r"tilt must satisfy 0 <= low <= high <= 60 degrees"),
+        ({"tilt": 30}, r"tilt must be None or \(low, high\) in degrees, got 30"),
+        ({"tilt": (1, 2, 3)}, r"tilt must be None or \(low, high\)"),
     ],
 )
 def test_phantom_bad_arguments(kwargs, match):

@@ -191,7 +191,7 @@ class SpatialContextAwareNet(nn.Module):
         self.configuration = configuration
         self.msfa_mode, self.use_global = CONFIGURATIONS[configuration]
         self.spatial_dim = check_spatial_dim(spatial_dim)
-        self._slice_axis = tensor_dim(self.spatial_dim)
+        self._slices_axis = tensor_dim(self.spatial_dim)
         self.levels = len(filters)
         self.divisor, self.min_size = scaa_sizes(self.levels, self.spatial_dim)
 
@@ -240,11 +240,11 @@ class SpatialContextAwareNet(nn.Module):
 
     def _slices_first(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, *spatial)`` with the slice axis moved first among the spatial axes (a view)."""
-        return x.movedim(self._slice_axis, 2)
+        return x.movedim(self._slices_axis, 2)
 
     def _slices_restored(self, x: torch.Tensor) -> torch.Tensor:
         """Undo :meth:`_slices_first`."""
-        return x.movedim(2, self._slice_axis)
+        return x.movedim(2, self._slices_axis)
 
     def encode_context(self, x: torch.Tensor) -> SliceContext:
         """Run the 3D context encoder (and the global descriptor, where the configuration has one) on whole volumes.
@@ -309,7 +309,7 @@ class SpatialContextAwareNet(nn.Module):
         indices = torch.as_tensor(slice_indices, device=x.device).long()
         if indices.dim() == 1:
             indices = indices.expand(x.shape[0], -1)
-        depth = x.shape[self._slice_axis]
+        depth = x.shape[self._slices_axis]
         if indices.dim() != 2 or indices.shape[0] != x.shape[0] or indices.shape[1] < 1:
             raise ValueError(
                 f"slice_indices must be (S,) or (B, S) = ({x.shape[0]}, S) with S >= 1, "
@@ -383,7 +383,7 @@ class SpatialContextAwareNet(nn.Module):
         if valid_size is not None:
             depth = int(valid_size[self.spatial_dim])
         if slice_indices is None:
-            indices = torch.arange(x.shape[self._slice_axis], device=x.device).expand(x.shape[0], -1)
+            indices = torch.arange(x.shape[self._slices_axis], device=x.device).expand(x.shape[0], -1)
             return self._slices(x, features, descriptor, indices, depth)
         if torch.jit.is_scripting():
             indices = slice_indices.long() if slice_indices.dim() == 2 else slice_indices.long().expand(x.shape[0], -1)
