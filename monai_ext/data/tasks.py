@@ -106,6 +106,16 @@ def _lesion_case(shape: tuple[int, int, int], seed: int, index: int) -> tuple[np
     return image, label, f"{lesions} lesions"
 
 
+# what the two vessel tasks' dataset.json headers share
+_VESSEL_HEADER = {
+    "reference": "monai_ext.data.vessels (generated data, no patient data)",
+    "licence": "CC0-1.0",
+    "release": "1.0",
+    "tensorImageSize": "3D",
+    "modality": {"0": "CT"},
+    "labels": {str(k): v for k, v in LABELS.items()},
+}
+
 TASKS: dict[str, TaskSpec] = {
     "vessels": TaskSpec(
         make_case=_vessel_case,
@@ -115,12 +125,7 @@ TASKS: dict[str, TaskSpec] = {
             "name": "SyntheticVesselNodule",
             "description": "Synthetic CT-like phantoms: tubular vessels and spherical nodules of matching size and "
             "intensity, only separable with 3D context. labelsTs (not in MSD) holds the test ground truth.",
-            "reference": "monai_ext.data.vessels (generated data, no patient data)",
-            "licence": "CC0-1.0",
-            "release": "1.0",
-            "tensorImageSize": "3D",
-            "modality": {"0": "CT"},
-            "labels": {str(k): v for k, v in LABELS.items()},
+            **_VESSEL_HEADER,
         },
     ),
     "vessels_oblique": TaskSpec(
@@ -133,12 +138,7 @@ TASKS: dict[str, TaskSpec] = {
             "normal and ellipsoidal nodules whose axial sections match the vessels' (ellipses of semi-axes r and "
             "r / cos(angle)), of the same intensity, only separable with 3D context. labelsTs (not in MSD) holds the "
             "test ground truth.",
-            "reference": "monai_ext.data.vessels (generated data, no patient data)",
-            "licence": "CC0-1.0",
-            "release": "1.0",
-            "tensorImageSize": "3D",
-            "modality": {"0": "CT"},
-            "labels": {str(k): v for k, v in LABELS.items()},
+            **_VESSEL_HEADER,
         },
     ),
     "lesions": TaskSpec(

@@ -22,6 +22,7 @@ from monai.bundle import ConfigParser
 from monai.transforms import LoadImage
 
 from monai_ext.bundles import bundle_dir
+from tests.volume_files import write_dicom_series, write_itk
 
 BUNDLES = ["cotr", "rsanet", "scaa", "ssh_unet", "thick2d"]
 SHAPE = (24, 24, 16)
@@ -67,30 +68,14 @@ def write_nifti(path: Path, channels: int = 1, seed: int = 0) -> str:
     return str(path)
 
 
-def write_itk(path: Path, channels: int = 1, seed: int = 0) -> str:
-    """An NRRD (.nrrd, gzip) or MetaImage (.mha) file, through ITK."""
-    itk = pytest.importorskip("itk")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    array = np.ascontiguousarray(np.moveaxis(volume(channels, seed), [0, 1, 2], [2, 1, 0]))  # ITK arrays are (Z, Y, X)
-    img = itk.image_from_array(array, is_vector=channels > 1)
-    img.SetSpacing(SPACING)
-    img.SetOrigin([10.0, -5.0, 20.0])  # LPS: the NIfTI files' RAS origin
-    itk.imwrite(img, str(path), compression=True)
-    return str(path)
+def write_nrrd(path: Path, channels: int = 1, seed: int = 0) -> str:
+    """An NRRD (.nrrd, gzip) or MetaImage (.mha) file on the NIfTI files' grid (origin in LPS)."""
+    return write_itk(path, volume(channels, seed), SPACING, origin=[10.0, -5.0, 20.0], vector=channels > 1)
 
 
 def write_dicom(folder: Path, channels: int = 1, seed: int = 0) -> str:
-    """A DICOM series (int16, one file per slice), through ITK; ``folder`` is the series."""
-    itk = pytest.importorskip("itk")
-    folder.mkdir(parents=True)
-    array = (100 * volume(channels, seed)).astype(np.int16)
-    img = itk.image_from_array(np.ascontiguousarray(np.moveaxis(array, [0, 1, 2], [2, 1, 0])))
-    writer = itk.ImageSeriesWriter[type(img), itk.Image[itk.SS, 2]].New()
-    writer.SetInput(img)
-    writer.SetImageIO(itk.GDCMImageIO.New())
-    writer.SetFileNames([str(folder / f"{i:03d}.dcm") for i in range(SHAPE[2])])
-    writer.Update()
-    return str(folder)
+    """A DICOM series (int16, one file per slice); ``folder`` is the series."""
+    return write_dicom_series(folder, 100 * volume(channels, seed))
 
 
 def truncate(path: str) -> None:
@@ -129,7 +114,7 @@ def loaded(path: str):
 def test_input_may_be_one_nifti_or_nrrd_file_or_a_folder_in_every_bundle(bundle, tmp_path):
     channels = in_channels(bundle)
     nii = write_nifti(tmp_path / "a.nii.gz", channels)
-    nrrd = write_itk(tmp_path / "b.nrrd", channels)
+    nrrd = write_nrrd(tmp_path / "b.nrrd", channels)
     (tmp_path / "notes.txt").write_text("not an image")
     for source, expected in [(nii, [nii]), (nrrd, [nrrd]), (str(tmp_path), [nii, nrrd])]:
         data = config(bundle, input=source).get_parsed_content("dataset#data")
@@ -169,7 +154,7 @@ def test_output_options_reach_the_writers_and_probabilities_are_off_by_default(b
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_a_corrupt_nrrd_in_a_folder_is_refused_up_front(bundle, tmp_path):
     write_nifti(tmp_path / "a.nii.gz", in_channels(bundle))
-    bad = write_itk(tmp_path / "b.nrrd", in_channels(bundle))
+    bad = write_nrrd(tmp_path / "b.nrrd", in_channels(bundle))
     truncate(bad)
     data = config(bundle, input=str(tmp_path)).get_parsed_content("dataset#data")
     with pytest.raises(ValueError, match=r"cannot read .*b\.nrrd as a NRRD volume: ITKReader failed .* truncated"):
@@ -192,7 +177,7 @@ def test_an_unsupported_file_or_an_empty_folder_is_refused_with_the_formats(tmp_
 
 @pytest.mark.parametrize(
     "writer, name",
-    [(write_nifti, "case.nii.gz"), (write_itk, "case.nrrd"), (write_dicom, "case")],
+    [(write_nifti, "case.nii.gz"), (write_nrrd, "case.nrrd"), (write_dicom, "case")],
     ids=["nifti", "nrrd", "dicom"],
 )
 def test_inference_on_one_file_writes_its_labels_on_its_grid(tiny_root, tmp_path, writer, name):
@@ -210,7 +195,7 @@ def test_inference_on_one_file_writes_its_labels_on_its_grid(tiny_root, tmp_path
 def test_inference_on_a_folder_with_the_output_options_and_probabilities(tiny_root, tmp_path):
     folder = tmp_path / "in"
     write_nifti(folder / "a.nii.gz", seed=1)
-    write_itk(folder / "b.mha", seed=2)
+    write_nrrd(folder / "b.mha", seed=2)
     (folder / "README.txt").write_text("passed over")
     out = tmp_path / "pred"
     infer(
@@ -238,7 +223,7 @@ def test_inference_on_a_folder_with_the_output_options_and_probabilities(tiny_ro
 def test_inference_with_a_corrupt_nrrd_after_a_good_file_writes_nothing(tiny_root, tmp_path):
     folder = tmp_path / "in"
     write_nifti(folder / "a.nii.gz")
-    bad = write_itk(folder / "b.nrrd")
+    bad = write_nrrd(folder / "b.nrrd")
     truncate(bad)
     out = tmp_path / "pred"
     with pytest.raises(Exception) as e:
@@ -253,7 +238,7 @@ def test_inference_with_a_corrupt_nrrd_after_a_good_file_writes_nothing(tiny_roo
 
 @pytest.mark.slow
 def test_command_line_inference_on_one_nrrd_file(tiny_root, tmp_path):
-    image = write_itk(tmp_path / "scan.nrrd")
+    image = write_nrrd(tmp_path / "scan.nrrd")
     out = tmp_path / "pred"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
     for key, value in {**TINY, "bundle_root": tiny_root, "output_dir": out, "input": image}.items():

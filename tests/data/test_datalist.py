@@ -13,6 +13,7 @@ import pytest
 
 from monai_ext.data import Datalist, check_datalist, load_datalist, split_datalist, write_msd_dataset
 from monai_ext.data.datalist import find_volumes
+from tests.volume_files import write_dicom_series, write_itk
 
 
 @pytest.fixture(scope="module")
@@ -471,40 +472,18 @@ def test_datalist_runs_the_checks_when_first_used(tmp_path):
 
 # ---------------------------------------------------------------- one image, a folder, other formats (issue 16)
 
-itk = pytest.importorskip("itk")
-
-
-def _itk_file(path: Path, array: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> str:
-    """``array`` (X, Y, Z) written through ITK (NRRD or MetaImage, by the file name)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = itk.image_from_array(np.ascontiguousarray(np.moveaxis(array, [0, 1, 2], [2, 1, 0])))
-    img.SetSpacing(spacing)
-    itk.imwrite(img, str(path), compression=True)
-    return str(path)
-
-
-def _dicom_series(folder: Path, shape=(16, 16, 4)) -> str:
-    folder.mkdir(parents=True)
-    img = itk.image_from_array(np.zeros(shape[::-1], np.int16))
-    writer = itk.ImageSeriesWriter[type(img), itk.Image[itk.SS, 2]].New()
-    writer.SetInput(img)
-    writer.SetImageIO(itk.GDCMImageIO.New())
-    writer.SetFileNames([str(folder / f"{i:03d}.dcm") for i in range(shape[2])])
-    writer.Update()
-    return str(folder)
-
 
 def test_one_image_file_is_one_case_whatever_the_key(tmp_path):
     nii = _case(tmp_path, "a")["image"]
-    nrrd = _itk_file(tmp_path / "b.nrrd", np.zeros((16, 16, 8), np.float32))
+    nrrd = write_itk(tmp_path / "b.nrrd", np.zeros((16, 16, 8), np.float32))
     assert load_datalist(nii, key="test") == [{"image": nii}]
     assert load_datalist(Path(nrrd), key="anything") == [{"image": nrrd}]
 
 
 def test_a_folder_gives_its_volumes_in_name_order_and_passes_over_other_files(tmp_path):
     b = _case(tmp_path, "b")["image"]
-    a = _itk_file(tmp_path / "a.mha", np.zeros((16, 16, 8), np.float32))
-    series = _dicom_series(tmp_path / "c_series")
+    a = write_itk(tmp_path / "a.mha", np.zeros((16, 16, 8), np.float32))
+    series = write_dicom_series(tmp_path / "c_series", np.zeros((16, 16, 4)))
     (tmp_path / "dataset.json").write_text("{}")
     (tmp_path / "notes.txt").write_text("")
     (tmp_path / "empty").mkdir()
@@ -513,7 +492,7 @@ def test_a_folder_gives_its_volumes_in_name_order_and_passes_over_other_files(tm
 
 
 def test_a_dicom_series_folder_is_one_case(tmp_path):
-    series = _dicom_series(tmp_path / "ct")
+    series = write_dicom_series(tmp_path / "ct", np.zeros((16, 16, 4)))
     assert find_volumes(series) == [series]
     assert load_datalist(series) == [{"image": series}]
 
@@ -547,14 +526,14 @@ def test_datalist_entries_of_other_formats_are_all_listed(tmp_path):
 
 
 def test_nrrd_images_and_labels_get_every_check(tmp_path):
-    image = _itk_file(tmp_path / "c.nrrd", np.random.default_rng(0).normal(size=(16, 16, 8)).astype(np.float32))
+    image = write_itk(tmp_path / "c.nrrd", np.random.default_rng(0).normal(size=(16, 16, 8)).astype(np.float32))
     values = np.zeros((16, 16, 8), np.uint8)
     values[2:4, 2:4, 2:4] = 2
-    label = _itk_file(tmp_path / "c_label.nrrd", values)
+    label = write_itk(tmp_path / "c_label.nrrd", values)
     assert load_datalist(_datalist(tmp_path / "dl.json", [{"image": image, "label": label}]), num_classes=3)
     with pytest.raises(ValueError, match=r"c_label\.nrrd: label values 2 are outside 0\.\.1"):
         check_datalist([{"image": image, "label": label}], num_classes=2)
-    other = _itk_file(tmp_path / "o_label.nrrd", values, spacing=(1.0, 1.0, 2.0))
+    other = write_itk(tmp_path / "o_label.nrrd", values, spacing=(1.0, 1.0, 2.0))
     with pytest.raises(ValueError, match=r"o_label\.nrrd is not on the voxel grid of its image .*c\.nrrd"):
         check_datalist([{"image": image, "label": other}])
     with pytest.raises(ValueError, match=r"c\.nrrd is too large"):
@@ -566,7 +545,7 @@ def test_nrrd_images_and_labels_get_every_check(tmp_path):
 
 def test_truncated_nrrd_is_caught_up_front(tmp_path):
     good = _case(tmp_path, "a")
-    bad = _itk_file(tmp_path / "b.nrrd", np.random.default_rng(0).normal(size=(16, 16, 8)).astype(np.float32))
+    bad = write_itk(tmp_path / "b.nrrd", np.random.default_rng(0).normal(size=(16, 16, 8)).astype(np.float32))
     _truncate(bad, 0.5)
     with pytest.raises(ValueError, match=r"cannot read .*b\.nrrd as a NRRD volume: ITKReader failed .*copy the file"):
         load_datalist(_datalist(tmp_path / "dataset.json", [good, {"image": bad}]))

@@ -26,6 +26,7 @@ from monai_ext.data.volume_checks import (
     volume_format,
     voxel_spacing,
 )
+from tests.volume_files import write_dicom_series, write_itk
 
 # voxel axes (i, j, k) stored as (S, L, P): axis i runs up, j to the left, k to the back; spacing 2, 0.5, 1 mm
 SLP = np.array([[0, -0.5, 0, 10], [0, 0, -1.0, 20], [2.0, 0, 0, 30], [0, 0, 0, 1]])
@@ -144,28 +145,9 @@ def test_label_values_refuse_a_bad_num_classes():
 
 # ---------------------------------------------------------------- volume files, through MONAI's readers
 
-itk = pytest.importorskip("itk")
-
 
 def _itk_file(path: Path, array: np.ndarray, spacing=(0.8, 0.9, 2.5), vector: bool = False) -> str:
-    """``array`` (X, Y, Z[, C]) written through ITK (NRRD, MetaImage, ...: by the file name), gzip-compressed."""
-    order = list(range(array.ndim - (1 if vector else 0)))
-    img = itk.image_from_array(np.ascontiguousarray(np.moveaxis(array, order, order[::-1])), is_vector=vector)
-    img.SetSpacing(spacing[: len(order)])
-    itk.imwrite(img, str(path), compression=True)
-    return str(path)
-
-
-def _dicom_series(folder: Path, array: np.ndarray, suffix: str = ".dcm") -> str:
-    """``array`` (X, Y, Z) int16 written as a DICOM series, one file per slice."""
-    folder.mkdir(parents=True)
-    img = itk.image_from_array(np.ascontiguousarray(np.moveaxis(array.astype(np.int16), [0, 1, 2], [2, 1, 0])))
-    writer = itk.ImageSeriesWriter[type(img), itk.Image[itk.SS, 2]].New()
-    writer.SetInput(img)
-    writer.SetImageIO(itk.GDCMImageIO.New())
-    writer.SetFileNames([str(folder / f"slice{i:03d}{suffix}") for i in range(array.shape[2])])
-    writer.Update()
-    return str(folder)
+    return write_itk(path, array, spacing, vector=vector)
 
 
 def _cut(path: str) -> None:
@@ -187,9 +169,9 @@ def test_volume_format_from_the_file_name(name, expected):
 
 
 def test_a_folder_is_a_dicom_series_when_it_holds_dicom_files_named_or_not(tmp_path):
-    assert _dicom_series(tmp_path / "named", np.zeros((8, 8, 3))) and is_dicom_series(tmp_path / "named")
+    assert write_dicom_series(tmp_path / "named", np.zeros((8, 8, 3))) and is_dicom_series(tmp_path / "named")
     assert volume_format(tmp_path / "named") == "DICOM"
-    _dicom_series(tmp_path / "bare", np.zeros((8, 8, 3)), suffix="")  # no extension: the DICM marker tells
+    write_dicom_series(tmp_path / "bare", np.zeros((8, 8, 3)), suffix="")  # no extension: the DICM marker tells
     assert is_dicom_series(tmp_path / "bare")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("x" * 200)
@@ -232,7 +214,7 @@ def test_header_of_each_format_matches_what_load_image_reads(name, tmp_path):
 
 
 def test_dicom_series_header_matches_what_load_image_reads(tmp_path):
-    folder = _dicom_series(tmp_path / "series", np.arange(8 * 10 * 4).reshape(8, 10, 4))
+    folder = write_dicom_series(tmp_path / "series", np.arange(8 * 10 * 4).reshape(8, 10, 4))
     header = read_volume_header(folder)
     loaded = LoadImage(image_only=True)(folder)
     assert header.format == "DICOM" and header.shape == tuple(loaded.shape) == (8, 10, 4)
