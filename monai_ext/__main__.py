@@ -61,6 +61,10 @@ def bench(
     seeds: str | tuple = "0,1",
     budget_s: float = 120.0,
     threads: int | None = None,
+    amp: bool = False,
+    task: str = "vessels_oblique",
+    recipe: str = "bundle",
+    jobs: int = 1,
 ) -> None:
     """Measure the methods beside MONAI's own networks, on this machine, in one run (docs/benchmarks.md).
 
@@ -71,11 +75,14 @@ def bench(
     ``deformable``: CoTr's sampling core against grid_sample, DeTrans against a dense encoder (CPU);
     ``slice_groups``: thickened 2D whole-volume inference, one and three views, beside DynUNet 3D (CPU);
     ``whole_volume``: SCAA training and inference on a 1x1x256x256x128 volume beside DynUNet 3D;
-    ``accuracy``: every network trained for ``--budget_s`` s of CPU time per seed on the demo data, held-out Dice;
+    ``accuracy``: every network trained for ``--budget_s`` s of CPU time per seed on phantom data (``--task``
+    ``vessels_oblique``, the default, or ``vessels``), each method with its bundle's optimizer (``--recipe bundle``;
+    ``plain``: Adam for all), ``--jobs`` runs at once, held-out Dice;
     ``all`` (default): efficiency, attention, deformable, slice_groups and whole_volume (accuracy takes long and
     runs only when asked). ``--networks dynunet_3d,ssh_unet`` picks efficiency / accuracy rows by registry name
     (default: every main entry). When ``output_dir`` holds both efficiency.json and accuracy.json,
-    ``flops_vs_dice.png`` is drawn.
+    ``flops_vs_dice.png`` is drawn. ``--amp``: efficiency's forward and whole-volume passes under autocast (bf16 on
+    the CPU, fp16 on CUDA). ``--device cuda`` without CUDA measures on the CPU, and says so.
     """
     import monai_ext.bench as b
     from monai_ext.bench.report import plot_from_dir
@@ -86,7 +93,7 @@ def bench(
         raise ValueError(f"suite must be one of {sorted(suites)}, got {suite!r}.")
     rows = [str(n).strip() for n in _as_list(networks)] if networks else None
     if suite in ("efficiency", "all"):
-        b.run_efficiency(device=device, quick=quick, output_dir=output_dir, networks=rows, threads=threads)
+        b.run_efficiency(device=device, quick=quick, output_dir=output_dir, networks=rows, threads=threads, amp=amp)
     for name in cpu_only:
         if suite in (name, "all"):
             if device != "cpu":
@@ -96,7 +103,9 @@ def bench(
         b.run_whole_volume(device=device, quick=quick, output_dir=output_dir)
     if suite == "accuracy":
         seed_list = [int(s) for s in _as_list(seeds)]
-        b.run_accuracy(output_dir, rows, seed_list, budget_s, quick, device, threads)
+        b.run_accuracy(
+            output_dir, rows, seed_list, budget_s, quick, device, threads, task=task, recipe=recipe, jobs=jobs
+        )
     plot = plot_from_dir(output_dir)
     if plot is not None:
         print(f"wrote {plot}")

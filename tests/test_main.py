@@ -100,6 +100,9 @@ def test_bundle_dir_unknown_name_says_where_it_looked_and_how_to_fix(tmp_path, m
         bundle_dir("nope")
 
 
+ACCURACY_DEFAULTS = {"task": "vessels_oblique", "recipe": "bundle", "jobs": 1}
+
+
 def test_cli_bench_runs_the_chosen_suites(monkeypatch, tmp_path):
     import monai_ext.bench
 
@@ -109,7 +112,11 @@ def test_cli_bench_runs_the_chosen_suites(monkeypatch, tmp_path):
     out = str(tmp_path)
     cli.bench(quick=True, output_dir=out)
     assert calls == [
-        ("efficiency", (), {"device": "cpu", "quick": True, "output_dir": out, "networks": None, "threads": None}),
+        (
+            "efficiency",
+            (),
+            {"device": "cpu", "quick": True, "output_dir": out, "networks": None, "threads": None, "amp": False},
+        ),
         ("attention", (), {"quick": True, "output_dir": out}),
         ("deformable", (), {"quick": True, "output_dir": out}),
         ("slice_groups", (), {"quick": True, "output_dir": out}),
@@ -117,15 +124,21 @@ def test_cli_bench_runs_the_chosen_suites(monkeypatch, tmp_path):
     ]
     calls.clear()
     cli.bench("accuracy", networks="dynunet_3d, ssh_unet", seeds="3,4", budget_s=5, output_dir=out)
-    assert calls == [("accuracy", (out, ["dynunet_3d", "ssh_unet"], [3, 4], 5, False, "cpu", None), {})]
+    assert calls == [("accuracy", (out, ["dynunet_3d", "ssh_unet"], [3, 4], 5, False, "cpu", None), ACCURACY_DEFAULTS)]
     calls.clear()
     cli.bench("accuracy", networks=("dynunet_3d", "ssh_unet"), seeds=(3, 4), budget_s=5, output_dir=out)  # as fire
     cli.bench("accuracy", networks="ssh_unet", seeds=7, budget_s=5, output_dir=out)
-    assert calls[0] == ("accuracy", (out, ["dynunet_3d", "ssh_unet"], [3, 4], 5, False, "cpu", None), {})
+    assert calls[0] == ("accuracy", (out, ["dynunet_3d", "ssh_unet"], [3, 4], 5, False, "cpu", None), ACCURACY_DEFAULTS)
     assert calls[1][1][1:3] == (["ssh_unet"], [7])
     calls.clear()
     cli.bench(suite="deformable", device="cuda")
     assert [name for name, _, _ in calls] == ["deformable"]
+    calls.clear()
+    cli.bench(suite="efficiency", amp=True, output_dir=out)
+    assert [(name, kw["amp"]) for name, _, kw in calls] == [("efficiency", True)]
+    calls.clear()
+    cli.bench("accuracy", task="vessels", recipe="plain", jobs=2, output_dir=out)
+    assert calls[0][2] == {"task": "vessels", "recipe": "plain", "jobs": 2}
     with pytest.raises(ValueError, match="suite must be one of"):
         cli.bench(suite="speed")
 

@@ -1,10 +1,14 @@
-"""Accuracy under one CPU-time budget: every row trained the same way on the same synthetic cases, Dice held out.
+"""Accuracy under one CPU-time budget: every row trained on the same synthetic cases, Dice held out.
 
-The protocol is deliberately plain and identical for every row: z-scored volumes, random crops of ``roi`` with
-random flips, Adam, Dice + cross-entropy, through MONAI's SupervisedTrainer with the row's own training batch
-(:mod:`monai_ext.bench.protocol`) until ``budget_s`` seconds of process CPU time are spent, then the row's own
-whole-volume inferer (:func:`monai_ext.bench.rows.inferer`) on the held-out cases, scored with MONAI's DiceMetric
-(:func:`monai_ext.metrics.dice_per_class`). Each (row, seed) runs in a fresh process.
+Every row trains on z-scored volumes, random crops of ``roi`` with random flips, through MONAI's SupervisedTrainer
+with the row's own training batch and loss (:mod:`monai_ext.bench.protocol`: Dice + cross-entropy, a context
+network's bundle loss), until ``budget_s`` seconds of process CPU time are spent; then the row's own whole-volume
+inferer (:func:`monai_ext.bench.rows.inferer`) runs on the held-out cases, scored with MONAI's DiceMetric
+(:func:`monai_ext.metrics.dice_per_class`). ``recipe="bundle"`` (default) gives each method row its bundle's
+optimizer and learning rate as its demo sets them (:func:`monai_ext.bench.protocol.recipe_optimizer`; MONAI's
+baselines: Adam at ``learning_rate``); ``recipe="plain"`` gives every row Adam at ``learning_rate``. The default
+data are the oblique-vessel phantom, where a network without 3D context cannot tell a vessel's section from a
+nodule's. Each (row, seed) runs in a fresh process, ``jobs`` of them at a time.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
@@ -19,6 +24,7 @@ import numpy as np
 import torch
 
 from monai_ext.bench import protocol, rows
+from monai_ext.bench.device import resolve_device
 from monai_ext.bench.process import run_fresh
 from monai_ext.data import load_datalist, write_msd_dataset
 from monai_ext.metrics import dice_per_class
@@ -66,11 +72,16 @@ def train_and_score(
     learning_rate: float = 1e-3,
     device: str = "cpu",
     threads: int | None = None,
+    recipe: str = "bundle",
 ) -> dict:
     """Train row ``name`` from scratch for ``budget_s`` s of CPU time, then score it on the held-out cases.
 
-    Returns ``steps``, ``train_cpu_s``, ``train_wall_s``, ``infer_s``, ``dice`` per class name (mean over the
-    held-out cases, NaN-skipping: a class absent from a case's truth scores NaN there) and ``dice_per_case``.
+    ``recipe``: ``"bundle"`` (the row's bundle optimizer, see the module) or ``"plain"`` (Adam at
+    ``learning_rate``).
+
+    Returns ``optimizer`` (what trained it), ``steps``, ``train_cpu_s``, ``train_wall_s``, ``infer_s``, ``dice``
+    per class name (mean over the held-out cases, NaN-skipping: a class absent from a case's truth scores NaN
+    there) and ``dice_per_case``.
     """
     if threads is not None:
         torch.set_num_threads(threads)
@@ -82,7 +93,12 @@ def train_and_score(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net = rows.build(entry, 1, len(labels), roi).to(device)
-    optimizer = torch.optim.Adam(net.parameters(), learning_rate)
+    if recipe == "bundle":
+        optimizer, optimizer_name = protocol.recipe_optimizer(entry, net, learning_rate)
+    elif recipe == "plain":
+        optimizer, optimizer_name = torch.optim.Adam(net.parameters(), learning_rate), f"Adam, lr {learning_rate:g}"
+    else:
+        raise ValueError(f"recipe must be 'bundle' or 'plain', got {recipe!r}.")
     trainer = protocol.make_trainer(entry, net, _crops(train, roi, rng, budget_s), optimizer, device)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     trainer.run()
@@ -100,6 +116,7 @@ def train_and_score(
     return {
         "network": name,
         "seed": seed,
+        "optimizer": optimizer_name,
         "steps": steps,
         "train_cpu_s": train_cpu,
         "train_wall_s": train_wall,
@@ -119,34 +136,54 @@ def run_accuracy(
     device: str = "cpu",
     threads: int | None = None,
     fresh_process: bool = True,
+    task: str = "vessels_oblique",
+    recipe: str = "bundle",
+    jobs: int = 1,
 ) -> list[dict]:
     """Train and score every main entry of the registry (or ``networks``, registry names) for each seed on freshly
-    generated demo data.
+    generated phantom data.
 
-    The data are :func:`monai_ext.data.write_msd_dataset` vessels/nodules cases (8 training and 4 held-out of
-    64^3; with ``quick`` 2 and 1). Writes ``accuracy.json`` (one record per run) and
-    ``accuracy.md`` to ``output_dir`` and returns the records.
+    The data are :func:`monai_ext.data.write_msd_dataset` cases of ``task`` (``"vessels_oblique"`` by default, or
+    ``"vessels"``; 8 training and 4 held-out of 64^3, seed 0; with ``quick`` 2 and 1). ``recipe``: see the module.
+    ``jobs`` runs go at once, each in its fresh process (give ``threads`` so that ``jobs * threads`` fits the
+    cores; the budget is CPU time, so sharing the machine slows a run without shortening its training). Writes
+    ``accuracy.json`` (one record per run, in seed then row order) and ``accuracy.md`` to ``output_dir`` and
+    returns the records. ``device="cuda"`` on a machine without CUDA trains on the CPU
+    (:func:`monai_ext.bench.device.resolve_device`).
 
     Raises:
-        ValueError: for a name the registry does not hold.
+        ValueError: for a name the registry does not hold, a device other than the CPU or CUDA, a task other
+            than the two vessel tasks, an unknown recipe, or ``jobs`` below 1 (above 1 without ``fresh_process``).
     """
     from monai_ext.bench.report import accuracy_summary, accuracy_table, save_json
 
+    if task not in ("vessels", "vessels_oblique"):
+        raise ValueError(f"task must be 'vessels' or 'vessels_oblique' (vessel and nodule labels), got {task!r}.")
+    if recipe not in ("bundle", "plain"):
+        raise ValueError(f"recipe must be 'bundle' or 'plain', got {recipe!r}.")
+    if jobs < 1 or (jobs > 1 and not fresh_process):
+        raise ValueError(f"jobs must be >= 1, and 1 without fresh processes; got {jobs} (fresh {fresh_process}).")
     names = [e.name for e in rows.bench_rows(networks)]
     out = Path(output_dir)
     n_train, n_test, size = (2, 1, 64) if quick else (8, 4, 64)
-    data = write_msd_dataset(out / "accuracy_data", n_train, n_test, shape=(size,) * 3, seed=0, overwrite=True)
-    kwargs = {"data_dir": str(data.parent), "budget_s": budget_s, "roi": [size] * 3}
-    kwargs |= {"device": device, "threads": threads}
-    records = []
-    for seed in seeds:  # seeds outermost: every row sees the machine in the same state once per seed
-        for name in names:
-            print(f"training {name}, seed {seed}, {budget_s:.0f} s of CPU time ...", flush=True)
-            args = {"name": name, "seed": seed, **kwargs}
-            if fresh_process:
-                records.append(run_fresh("monai_ext.bench.accuracy:train_and_score", args))
-            else:
-                records.append(train_and_score(**args))
+    data = write_msd_dataset(
+        out / "accuracy_data", n_train, n_test, shape=(size,) * 3, seed=0, overwrite=True, task=task
+    )
+    kwargs = {"data_dir": str(data.parent), "budget_s": budget_s, "roi": [size] * 3, "recipe": recipe}
+    kwargs |= {"device": resolve_device(device), "threads": threads}
+    # seeds outermost: every row sees the machine in the same state once per seed
+    runs = [{"name": name, "seed": seed, **kwargs} for seed in seeds for name in names]
+
+    def one(args: dict) -> dict:
+        print(f"training {args['name']}, seed {args['seed']}, {budget_s:.0f} s of CPU time ...", flush=True)
+        if fresh_process:
+            return run_fresh("monai_ext.bench.accuracy:train_and_score", args)
+        return train_and_score(**args)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # threads only wait on the child processes
+        records = list(pool.map(one, runs))
+    for record in records:
+        record["task"] = task
     table = accuracy_table(accuracy_summary(records), budget_s)
     print(table)
     save_json(out, "accuracy", records)

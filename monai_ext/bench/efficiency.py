@@ -2,8 +2,10 @@
 
 The rows are the registry's networks (:mod:`monai_ext.bench.rows`). Each row is measured in a fresh process
 (:func:`measure_row`), once with glibc's default allocator and once with :data:`monai_ext.bundles.ALLOCATOR_ENV`;
-the machine's fp32 matmul rate is measured the same way (:func:`matmul_peak`). Ratios to DynUNet 3D
-(:data:`~monai_ext.bench.rows.REFERENCE`) are taken within one allocator setting of one run.
+the machine's fp32 matmul rate (:func:`matmul_peak`) and the rate of a dense 3^3 Conv3d (:func:`conv_peak`) are
+measured the same way. Ratios to DynUNet 3D (:data:`~monai_ext.bench.rows.REFERENCE`) are taken within one allocator
+setting of one run. With ``amp``, forward and whole-volume passes (and the conv rate) run under autocast (bf16 on
+the CPU, fp16 on CUDA: :func:`monai_ext.inferers.autocast`); training steps stay fp32.
 """
 
 from __future__ import annotations
@@ -17,13 +19,24 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from monai_ext.bench import protocol, rows
+from monai_ext.bench.device import resolve_device
 from monai_ext.bench.process import peak_bytes, run_fresh
 from monai_ext.bench.rows import REFERENCE
 from monai_ext.bench.stats import ratio, spread
 from monai_ext.bundles import ALLOCATOR_ENV
+from monai_ext.inferers.autocast import AMP_DTYPES, autocast
 from monai_ext.networks import get_network_entry
 
-__all__ = ["ALLOCATORS", "machine_info", "matmul_peak", "measure", "measure_row", "run_efficiency"]
+__all__ = [
+    "ALLOCATORS",
+    "conv_peak",
+    "machine_info",
+    "matmul_peak",
+    "measure",
+    "measure_row",
+    "precision",
+    "run_efficiency",
+]
 
 ALLOCATORS = {"default": {}, "tuned": ALLOCATOR_ENV}
 _GIB = 2**30
@@ -74,8 +87,18 @@ def _sizes(quick: bool) -> dict:
     return {"patch": (96, 96, 96), "volume": (192, 192, 96), "repeats": 5}
 
 
+def precision(device: str, amp: bool) -> str:
+    """``"fp32"``, or the autocast dtype's name on ``device`` with ``amp`` (``"bfloat16"`` on the CPU)."""
+    return str(AMP_DTYPES[torch.device(device).type]).removeprefix("torch.") if amp else "fp32"
+
+
 def measure_row(
-    name: str, device: str = "cpu", quick: bool = False, threads: int | None = None, out_channels: int = 14
+    name: str,
+    device: str = "cpu",
+    quick: bool = False,
+    threads: int | None = None,
+    out_channels: int = 14,
+    amp: bool = False,
 ) -> dict:
     """Every efficiency figure of registry entry ``name``, in this process.
 
@@ -90,6 +113,9 @@ def measure_row(
     - ``train_step_s``: one training step on the patch through MONAI's SupervisedTrainer
       (:func:`monai_ext.bench.protocol.make_trainer`, Adam), after a warm-up step;
     - ``peak_memory_gib``: the process's peak resident memory (VmHWM) on the CPU, max allocated on CUDA.
+
+    ``amp``: the forward and whole-volume passes run under :func:`monai_ext.inferers.autocast` (bf16 on the CPU,
+    fp16 on CUDA); the training step stays fp32.
     """
     if threads is not None:
         torch.set_num_threads(threads)
@@ -98,7 +124,8 @@ def measure_row(
     torch.manual_seed(0)
     net = rows.build(entry, 1, out_channels, size["patch"]).to(device)
     inferer = rows.inferer(entry, size["patch"])
-    row = measure(net, (1, 1, *size["patch"]), device, size["repeats"], lambda n, t: inferer(t, n))
+    with autocast(device, amp):
+        row = measure(net, (1, 1, *size["patch"]), device, size["repeats"], lambda n, t: inferer(t, n))
     row["gflops_achieved"] = row["gflop"] / row["latency_s"]["median"]
     row["gflop_own_patch"] = None
     if not quick and entry.patch is not None:
@@ -107,7 +134,7 @@ def measure_row(
         del own
 
     volume = torch.randn(1, 1, *size["volume"], device=device)
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, amp):
         # the network is warm from the forward timings; one run of a whole volume is long enough to time
         row["volume_s"] = _timed(lambda: inferer(volume, net), device)
 
@@ -134,6 +161,24 @@ def matmul_peak(device: str = "cpu", quick: bool = False, threads: int | None = 
     a @ b
     best = min(_timed(lambda: a @ b, device) for _ in range(5))
     return {"n": n, "gflops": 2 * n**3 / best / 1e9}
+
+
+def conv_peak(device: str = "cpu", quick: bool = False, threads: int | None = None, amp: bool = False) -> dict:
+    """The machine's rate on a dense 3^3 Conv3d, 32 -> 32 channels over ``1 x 32 x 64^3`` (32^3 with ``quick``),
+    padding 1, no bias: best of 5 passes in ``inference_mode`` after a warm-up, in GFLOP/s (2 x multiply-adds:
+    ``2 * 32 * 32 * 27`` per output voxel). The layer that a 3D U-Net spends most of its time in, at the width of its
+    first levels; under ``amp``, in the autocast dtype (what the rows' forward passes are then compared against).
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
+    side, channels = (32 if quick else 64), 32
+    conv = torch.nn.Conv3d(channels, channels, 3, padding=1, bias=False, device=device).eval()
+    x = torch.randn(1, channels, side, side, side, device=device)
+    with torch.inference_mode(), autocast(device, amp):
+        conv(x)
+        best = min(_timed(lambda: conv(x), device) for _ in range(5))
+    gflop = 2 * channels * channels * 27 * side**3 / 1e9
+    return {"shape": [1, channels, side, side, side], "gflop": gflop, "gflops": gflop / best}
 
 
 def machine_info(device: str, threads: int) -> dict:
@@ -168,48 +213,56 @@ def run_efficiency(
     allocators: Sequence[str] = ("default", "tuned"),
     threads: int | None = None,
     fresh_process: bool = True,
+    amp: bool = False,
 ) -> list[dict]:
     """Measure every main entry of the registry (or ``networks``, registry names) under each allocator setting,
     each in a fresh process.
 
-    Returns one record per (network, allocator) with :func:`measure_row`'s figures, the allocator, the machine
-    (:func:`machine_info`), ratios to DynUNet 3D in the same setting (``*_vs_reference``) and the share of the
-    measured matmul rate (``peak_fraction``). Prints a Markdown table per setting; with ``output_dir``, writes
-    ``efficiency.json`` and ``efficiency.md`` there. ``fresh_process=False`` measures in this process (for tests:
-    the allocator settings then only label the records, they cannot take effect).
+    Returns one record per (network, allocator) with :func:`measure_row`'s figures, the allocator, the precision
+    (``amp``, ``precision``), the machine (:func:`machine_info`), ratios to DynUNet 3D in the same setting
+    (``*_vs_reference``), the share of the measured fp32 matmul rate (``peak_fraction``) and of the dense Conv3d
+    rate measured in the same precision (``conv_fraction``). Prints a Markdown table per setting; with
+    ``output_dir``, writes ``efficiency.json`` and ``efficiency.md`` there. ``fresh_process=False`` measures in this
+    process (for tests: the allocator settings then only label the records, they cannot take effect).
+    ``device="cuda"`` on a machine without CUDA measures on the CPU (:func:`monai_ext.bench.device.resolve_device`).
 
     Raises:
-        ValueError: for a name the registry does not hold, or an unknown allocator setting.
+        ValueError: for a name the registry does not hold, an unknown allocator setting, or a device other than
+            the CPU or CUDA.
     """
     from monai_ext.bench.report import efficiency_table, save_json
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        print("CUDA is not available: measuring on the CPU")
-        device = "cpu"
+    device = resolve_device(device)
     bad_alloc = [a for a in allocators if a not in ALLOCATORS]
     if bad_alloc:
         raise ValueError(f"unknown allocators {bad_alloc}; known: {list(ALLOCATORS)}.")
     entries = rows.bench_rows(networks)
     threads = threads or torch.get_num_threads()
     info = machine_info(device, threads)
+    amp, prec = bool(amp), precision(device, bool(amp))
 
     def call(fn: Callable[..., dict], kwargs: dict, allocator: str) -> dict:
         if fresh_process:
             return run_fresh(f"{fn.__module__}:{fn.__name__}", kwargs, env=ALLOCATORS[allocator])
         return fn(**kwargs)
 
-    peaks = {a: call(matmul_peak, {"device": device, "quick": quick, "threads": threads}, a) for a in allocators}
+    settings = {"device": device, "quick": quick, "threads": threads}
+    peaks = {a: call(matmul_peak, settings, a) for a in allocators}
+    convs = {a: call(conv_peak, settings | {"amp": amp}, a) for a in allocators}
     records = []
     for entry in entries:  # the settings interleave per network, so drifting machine load hits both alike
         for allocator in allocators:
-            print(f"measuring {entry.name} ({allocator} allocator, {device}, {threads} threads) ...", flush=True)
-            kwargs = {"name": entry.name, "device": device, "quick": quick, "threads": threads}
-            row = call(measure_row, kwargs, allocator)
+            what = f"{allocator} allocator, {device}, {threads} threads, {prec}"
+            print(f"measuring {entry.name} ({what}) ...", flush=True)
+            row = call(measure_row, settings | {"name": entry.name, "amp": amp}, allocator)
             row["peak_fraction"] = row["gflops_achieved"] / peaks[allocator]["gflops"]
+            row["conv_fraction"] = row["gflops_achieved"] / convs[allocator]["gflops"]
             records.append(
                 {"network": entry.name, "family": entry.family, "kind": entry.kind, "allocator": allocator}
+                | {"amp": amp, "precision": prec}
                 | row
-                | {"matmul_gflops": peaks[allocator]["gflops"], "machine": info}
+                | {"matmul_gflops": peaks[allocator]["gflops"], "conv3d_gflops": convs[allocator]["gflops"]}
+                | {"conv3d_shape": convs[allocator]["shape"], "machine": info}
             )
     for allocator in allocators:
         ref = next((r for r in records if r["network"] == REFERENCE and r["allocator"] == allocator), None)

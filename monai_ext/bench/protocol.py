@@ -44,6 +44,7 @@ __all__ = [
     "SliceBatch",
     "bundle_part",
     "make_trainer",
+    "recipe_optimizer",
     "step_times",
     "training_batch",
     "training_loss",
@@ -125,6 +126,27 @@ def bundle_part(entry: NetworkEntry, key: str, overrides: Mapping[str, Any] | No
     parser.read_config(bundle_dir(name) / "configs" / "train.json")
     parser.update(dict(overrides or {}))
     return parser.get_parsed_content(key)
+
+
+def recipe_optimizer(
+    entry: NetworkEntry, network: nn.Module, learning_rate: float = 1e-3
+) -> tuple[torch.optim.Optimizer, str]:
+    """The optimizer of row ``entry``'s own recipe, over ``network``'s parameters, and where it came from.
+
+    A method row (or a paper variant of one) takes its bundle's ``optimizer`` as its demo runs it:
+    ``configs/train.json`` with ``configs/demo.json`` on top (type, learning rate, momentum, weight decay; the
+    schedule is left out, a budget has no epochs). A row without a bundle (MONAI's baselines) takes Adam at
+    ``learning_rate``.
+    """
+    name = entry.bundle or (get_network_entry(entry.variant_of).bundle if entry.variant_of else None)
+    if name is None:
+        return torch.optim.Adam(network.parameters(), learning_rate), f"Adam, lr {learning_rate:g}"
+    configs = bundle_dir(name) / "configs"
+    parser = ConfigParser()
+    parser.read_config([configs / "train.json", configs / "demo.json"])
+    parser["network"] = network  # "$@network.parameters()" then reads this network
+    optimizer = parser.get_parsed_content("optimizer")
+    return optimizer, f"{name} bundle: {type(optimizer).__name__}, lr {optimizer.defaults['lr']:g}"
 
 
 def _inferer_chain(inferer: Inferer) -> Iterator[Inferer]:

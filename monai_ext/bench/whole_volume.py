@@ -19,6 +19,7 @@ import torch
 from monai.inferers import SimpleInferer
 
 from monai_ext.bench import protocol
+from monai_ext.bench.device import resolve_device
 from monai_ext.bench.process import peak_bytes, reset_peak, run_fresh
 from monai_ext.bench.report import save_json, suite_meta
 from monai_ext.bench.stats import ratio
@@ -159,9 +160,7 @@ def run_whole_volume(
     ``fresh_process=False`` measures in this process (quick smoke runs; the memory cap and clean peaks need fresh
     processes).
     """
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        print("CUDA is not available: measuring on the CPU")
-        device = "cpu"
+    device = resolve_device(device)  # CUDA asked for and absent: the CPU
     shape, slices = ((1, 1, 64, 64, 32), 4) if quick else ((1, 1, 256, 256, 128), 16)
     threads = torch.get_num_threads()
     rows = []

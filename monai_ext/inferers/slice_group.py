@@ -12,6 +12,7 @@ from monai.inferers import Inferer, SlidingWindowInferer
 from monai.utils import convert_to_dst_type
 
 from monai_ext.inferers.pad import PadInferer
+from monai_ext.inferers.shared_early_stage import SharedEarlyStage
 from monai_ext.networks.layout import DEFAULT_SPATIAL_DIM, check_spatial_dim, slices_last, slices_restored
 
 __all__ = ["SliceGroupInferer"]
@@ -58,6 +59,13 @@ class SliceGroupInferer(Inferer):
     network), or of their softmax over channels or sigmoid (``activation="softmax"`` / ``"sigmoid"``: averaged
     probabilities in ``[0, 1]``, what the paper thresholds).
 
+    With ``share_early_stage``, a network that computes each mini-group of slices apart in its early stage (ESM:
+    :class:`~monai_ext.networks.nets.Thickened2DNet` with an ``"esm*"`` config, in eval mode) runs that stage once
+    per mini-group instead of once per group holding it (up to ``k / group_size`` times at stride 1), through
+    :class:`~monai_ext.inferers.SharedEarlyStage`; the sliding, blending and padding are the same MONAI calls, so the
+    output equals the plain path up to float round-off. Other networks, a network in training mode, or a call with
+    extra network arguments take the plain path.
+
     Args:
         num_slices: slices per group ``k``.
         spatial_dim: spatial axis to slide along, 0, 1 or 2 (default 2: the last axis, axial after RAS).
@@ -67,6 +75,8 @@ class SliceGroupInferer(Inferer):
             thinner than ``num_slices``.
         activation: ``None`` (average the network outputs as they are, default), ``"softmax"`` (over the channel
             axis) or ``"sigmoid"``, applied to every group's output before averaging.
+        share_early_stage: compute each mini-group's early stage once where the network supports it (above;
+            default False: every group runs the whole network).
         sw_device: device of the network calls (default: the input's); ``device``: device of the output
             (default: the input's).
 
@@ -87,6 +97,7 @@ class SliceGroupInferer(Inferer):
         sw_batch_size: int = 1,
         padding_mode: str = "replicate",
         activation: str | None = None,
+        share_early_stage: bool = False,
         sw_device: torch.device | str | None = None,
         device: torch.device | str | None = None,
     ) -> None:
@@ -109,16 +120,25 @@ class SliceGroupInferer(Inferer):
         self.sw_batch_size = sw_batch_size
         self.padding_mode = padding_mode
         self.activation = activation
-        self.sliding = SlidingWindowInferer(
-            roi_size=(-1, -1, num_slices),
-            sw_batch_size=sw_batch_size,
-            overlap=(0.0, 0.0, _group_overlap(num_slices, stride)),
-            mode="constant",
-            padding_mode=padding_mode,
-            sw_device=sw_device,
-            device=device,
-        )
+        self.share_early_stage = share_early_stage
+
+        def sliding(with_coord: bool) -> SlidingWindowInferer:
+            overlap = (0.0, 0.0, _group_overlap(num_slices, stride))
+            return SlidingWindowInferer(
+                roi_size=(-1, -1, num_slices),
+                sw_batch_size=sw_batch_size,
+                overlap=overlap,
+                mode="constant",
+                padding_mode=padding_mode,
+                sw_device=sw_device,
+                device=device,
+                with_coord=with_coord,
+            )
+
+        self.sliding = sliding(with_coord=False)
         self.inferer = PadInferer(min_size=(1, 1, num_slices), inferer=self.sliding, mode=padding_mode)
+        # the same sliding window that also passes each window's location, for SharedEarlyStage
+        self.shared_inferer = PadInferer(min_size=(1, 1, num_slices), inferer=sliding(True), mode=padding_mode)
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any):
         if inputs.dim() != 5:
@@ -127,9 +147,12 @@ class SliceGroupInferer(Inferer):
                 "and channel axes (e.g. EnsureChannelFirstd and a DataLoader)."
             )
         x = slices_last(inputs.as_subclass(torch.Tensor), self.spatial_dim)  # (B, C, H', W', D')
+        inferer = self.inferer
+        if self.share_early_stage and not args and not kwargs and SharedEarlyStage.supports(network):
+            inferer, network = self.shared_inferer, SharedEarlyStage(network)  # type: ignore[arg-type]
         if self.activation is not None:
             network = _Activated(network, self.activation)
-        result = slices_restored(self.inferer(x, network, *args, **kwargs), self.spatial_dim)
+        result = slices_restored(inferer(x, network, *args, **kwargs), self.spatial_dim)
         if isinstance(inputs, MetaTensor):
             return convert_to_dst_type(result, inputs, device=result.device)[0]
         return result

@@ -55,3 +55,50 @@ def test_run_accuracy_writes_records_and_a_table(tiny_row, tmp_path, capsys):
     assert "| toy_acc | 2 |" in table and table in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown networks"):
         run_accuracy(str(tmp_path), networks=["nope"], fresh_process=False)
+
+
+def test_run_accuracy_takes_the_task_and_runs_jobs_in_parallel_in_order(tiny_row, tmp_path, monkeypatch):
+    import monai_ext.bench.accuracy as acc
+
+    started = []
+
+    def fake_fresh(target, args):
+        started.append(args)
+        dice = {"vessel": 0.5, "nodule": 0.5}
+        return {"network": args["name"], "seed": args["seed"], "steps": 1, "dice": dice, "infer_s": 0.1}
+
+    monkeypatch.setattr(acc, "run_fresh", fake_fresh)
+    records = run_accuracy(str(tmp_path), ["toy_acc"], seeds=(0, 1, 2), budget_s=0.1, quick=True, jobs=2)
+    assert [(r["network"], r["seed"], r["task"]) for r in records] == [
+        ("toy_acc", s, "vessels_oblique") for s in range(3)
+    ]
+    assert {a["recipe"] for a in started} == {"bundle"}
+    generator = json.loads((tmp_path / "accuracy_data" / "dataset.json").read_text())["generator"]
+    assert generator["task"] == "vessels_oblique"
+    run_accuracy(str(tmp_path), ["toy_acc"], seeds=(0,), budget_s=0.1, quick=True, task="vessels", recipe="plain")
+    assert started[-1]["recipe"] == "plain"
+    assert (
+        json.loads((tmp_path / "accuracy_data" / "dataset.json").read_text())["generator"].get("task")
+        != "vessels_oblique"
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"task": "lesions"}, "task must be"),
+        ({"recipe": "own"}, "recipe must be"),
+        ({"jobs": 0}, "jobs must be"),
+        ({"jobs": 2, "fresh_process": False}, "jobs must be"),
+    ],
+)
+def test_run_accuracy_refuses_what_it_cannot_run(tiny_row, tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        run_accuracy(str(tmp_path), ["toy_acc"], budget_s=0.1, quick=True, **kwargs)
+
+
+def test_train_and_score_uses_the_recipe(tiny_row, data):
+    r = train_and_score("toy_acc", str(data), budget_s=0.0, roi=(24, 24, 24), threads=1, learning_rate=0.02)
+    assert r["optimizer"] == "Adam, lr 0.02"  # no bundle: Adam at the given rate
+    with pytest.raises(ValueError, match="recipe must be"):
+        train_and_score("toy_acc", str(data), budget_s=0.0, roi=(24, 24, 24), recipe="own")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from monai.inferers import SliceInferer, SlidingWindowInferer
 
 from monai_ext.bench import efficiency, measure, run_efficiency
+from monai_ext.bench.efficiency import conv_peak
 from monai_ext.networks import NetworkEntry
 from monai_ext.networks import registry as network_registry
 
@@ -92,6 +94,9 @@ def test_run_efficiency_records_ratios_and_reports(tiny_rows, tmp_path, capsys):
     voxels = 64 * 64 * 32
     for r in records:
         assert r["machine"]["torch"] == torch.__version__ and r["machine"]["threads"] == 1
+        assert r["machine"]["device"] == "cpu" and r["amp"] is False and r["precision"] == "fp32"
+        assert r["conv3d_shape"] == [1, 32, 32, 32, 32] and r["conv3d_gflops"] > 0
+        assert r["conv_fraction"] == pytest.approx(r["gflops_achieved"] / r["conv3d_gflops"])
         assert r["volume_s"] > 0 and r["train_step_s"] > 0 and r["peak_memory_gib"] > 0
         assert r["gflops_achieved"] == pytest.approx(r["gflop"] / r["latency_s"]["median"])
         assert r["peak_fraction"] == pytest.approx(r["gflops_achieved"] / r["matmul_gflops"])
@@ -104,18 +109,50 @@ def test_run_efficiency_records_ratios_and_reports(tiny_rows, tmp_path, capsys):
     assert records[2]["latency_vs_reference"] == 1.0
 
 
+def test_conv_peak_counts_the_flops_torch_counts():
+    r = conv_peak(quick=True, threads=1)
+    conv = torch.nn.Conv3d(32, 32, 3, padding=1, bias=False)
+    with torch.inference_mode(), efficiency.FlopCounterMode(display=False) as counter:
+        conv(torch.randn(*r["shape"]))
+    assert r["shape"] == [1, 32, 32, 32, 32]
+    assert r["gflop"] == pytest.approx(counter.get_total_flops() / 1e9, rel=1e-12) == 2 * 32 * 32 * 27 * 32**3 / 1e9
+    assert 0.1 < r["gflops"] < 1e6
+
+
+def test_amp_runs_forward_and_volume_in_bf16_and_training_in_fp32(tiny_rows, monkeypatch, tmp_path):
+    dtypes = []
+
+    def build(in_channels=1, out_channels=2):
+        net = _tiny3d(in_channels, out_channels)
+        net[0].register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+        return net
+
+    hooked = dataclasses.replace(tiny_rows["dynunet_3d"], builder=build)
+    monkeypatch.setitem(network_registry._REGISTRY, "dynunet_3d", hooked)
+    kw = {"networks": ["dynunet_3d"], "allocators": ["default"], "threads": 1, "fresh_process": False}
+    (r,) = run_efficiency(quick=True, amp=True, output_dir=str(tmp_path), **kw)
+    assert r["amp"] is True and r["precision"] == "bfloat16"
+    assert "forward and whole volume in bfloat16 (autocast)" in (tmp_path / "efficiency.md").read_text()
+    # FLOP count + 2 timed forward passes + whole volume (several windows) in bf16, then two fp32 training steps
+    first_fp32 = dtypes.index(torch.float32)
+    assert first_fp32 >= 4 and set(dtypes[:first_fp32]) == {torch.bfloat16}
+    assert dtypes[first_fp32:] == [torch.float32] * 2
+
+
 def test_run_efficiency_refuses_unknown_rows_and_settings(tiny_rows):
     with pytest.raises(ValueError, match=r"unknown networks \['nope'\]"):
         run_efficiency(networks=["nope"], fresh_process=False)
     with pytest.raises(ValueError, match=r"allocators \['fast'\]"):
         run_efficiency(allocators=["fast"], fresh_process=False)
+    with pytest.raises(ValueError, match="measures on 'cpu' or 'cuda"):
+        run_efficiency(device="mps", fresh_process=False)
 
 
 def test_run_efficiency_falls_back_to_cpu_without_cuda(tiny_rows, monkeypatch, capsys):
     monkeypatch.setattr(efficiency.torch.cuda, "is_available", lambda: False)
     kw = {"networks": ["tiny_2d"], "allocators": ["default"], "fresh_process": False}
     records = run_efficiency(device="cuda", quick=True, **kw)
-    assert "CUDA is not available: measuring on the CPU" in capsys.readouterr().out
+    assert "CUDA is not available" in capsys.readouterr().out
     assert records[0]["machine"]["device"] == "cpu"
     assert records[0]["latency_vs_reference"] is None  # no dynunet_3d row in this run
 

@@ -110,3 +110,26 @@ def test_trainer_runs_the_steps_through_supervised_trainer_on_slices(monkeypatch
     assert len(times) == 3 and all(t > 0 for t in times) and trainer.state.iteration == 3
     assert net.seen == [x for i in (1, 2, 3) for x in (("step", i), (5, 1, 8, 8))]  # all 5 slices, one batch per step
     assert not torch.equal(net.weight, before)
+
+
+@pytest.mark.parametrize(
+    "name, optimizer, lr",
+    [
+        ("thick2d", torch.optim.SGD, 0.01),
+        ("ssh_unet_2d", torch.optim.AdamW, 0.002),
+        ("dynunet_3d", torch.optim.Adam, 3e-4),
+    ],
+)
+def test_recipe_optimizer_is_the_bundles_as_its_demo_runs_it(name, optimizer, lr):
+    import json
+
+    from monai_ext.bundles import bundle_dir
+
+    net = nn.Conv3d(1, 2, 3)
+    opt, label = protocol.recipe_optimizer(get_network_entry(name), net, learning_rate=3e-4)
+    assert type(opt) is optimizer and opt.defaults["lr"] == pytest.approx(lr)
+    assert {id(p) for group in opt.param_groups for p in group["params"]} == {id(p) for p in net.parameters()}
+    if name == "thick2d":  # the rest of the bundle's optimizer comes along
+        train = json.loads((bundle_dir("thick2d") / "configs" / "train.json").read_text())["optimizer"]
+        assert opt.defaults["momentum"] == train["momentum"] and opt.defaults["weight_decay"] == train["weight_decay"]
+    assert type(opt).__name__ in label

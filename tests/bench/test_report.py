@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from monai_ext.bench.report import accuracy_summary, accuracy_table, plot_from_dir
+from monai_ext.bench.report import accuracy_summary, accuracy_table, efficiency_table, plot_from_dir
 
 RUNS = [
     {"network": "A", "seed": 0, "steps": 10, "infer_s": 1.0, "dice": {"vessel": 0.8, "nodule": 0.4}},
@@ -29,3 +29,27 @@ def test_plot_needs_both_reports(tmp_path):
     (tmp_path / "efficiency.json").write_text(json.dumps(efficiency))
     path = plot_from_dir(tmp_path)
     assert path == tmp_path / "flops_vs_dice.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _efficiency_record(network: str, gflops: float) -> dict:
+    machine = {"device": "cpu", "threads": 2}
+    return {
+        "network": network, "allocator": "default", "amp": True, "precision": "bfloat16", "params": 2e6,
+        "gflop": 10.0, "gflop_own_patch": None, "latency_s": {"median": 10 / gflops, "min": 0.05, "max": 0.2},
+        "latency_vs_reference": 1.0, "gflops_achieved": gflops, "peak_fraction": gflops / 400,
+        "conv_fraction": gflops / 200, "volume_s": 1.5, "volume_vs_reference": None, "train_step_s": 2.0,
+        "train_step_vs_reference": 1.0, "peak_memory_gib": 1.25, "matmul_gflops": 400.0, "conv3d_gflops": 200.0,
+        "conv3d_shape": [1, 32, 64, 64, 64], "machine": machine,
+    }  # fmt: skip
+
+
+def test_efficiency_table_gives_the_rates_and_each_rows_share_of_the_conv_rate():
+    table = efficiency_table([_efficiency_record("A", 100.0), _efficiency_record("B", 250.0)])
+    title = (
+        "default allocator, cpu (2 threads), forward and whole volume in bfloat16 (autocast); matmul 400 GFLOP/s "
+        "(fp32), dense 3^3 Conv3d 200 GFLOP/s (1x32x64x64x64, bfloat16)"
+    )
+    assert title in table
+    assert "| GFLOP/s | % of matmul | % of conv3d |" in table
+    assert "| A | 2.00 | 10.0 | n/a | 0.100 [0.050, 0.200] | 1.00x | 100 | 25 % | 50 % | 1.50 | n/a | 2.00 |" in table
+    assert "| B | 2.00 | 10.0 | n/a | 0.040 [0.050, 0.200] | 1.00x | 250 | 62 % | 125 % |" in table

@@ -86,6 +86,17 @@ def test_is_monai_sliding_window_on_the_slices_last_view():
     assert inferer.sliding.overlap[2] == pytest.approx(10 / 12)
 
 
+def test_share_early_stage_is_the_same_sliding_window_with_window_locations():
+    """The shared path (tests/inferers/test_shared_early_stage.py) slides, blends and pads with the same settings."""
+    inferer = SliceGroupInferer(12, stride=2, sw_batch_size=3, share_early_stage=True)
+    assert not SliceGroupInferer(12).share_early_stage and inferer.share_early_stage
+    shared, plain = inferer.shared_inferer, inferer.inferer
+    assert (shared.min_size, shared.mode) == (plain.min_size, plain.mode)
+    assert shared.inferer.with_coord and not plain.inferer.with_coord
+    settings = ("roi_size", "sw_batch_size", "overlap", "mode", "padding_mode", "sw_device", "device")
+    assert [getattr(shared.inferer, a) for a in settings] == [getattr(inferer.sliding, a) for a in settings]
+
+
 def test_stride_one_averages_each_slice_over_its_groups():
     """Slice z lies in groups starting at max(0, z-k+1) .. min(z, D-k), at position z - start in each: the
     average of the positions is known in closed form."""

@@ -226,6 +226,8 @@ class MultiSliceFeatureAggregation(nn.Module):
             agg = _aggregate(weights, x3d)  # (B * S, C3, h3, w3): the picked slices
         if agg.shape[2:] != x2d.shape[2:]:
             agg = F.interpolate(agg, size=x2d.shape[2:], mode="bilinear", align_corners=False)
+        if x2d.is_contiguous(memory_format=torch.channels_last):  # keep a channels-last 2D path channels-last
+            agg = agg.contiguous(memory_format=torch.channels_last)
         out = self.fusion(torch.cat([x2d, agg], dim=1))
         return out, weights.reshape(b * s, weights.shape[2], d)
 

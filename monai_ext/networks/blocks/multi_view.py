@@ -15,6 +15,14 @@ from monai.networks.blocks.dynunet_block import get_conv_layer
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
+from monai_ext.networks.blocks.folded import (
+    ELEMENTWISE_ACTIVATIONS,
+    can_overwrite,
+    conv_folded,
+    foldable_conv,
+    foldable_norm,
+    instance_norm_folded,
+)
 from monai_ext.networks.layout import check_spatial_axes
 
 __all__ = [
@@ -163,3 +171,20 @@ class MultiViewFuse(nn.Module):
         for k in range(1, len(self.spatial_dims_order)):
             fused = fused + from_view(views[k], self.spatial_dims_order[k])
         return self.conv(self.act(self.norm(self.conv1(fused))))
+
+    def foldable(self) -> bool:
+        """Whether :meth:`head_folded` computes the head of ``fuse_views``: plain 1x1x1 convs (no dropout), instance
+        norm without running statistics, an elementwise activation."""
+        convs_ok = foldable_conv(self.conv1) and foldable_conv(self.conv)
+        return convs_ok and foldable_norm(self.norm) and isinstance(self.act, ELEMENTWISE_ACTIVATIONS)
+
+    def head_folded(self, fused: torch.Tensor, batch: int) -> torch.Tensor:
+        """The head (conv, norm, activation, conv) on the already summed views, folded as the view of slice axis 2
+        (:mod:`monai_ext.networks.blocks.folded`): ``(N * D, C, H, W)`` channels-last, ``N = batch`` -> ``(N * D,
+        out, H, W)``. Valid when :meth:`foldable`."""
+        conv1 = self.conv1.conv
+        conv = self.conv.conv
+        out = conv_folded(fused, batch, conv1.weight, conv1.bias, conv1.stride, conv1.padding)
+        norm = self.norm
+        out = self.act(instance_norm_folded(out, batch, norm.weight, norm.bias, norm.eps, can_overwrite()))
+        return conv_folded(out, batch, conv.weight, conv.bias, conv.stride, conv.padding)

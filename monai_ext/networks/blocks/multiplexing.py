@@ -91,8 +91,17 @@ class EarlyStageMultiplexing(nn.Module):
                 f"early returned {features.shape[1]} channels, expected early_channels={self.early_channels}."
             )
         features = features.reshape([n, g, self.early_channels] + list(features.shape[2:]))  # (N, G, E, *s)
-        fused = self.compress(features.reshape([n, g * self.early_channels] + list(features.shape[3:])))  # (N, out, *s)
-        return fused, features
+        return self.fuse(features), features
+
+    def fuse(self, features: torch.Tensor) -> torch.Tensor:
+        """The compression of the mini-groups' pre-fusion features ``(N, G, E, *s)`` (from ``early``, mini-group
+        ``g`` on slices ``g * C/G ...``) to the fused map ``(N, out_channels, *s)``.
+
+        An inferer that meets each mini-group in several overlapping groups can run ``early`` once per mini-group
+        and call this for every group: the result is ``forward``'s ``fused``.
+        """
+        n = features.shape[0]
+        return self.compress(features.reshape([n, self.num_groups * self.early_channels] + list(features.shape[3:])))
 
 
 ESM = EarlyStageMultiplexing

@@ -7,7 +7,7 @@ from torch import nn
 
 from monai_ext.networks.layout import DEFAULT_SPATIAL_DIM, check_spatial_dim
 
-__all__ = ["SliceShift", "shift_along", "slice_shift"]
+__all__ = ["SliceShift", "shift_along", "slice_shift", "slice_shift_folded"]
 
 _PLACEMENTS = ("ends", "leading")
 
@@ -18,9 +18,13 @@ def shift_along(x: torch.Tensor, spatial_dim: int, step: int) -> torch.Tensor:
 
     ``step=+1`` gives ``out[s] = x[s - 1]``; ``step=-1`` gives ``out[s] = x[s + 1]``; ``step=0`` returns ``x``.
     """
+    return _shift_dim(x, spatial_dim + 2, step)
+
+
+def _shift_dim(x: torch.Tensor, dim: int, step: int) -> torch.Tensor:
+    """:func:`shift_along` on tensor axis ``dim``."""
     if step == 0:
         return x
-    dim = spatial_dim + 2
     n = x.shape[dim]
     if n <= 1:
         return torch.zeros_like(x)
@@ -39,22 +43,69 @@ def slice_shift(
 ) -> torch.Tensor:
     """Functional form of :class:`SliceShift` on ``(B, C, *spatial)`` (see there for the arguments). Returns a new
     tensor."""
-    channels = x.shape[1]
-    fold = channels // fold_div
-    if fold == 0:
-        return x
-    # the channel axis is cut into three groups; (group size, step along the slice axis) for each
-    if placement == "ends":
-        groups = [(fold, directions[0]), (channels - 2 * fold, 0), (fold, directions[1])]
+    return _shift_channels(x, 1, spatial_dim + 2, fold_div, placement, directions)
+
+
+def slice_shift_folded(
+    x: torch.Tensor,
+    batch: int,
+    fold_div: int = 4,
+    placement: str = "ends",
+    directions: tuple[int, int] = (1, -1),
+) -> torch.Tensor:
+    """:func:`slice_shift` along the slices of a folded view (:mod:`monai_ext.networks.blocks.folded`):
+    ``(N * S, C, A, B)``, channels-last, slice ``s`` of sample ``n`` at batch index ``n * S + s``, ``N = batch``.
+    Equals ``to_folded(slice_shift(unfold(x, batch), 2, ...))``; returns a new channels-last tensor (a copy of ``x``
+    whose moving channels are then overwritten from the neighbouring slices)."""
+    ns, c, a, b = x.shape
+    memory = x.permute(0, 2, 3, 1).reshape(batch, ns // batch, a, b, c)  # a view of channels-last x
+    if torch.jit.is_tracing():  # exported graphs take concatenations rather than writes into slices
+        out = _shift_channels(memory, 4, 1, fold_div, placement, directions)
     else:
-        groups = [(fold, directions[0]), (fold, directions[1]), (channels - 2 * fold, 0)]
-    parts = []
+        out = memory.clone()
+        slices = memory.shape[1]
+        for start, size, step in _groups(c, fold_div, placement, directions):
+            if step == 0 or size == 0:
+                continue
+            target, source = out.narrow(4, start, size), memory.narrow(4, start, size)
+            if slices <= 1:
+                target.zero_()
+            elif step > 0:  # out[s] = x[s - 1]
+                target.narrow(1, 1, slices - 1).copy_(source.narrow(1, 0, slices - 1))
+                target.narrow(1, 0, 1).zero_()
+            else:  # out[s] = x[s + 1]
+                target.narrow(1, 0, slices - 1).copy_(source.narrow(1, 1, slices - 1))
+                target.narrow(1, slices - 1, 1).zero_()
+    return out.reshape(ns, a, b, c).permute(0, 3, 1, 2)
+
+
+def _groups(channels: int, fold_div: int, placement: str, directions: tuple[int, int]) -> list[tuple[int, int, int]]:
+    """The channel axis cut into three groups: ``(start, size, step along the slice axis)`` for each."""
+    fold = channels // fold_div
+    if placement == "ends":
+        sizes_steps = [(fold, directions[0]), (channels - 2 * fold, 0), (fold, directions[1])]
+    else:
+        sizes_steps = [(fold, directions[0]), (fold, directions[1]), (channels - 2 * fold, 0)]
+    groups: list[tuple[int, int, int]] = []
     start = 0
-    for size, step in groups:
+    for size, step in sizes_steps:
+        groups.append((start, size, step))
+        start = start + size  # not +=: under tracing the sizes can be tensors
+    return groups
+
+
+def _shift_channels(
+    x: torch.Tensor, channel_dim: int, slices_at: int, fold_div: int, placement: str, directions: tuple[int, int]
+) -> torch.Tensor:
+    """The shift of :class:`SliceShift` with the channels on tensor axis ``channel_dim`` and the slices on tensor
+    axis ``slices_at``."""
+    if x.shape[channel_dim] // fold_div == 0:
+        return x
+    parts = []
+    for start, size, step in _groups(x.shape[channel_dim], fold_div, placement, directions):
         if size > 0:
-            parts.append(shift_along(x.narrow(1, start, size), spatial_dim, step))
-        start += size
-    return torch.cat(parts, dim=1)
+            parts.append(_shift_dim(x.narrow(channel_dim, start, size), slices_at, step))
+    return torch.cat(parts, dim=channel_dim)
 
 
 class SliceShift(nn.Module):
@@ -126,6 +177,12 @@ class SliceShift(nn.Module):
                 f"{self.spatial_dim + 1} spatial axes, got shape {list(x.shape)}."
             )
         return slice_shift(x, self.spatial_dim, self.fold_div, self.placement, self.directions)
+
+    def forward_folded(self, x: torch.Tensor, batch: int) -> torch.Tensor:
+        """The shift on a folded view ``(N * S, C, A, B)`` (channels-last, ``N = batch``) along its slices, see
+        :func:`slice_shift_folded`; for the views of :class:`~monai_ext.networks.nets.SSHUNet`, whose slices are
+        their last axis, this is ``forward`` when ``spatial_dim`` is 2."""
+        return slice_shift_folded(x, batch, self.fold_div, self.placement, self.directions)
 
     def extra_repr(self) -> str:
         return (

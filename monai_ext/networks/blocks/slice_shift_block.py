@@ -8,6 +8,15 @@ import torch
 from monai.networks.blocks.dynunet_block import UnetResBlock, get_conv_layer
 from torch import nn
 
+from monai_ext.networks.blocks.folded import (
+    ELEMENTWISE_ACTIVATIONS,
+    can_overwrite,
+    conv_folded,
+    conv_transpose_folded,
+    foldable_conv,
+    foldable_norm,
+    instance_norm_folded,
+)
 from monai_ext.networks.blocks.slice_shift import SliceShift
 from monai_ext.networks.layout import DEFAULT_SPATIAL_DIM
 
@@ -92,7 +101,7 @@ class SliceShiftResBlock(nn.Module):
         )  # fmt: skip
         self.conv3 = getattr(layers, "conv3", None)
         self.norm3 = getattr(layers, "norm3", None)
-        self.shift = shift if shift is not None else nn.Identity()
+        self.shift = shift if shift is not None else _NoShift()
         self.shift_before = shift_position == "before_conv"
         self.residual_before_norm = residual_before_norm
 
@@ -109,6 +118,52 @@ class SliceShiftResBlock(nn.Module):
             shift=shift, shift_position=shift_position, residual_before_norm=False, layers=block,
         )  # fmt: skip
 
+    def foldable(self) -> bool:
+        """Whether :meth:`forward_folded` computes what ``forward`` computes: one-slice convolutions, instance norm
+        over the volume, an elementwise activation, no dropout, and no shift or a :class:`SliceShift` along the
+        last axis."""
+        convs = [self.conv1, self.conv2] + ([self.conv3] if self.conv3 is not None else [])
+        norms = [self.norm1, self.norm2] + ([self.norm3] if self.norm3 is not None else [])
+        shift_ok = isinstance(self.shift, _NoShift) or (
+            isinstance(self.shift, SliceShift) and self.shift.spatial_dim == 2
+        )
+        return (
+            all(foldable_conv(conv) for conv in convs)
+            and all(foldable_norm(norm) for norm in norms)
+            and isinstance(self.lrelu, ELEMENTWISE_ACTIVATIONS)
+            and shift_ok
+        )
+
+    def forward_folded(self, inp: torch.Tensor, batch: int) -> torch.Tensor:
+        """``forward`` on a folded view (:mod:`monai_ext.networks.blocks.folded`): ``(N * S, C_in, A, B)``
+        channels-last, ``N = batch`` -> ``(N * S', C_out, A', B')``. Valid when :meth:`foldable`."""
+        inplace = can_overwrite()
+        conv1 = self.conv1.conv
+        conv2 = self.conv2.conv
+        norm1 = self.norm1
+        norm2 = self.norm2
+        out = self.shift.forward_folded(inp, batch) if self.shift_before else inp
+        out = conv_folded(out, batch, conv1.weight, conv1.bias, conv1.stride, conv1.padding)
+        if not self.shift_before:
+            out = self.shift.forward_folded(out, batch)
+        out = self.lrelu(instance_norm_folded(out, batch, norm1.weight, norm1.bias, norm1.eps, inplace))
+        if self.shift_before:
+            out = self.shift.forward_folded(out, batch)
+        out = conv_folded(out, batch, conv2.weight, conv2.bias, conv2.stride, conv2.padding)
+        if not self.shift_before:
+            out = self.shift.forward_folded(out, batch)
+        residual = inp
+        if self.conv3 is not None:
+            conv3 = self.conv3.conv
+            residual = conv_folded(residual, batch, conv3.weight, conv3.bias, conv3.stride, conv3.padding)
+        if self.norm3 is not None:
+            norm3 = self.norm3
+            residual = instance_norm_folded(residual, batch, norm3.weight, norm3.bias, norm3.eps, inplace)
+        if self.residual_before_norm:
+            out = out.add_(residual) if inplace else out + residual
+            return self.lrelu(instance_norm_folded(out, batch, norm2.weight, norm2.bias, norm2.eps, inplace))
+        return self.lrelu(instance_norm_folded(out, batch, norm2.weight, norm2.bias, norm2.eps, inplace) + residual)
+
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
         out = self.conv1(self.shift(inp) if self.shift_before else inp)
         out = self.lrelu(self.norm1(out if self.shift_before else self.shift(out)))
@@ -123,6 +178,13 @@ class SliceShiftResBlock(nn.Module):
         if self.residual_before_norm:
             return self.lrelu(self.norm2(out + residual))
         return self.lrelu(self.norm2(out) + residual)
+
+
+class _NoShift(nn.Identity):
+    """No shift (``forward`` and ``forward_folded`` return their input)."""
+
+    def forward_folded(self, x: torch.Tensor, batch: int) -> torch.Tensor:
+        return x
 
 
 def _as_tuple(value: Sequence[int] | int, spatial_dims: int) -> tuple[int, ...]:
@@ -177,6 +239,19 @@ class SliceShiftUpBlock(nn.Module):
             spatial_dims, 2 * out_channels, out_channels, kernel_size, 1, norm_name, act_name, dropout,
             shift=shift, shift_position=shift_position, residual_before_norm=residual_before_norm,
         )  # fmt: skip
+
+    def foldable(self) -> bool:
+        """Whether :meth:`forward_folded` computes what ``forward`` computes (see
+        :meth:`SliceShiftResBlock.foldable`; the transposed conv's kernel must equal its stride along the slices)."""
+        return foldable_conv(self.transp_conv, transposed=True) and self.conv_block.foldable()
+
+    def forward_folded(self, inp: torch.Tensor, skip: torch.Tensor, batch: int) -> torch.Tensor:
+        """``forward`` on folded views (:mod:`monai_ext.networks.blocks.folded`), channels-last, ``N = batch``:
+        ``(N * S, in_channels, A, B)`` and ``(N * S * u, out_channels, A', B')`` -> the shape of ``skip``. Valid when
+        :meth:`foldable`."""
+        up = self.transp_conv.conv
+        up_out = conv_transpose_folded(inp, batch, up.weight, up.bias, up.stride, up.padding, up.output_padding)
+        return self.conv_block.forward_folded(torch.cat((up_out, skip), dim=1), batch)
 
     def forward(self, inp: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.conv_block(torch.cat((self.transp_conv(inp), skip), dim=1))

@@ -11,7 +11,15 @@ from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import DynUNet
 from torch import nn
 
-from monai_ext.networks.blocks.multi_view import MULTI_VIEW_ORDER, MultiViewFuse, to_view, view_axes, views_stackable
+from monai_ext.networks.blocks.folded import can_overwrite, to_folded, unfold
+from monai_ext.networks.blocks.multi_view import (
+    MULTI_VIEW_ORDER,
+    MultiViewFuse,
+    from_view,
+    to_view,
+    view_axes,
+    views_stackable,
+)
 from monai_ext.networks.blocks.slice_shift import SliceShift
 from monai_ext.networks.blocks.slice_shift_block import SHIFT_POSITIONS, SliceShiftResBlock, SliceShiftUpBlock
 from monai_ext.networks.checks import check_input
@@ -52,6 +60,14 @@ class SSHUNet(nn.Module):
     :func:`monai_ext.networks.compat.load_sshunet_release`; the network then computes the release's output on the
     same ``(B, C, H, W, D)`` volumes.
 
+    The computation runs as 2D: each view's slices are folded into the batch, channels-last
+    (:mod:`monai_ext.networks.blocks.folded`), the ``Conv3d`` / ``ConvTranspose3d`` modules hold the weights that
+    ``F.conv2d`` / ``F.conv_transpose2d`` apply, instance norm keeps its statistics over the whole volume, the shift
+    moves channels between neighbouring batch entries, and the views run one after the other, each added into one
+    fused tensor. This equals the 3D modules' computation within fp32 round-off and is used whenever every kernel
+    spans one slice, every norm is an instance norm and there is no dropout (:attr:`folded`); other configurations
+    run the 3D modules (views stacked in the batch when their shapes agree).
+
     The state-dict keys are the release's and DynUNet's (``input_block``, ``downsamples``, ``bottleneck``,
     ``upsamples``, ``output_block``, ``deep_supervision_heads``), without DynUNet's ``skip_layers`` aliases.
 
@@ -91,6 +107,9 @@ class SSHUNet(nn.Module):
         strides[0]`` (the input size by default). In training mode with ``deep_supervision`` the output is a list:
         that tensor first, then ``deep_supr_num`` coarser ones, each at its own resolution (as
         ``monai.losses.DeepSupervisionLoss`` takes them).
+
+    Attributes:
+        folded: True when the forward pass runs on the folded 2D layout (see above); set at construction.
 
     Raises:
         ValueError: for inconsistent arguments (kernel and stride lists, filters, shift levels, views,
@@ -190,9 +209,13 @@ class SSHUNet(nn.Module):
             head(f[i + 1]) for i in range(deep_supr_num if deep_supervision else 0)
         )
         self.apply(DynUNet.initialize_weights)
+        blocks = [self.input_block, *self.downsamples, self.bottleneck, *self.upsamples]
+        heads = [self.output_block, *self.deep_supervision_heads]
+        self.folded = all(block.foldable() for block in blocks) and all(head.foldable() for head in heads)
 
     def _trunk(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Shared encoder-decoder on views ``(N, C, *view)``; returns the decoder outputs, the finest last."""
+        """Shared encoder-decoder on views ``(N, C, *view)`` with the 3D modules (the reference path); returns the
+        decoder outputs, the finest last."""
         skips = [self.input_block(x)]
         for down in self.downsamples:
             skips.append(down(skips[-1]))
@@ -203,9 +226,56 @@ class SSHUNet(nn.Module):
             decoded.append(out)
         return decoded
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        if not torch.jit.is_scripting():
-            check_input(x, "SSHUNet", self.in_channels, 3, divisor=self.divisor)
+    def _trunk_folded(self, x: torch.Tensor, batch: int, keep: int) -> list[torch.Tensor]:
+        """:meth:`_trunk` on a folded view ``(N * S, C, A, B)`` (channels-last, ``N = batch``, see
+        :mod:`monai_ext.networks.blocks.folded`); returns the last ``keep`` decoder outputs, folded, the finest
+        last. Each skip is released once its decoder block has used it."""
+        skips = [self.input_block.forward_folded(x, batch)]
+        for down in self.downsamples:
+            skips.append(down.forward_folded(skips[-1], batch))
+        out = self.bottleneck.forward_folded(skips[-1], batch)
+        num_levels = len(self.upsamples)
+        kept: list[torch.Tensor] = []
+        for j, up in enumerate(self.upsamples):
+            out = up.forward_folded(out, skips.pop(), batch)
+            if j >= num_levels - keep:
+                kept.append(out)
+        return kept
+
+    def _forward_folded(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """The forward pass with 2D convolutions on each view's slices folded into the batch, one view after the
+        other, each added into one fused tensor per output level (no view is stacked or kept)."""
+        batch = x.shape[0]
+        num_heads = len(self.deep_supervision_heads) if self.training and self.deep_supervision else 0
+        keep = 1 + num_heads
+        fused: list[torch.Tensor] = []  # per kept level, folded as the view of slice axis 2: (N * D, C, H, W)
+        for s in self.spatial_dims_order:
+            self._add_view(fused, self._trunk_folded(to_folded(to_view(x, s)), batch, keep), s, batch)
+        out = unfold(self.output_block.head_folded(fused[keep - 1], batch), batch).contiguous()
+        if num_heads > 0:
+            outputs = [out]
+            for i, head in enumerate(self.deep_supervision_heads):
+                outputs.append(unfold(head.head_folded(fused[keep - 2 - i], batch), batch).contiguous())
+            return outputs
+        return out
+
+    def _add_view(self, fused: list[torch.Tensor], decoded: list[torch.Tensor], spatial_dim: int, batch: int) -> None:
+        """Add the decoder outputs of the view of slice axis ``spatial_dim`` into ``fused`` (the first view starts
+        it), in place where :func:`~monai_ext.networks.blocks.folded.can_overwrite` allows."""
+        first = len(fused) == 0
+        for i, level in enumerate(decoded):
+            volume = from_view(unfold(level, batch), spatial_dim)  # (N, C, H, W, D)
+            if first:
+                fused.append(to_folded(volume))
+            elif can_overwrite():
+                unfold(fused[i], batch).add_(volume)
+            else:
+                fused[i] = to_folded(unfold(fused[i], batch) + volume)
+
+    def _forward_3d(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """The forward pass with the 3D modules (``(3, 3, 1)`` Conv3d), views stacked in the batch when their
+        shapes agree: the reference for :meth:`_forward_folded`, and the path for configurations it does not
+        cover."""
         num_views = len(self.spatial_dims_order)
         num_levels = len(self.upsamples)
         if views_stackable(x, self.spatial_dims_order):
@@ -221,6 +291,13 @@ class SSHUNet(nn.Module):
                 outputs.append(head.fuse_views(per_level[num_levels - 2 - i]))
             return outputs
         return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        if not torch.jit.is_scripting():
+            check_input(x, "SSHUNet", self.in_channels, 3, divisor=self.divisor)
+        if self.folded:
+            return self._forward_folded(x)
+        return self._forward_3d(x)
 
 
 SliceShiftUNet = SSHUNet

@@ -65,7 +65,10 @@ class Thickened2DNet(nn.Module):
     ``(B, in_channels, H, W, k)`` with the slices on the last axis, and returns ``(B, out_channels, H, W, k)``. That
     is the layout :class:`~monai_ext.inferers.SliceGroupInferer` gives it after moving the volume's slice axis
     (``spatial_dim``) last; the inferer slides the groups over a whole volume (stride 1 in the paper) and averages
-    every slice's logits. Inside, the slices are folded into channels, slice-major (channel ``s * C + c``).
+    every slice's logits. Inside, the slices are folded into channels, slice-major (channel ``s * C + c``). With
+    ESM the early stage of a mini-group depends on that mini-group alone: :meth:`early_features` and
+    :meth:`forward_from_early` split ``forward`` there, so that the inferer (``share_early_stage``) computes it once
+    per mini-group of a volume instead of once per overlapping group.
 
     Args:
         in_channels: channels per slice (1 for CT).
@@ -219,16 +222,101 @@ class Thickened2DNet(nn.Module):
         b, c, h, w, k = x.shape
         t = x.permute(0, 4, 1, 2, 3).reshape(b, k * c, h, w)  # (B, k*C, H, W): channel s*C + c is slice s
         fused, groups = self.early_stage(t)  # (B, F, H/4, W/4), (B, G, E, H/4, W/4)
-        high = self.high_proj(self.layer4(self.layer3(self.layer2(fused))))  # (B, D, H/16 or H/32, ...)
-        high = interpolate(high, size=fused.shape[2:], mode="bilinear", align_corners=False)
-        feat = self.decoder(torch.cat([high, self.low_proj(fused)], dim=1))  # (B, D, H/4, W/4)
+        feat = self._decode(fused)
         if self.use_link:
-            heads = [self.head(self.link(feat, self.group_proj(groups[:, g]))) for g in range(self.num_groups)]
-            logits = torch.cat(heads, dim=1)  # (B, k*O, H/4, W/4), mini-group-major
+            logits = torch.cat([self._head(feat, groups[:, g]) for g in range(self.num_groups)], dim=1)
         else:
             logits = self.head(feat)  # (B, k*O, H/4, W/4)
+        return self._slab(logits, h, w)
+
+    def _decode(self, fused: torch.Tensor) -> torch.Tensor:
+        """The fused map ``(B, F, H/4, W/4)`` through the backbone and decoder: ``(B, D, H/4, W/4)``."""
+        high = self.high_proj(self.layer4(self.layer3(self.layer2(fused))))  # (B, D, H/16 or H/32, ...)
+        high = interpolate(high, size=fused.shape[2:], mode="bilinear", align_corners=False)
+        return self.decoder(torch.cat([high, self.low_proj(fused)], dim=1))
+
+    def _head(self, feat: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+        """With a link: the decoder map linked to one mini-group's pre-fusion map ``(B, E, H/4, W/4)``, then the
+        shared head: that mini-group's logits ``(B, group_size * O, H/4, W/4)``."""
+        return self.head(self.link(feat, self.group_proj(group)))
+
+    def _slab(self, logits: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Logits ``(B, k*O, H/4, W/4)`` (slice-major) upsampled to the output slab ``(B, O, h, w, k)``."""
         logits = interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-        return logits.reshape(b, k, self.out_channels, h, w).permute(0, 2, 3, 4, 1)  # (B, O, H, W, k)
+        b = logits.shape[0]
+        return logits.reshape(b, self.num_slices, self.out_channels, h, w).permute(0, 2, 3, 4, 1)
+
+    @property
+    def shares_early_stage(self) -> bool:
+        """Whether the early stage runs on each mini-group alone (ESM), so that a whole-volume inferer can compute
+        it once per mini-group with :meth:`early_features` and reuse it in every group that holds the mini-group
+        (:meth:`forward_from_early`). False for ``"plain"``: there the stem sees the whole group."""
+        return self.config != "plain"
+
+    def _check_shares_early_stage(self) -> None:
+        if not self.shares_early_stage:
+            raise ValueError(
+                "Thickened2DNet config 'plain' runs its early stage on the whole group: there are no mini-groups to "
+                "share; run each group through forward."
+            )
+
+    def early_features(self, slices: torch.Tensor) -> torch.Tensor:
+        """The early stage (stem and first stage, shared by the mini-groups with ESM) of mini-groups of
+        ``group_size`` slices: the part of the network that depends on one mini-group alone.
+
+        Args:
+            slices: ``(N, in_channels, H, W, group_size)``, N mini-groups (of any groups or volumes).
+
+        Returns:
+            the pre-fusion maps ``(N, E, H/4, W/4)`` (``E`` = 4 ``block_inplanes[0]``); give each group's
+            mini-group maps to :meth:`forward_from_early`.
+
+        Raises:
+            ValueError: for the ``"plain"`` configuration (no mini-groups), an input of the wrong rank, channel
+                count or slice count, or slices smaller than 32 x 32.
+        """
+        self._check_shares_early_stage()
+        check_input(slices, "Thickened2DNet.early_features", self.in_channels, spatial_dims=3, min_size=(32, 32, 1))
+        n, c, h, w, s = slices.shape
+        if s != self.group_size:
+            raise ValueError(
+                f"Thickened2DNet.early_features takes mini-groups of {self.group_size} slices "
+                f"(N, C, H, W, {self.group_size}), got {s} slices (shape {list(slices.shape)})."
+            )
+        return self.early_stage.early(slices.permute(0, 4, 1, 2, 3).reshape(n, s * c, h, w))  # (N, E, H/4, W/4)
+
+    def forward_from_early(self, early: Sequence[Sequence[torch.Tensor]], size: Sequence[int]) -> torch.Tensor:
+        """Groups' logits from their mini-groups' :meth:`early_features`: :meth:`forward` on the groups, whose early
+        stage gives the same maps.
+
+        Args:
+            early: for each of ``B`` groups, the :meth:`early_features` ``(E, H/4, W/4)`` of its ``G = num_slices /
+                group_size`` mini-groups in slice order (a tensor ``(B, G, E, H/4, W/4)`` is one; separate maps, e.g.
+                cached ones shared by several groups, are stacked here one mini-group index at a time).
+            size: ``(H, W)``, the slice size of the groups.
+
+        Returns:
+            logits ``(B, out_channels, H, W, num_slices)``.
+
+        Raises:
+            ValueError: for ``"plain"``, or other than ``G`` maps of ``E`` channels per group.
+        """
+        self._check_shares_early_stage()
+        g, e = self.num_groups, self.early_stage.early_channels
+        if any(len(row) != g or any(m.dim() != 3 or m.shape[0] != e for m in row) for row in early):
+            raise ValueError(
+                f"Thickened2DNet.forward_from_early takes, per group, the early_features of its {g} mini-groups, "
+                f"each ({e}, H/4, W/4); got {[[list(m.shape) for m in row] for row in early]}."
+            )
+        maps = torch.stack([m for row in early for m in row])  # (B * G, E, H/4, W/4), group-major
+        fused = self.early_stage.fuse(maps.reshape(len(early), g, *maps.shape[1:]))
+        del maps  # the links take one mini-group index at a time
+        feat = self._decode(fused)
+        h, w = int(size[0]), int(size[1])
+        if not self.use_link:
+            return self._slab(self.head(feat), h, w)
+        heads = [self._head(feat, torch.stack([row[i] for row in early])) for i in range(g)]
+        return self._slab(torch.cat(heads, dim=1), h, w)
 
 
 def _dilate_last_stage(stage: nn.Sequential) -> None:
@@ -278,13 +366,14 @@ def load_torchvision_resnet(net: Thickened2DNet, path: str) -> None:
 Thick2DNet = Thickened2DNet
 
 
-_BUNDLE_INFERER = {"num_slices": 12, "spatial_dim": 2, "stride": 1, "sw_batch_size": 4}
+_BUNDLE_INFERER = {"num_slices": 12, "spatial_dim": 2, "stride": 1, "sw_batch_size": 4, "share_early_stage": True}
 
 
 def thick2d_inferer(**overrides: Any) -> Inferer:
     """The thick2d bundle's whole-volume inferer (``configs/inference.json``): a
     :class:`~monai_ext.inferers.SliceGroupInferer` of 12-slice groups along spatial axis 2 (the last), stride 1 (the
-    paper's), 4 groups per call.
+    paper's), 4 groups per call, each mini-group's early stage computed once (``share_early_stage``: the same output
+    up to fp32 round-off; ``share_early_stage=False`` runs the whole network per group).
 
     Args:
         overrides: any :class:`~monai_ext.inferers.SliceGroupInferer` argument, replacing these settings; give

@@ -93,3 +93,16 @@ def test_esm_as_the_input_stage_of_a_monai_dynunet():
     y.sum().backward()
     assert esm.early.conv1.conv.weight.grad.abs().sum() > 0
     assert all(p.grad is not None for p in esm.compress.parameters())
+
+
+def test_fuse_is_forwards_compression_of_given_pre_fusion_features():
+    """An inferer that runs ``early`` once per mini-group and fuses per group gets ``forward``'s fused map."""
+    torch.manual_seed(0)
+    early = _early()
+    esm = EarlyStageMultiplexing(early, in_channels=9, num_groups=3, early_channels=8, out_channels=16).eval()
+    x = torch.randn(2, 9, 10, 14)
+    with torch.no_grad():
+        fused, groups = esm(x)
+        separate = torch.stack([early(x[:, 3 * g : 3 * g + 3]) for g in range(3)], dim=1)  # (2, 3, 8, 5, 7)
+        torch.testing.assert_close(esm.fuse(separate), fused)
+        assert not torch.equal(esm.fuse(separate.flip(1)), fused)  # the mini-group order matters

@@ -2,6 +2,8 @@ import pytest
 import torch
 
 from monai_ext.networks.blocks import SliceShift, shift_along, slice_shift
+from monai_ext.networks.blocks.folded import to_folded, unfold
+from monai_ext.networks.blocks.slice_shift import slice_shift_folded
 
 
 def test_matches_sshunet_release(golden):
@@ -101,3 +103,18 @@ def test_bad_arguments(kwargs, match):
 def test_input_without_the_slice_axis():
     with pytest.raises(ValueError, match="needs an input"):
         SliceShift(spatial_dim=2)(torch.randn(1, 8, 4, 4))
+
+
+@pytest.mark.parametrize(
+    "shift", [SliceShift(), SliceShift(fold_div=3), SliceShift.tsm(), SliceShift(placement="leading")], ids=repr
+)
+def test_folded_shift_equals_the_shift_along_the_last_axis(shift):
+    x = torch.randn(2, 9, 4, 5, 6)  # (N, C, A, B, S), slices last
+    folded = to_folded(x)
+    before = folded.clone()
+    out = shift.forward_folded(folded, 2)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(unfold(out, 2), shift(x), atol=0, rtol=0)
+    assert torch.equal(folded, before)  # not in place
+    functional = slice_shift_folded(folded, 2, shift.fold_div, shift.placement, shift.directions)
+    torch.testing.assert_close(functional, out, atol=0, rtol=0)

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -8,7 +10,7 @@ from monai_ext.inferers import ContextSliceInferer, PadInferer
 from monai_ext.networks import create_network, get_network_entry, list_networks
 from monai_ext.networks.layout import take_slices
 from monai_ext.networks.nets import SCAA, SliceContext, SpatialContextAwareNet, scaa_inferer, scaa_sizes
-from monai_ext.networks.nets.scaa import CONFIGURATIONS
+from monai_ext.networks.nets.scaa import CONFIGURATIONS, _SliceInstanceNorm
 
 TINY = {"filters": (4, 8, 8, 16, 16), "context_channels": (4, 4, 8, 8), "global_channels": 4}
 PAPER_PARAMS = 7.82e6
@@ -261,3 +263,51 @@ def test_onnx_export_with_dynamic_sizes_runs_in_onnxruntime(tmp_path):
         got = session.run(None, {"image": x.numpy()})[0]
         assert got.shape == expected.shape
         assert abs(got - expected).max() < 1e-4
+
+
+def _plain_layout(net):
+    """A copy of ``net`` with its 2D path as MONAI builds it: NCHW conv weights and aten's instance norm."""
+    plain = copy.deepcopy(net)
+    for module in plain.modules():
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            module.weight.data = module.weight.data.contiguous()
+        for name, child in module.named_children():
+            if type(child) is _SliceInstanceNorm:
+                norm = nn.InstanceNorm2d(child.num_features, child.eps, affine=child.affine)
+                norm.load_state_dict(child.state_dict())
+                setattr(module, name, norm)
+    return plain
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_slice_instance_norm_equals_instance_norm_in_either_layout(affine):
+    torch.manual_seed(0)
+    norm = nn.InstanceNorm2d(6, affine=affine)
+    if affine:
+        nn.init.normal_(norm.weight)
+        nn.init.normal_(norm.bias)
+    fast = _SliceInstanceNorm(norm)
+    assert fast.state_dict().keys() == norm.state_dict().keys()
+    x = torch.randn(3, 6, 10, 7) * 3 + 2
+    for layout in (torch.contiguous_format, torch.channels_last):
+        out = fast(x.contiguous(memory_format=layout))
+        torch.testing.assert_close(out, norm(x), atol=1e-5, rtol=1e-5)
+        assert out.is_contiguous(memory_format=layout)
+
+
+@pytest.mark.parametrize("configuration, norm_name", [("SCAA*", "instance"), ("C-CA", ("instance", {"affine": True}))])
+def test_channels_last_2d_path_equals_the_plain_layout(configuration, norm_name):
+    net = _net(configuration, norm_name=norm_name).eval()
+    plain = _plain_layout(net)
+    assert net.state_dict().keys() == plain.state_dict().keys()
+    assert net.head.weight.is_contiguous(memory_format=torch.channels_last)
+    layouts = []
+    net.decoders[-1].register_forward_hook(
+        lambda m, a, out: layouts.append(out.is_contiguous(memory_format=torch.channels_last))
+    )
+    x = torch.rand(1, 1, 64, 64, 32)
+    odd = torch.rand(1, 1, 50, 70, 20)  # padded by the registry inferer
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), plain(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(scaa_inferer()(odd, net), scaa_inferer()(odd, plain), atol=1e-5, rtol=1e-5)
+    assert layouts and all(layouts)  # the full-resolution decoder level ran channels-last

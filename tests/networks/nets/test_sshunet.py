@@ -1,5 +1,7 @@
 """SSHUNet: the released configuration, views, shapes, deep supervision, export, errors, and its registry entries."""
 
+import copy
+
 import pytest
 import torch
 from monai.losses import DeepSupervisionLoss, DiceCELoss
@@ -174,6 +176,77 @@ def test_anisotropic_strides_act_on_the_axes_of_each_view():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SSHUNet(**{**SMALL, **kwargs})
+
+
+# --- the folded 2D path against the 3D reference (the same weights, Conv3d modules) ---
+
+FOLDED_TOL = {"atol": 1e-5, "rtol": 1e-5}
+
+
+@pytest.mark.parametrize("position", ["after_conv", "before_conv"])
+@pytest.mark.parametrize("views", [(0, 1, 2), (2,)])
+@pytest.mark.parametrize("strides", [SMALL["strides"], [1, 2, 2, (2, 2, 1)]], ids=["slice_stride_2", "slice_stride_1"])
+def test_folded_path_equals_the_3d_reference_in_eval(position, views, strides):
+    net = SSHUNet(**{**SMALL, "strides": strides}, spatial_dims_order=views, shift_position=position).eval()
+    assert net.folded
+    x = torch.randn(2, 1, 16, 24, 32)  # non-cubic: the views run one after the other in both paths
+    with torch.no_grad():
+        out = net(x)
+        torch.testing.assert_close(out, net._forward_3d(x), **FOLDED_TOL)
+    assert out.is_contiguous()
+
+
+@pytest.mark.parametrize("position", ["after_conv", "before_conv"])
+@pytest.mark.parametrize("views", [(0, 1, 2), (2,)])
+def test_folded_path_equals_the_3d_reference_in_training_with_deep_supervision(position, views):
+    net = SSHUNet(**SMALL, spatial_dims_order=views, shift_position=position, deep_supervision=True, deep_supr_num=2)
+    net.train()
+    x = torch.randn(2, 1, 16, 24, 32)
+    folded, reference = net(x), net._forward_3d(x)
+    assert len(folded) == len(reference) == 3
+    for a, b in zip(folded, reference):
+        torch.testing.assert_close(a, b, **FOLDED_TOL)
+    # gradients in float64: in float32 those of the convs before instance norm lose up to ~1e-2 to cancellation
+    # (the 3D path more than the folded one), which would hide a wrong gradient
+    net64, x64 = copy.deepcopy(net).double(), x.double()
+    weights = [torch.randn_like(o).double() for o in reference]  # one random loss
+    grads = []
+    for forward in (net64._forward_folded, net64._forward_3d):
+        net64.zero_grad()
+        sum((o * w).sum() for o, w in zip(forward(x64), weights)).backward()
+        grads.append([p.grad.clone() for p in net64.parameters()])
+    scale = max(g.abs().max().item() for g in grads[1])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-9 * scale, rtol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"kernel_size": [(3, 3, 3)] * 4},  # kernels across slices
+        {"norm_name": "batch"},
+        {"dropout": 0.1},
+    ],
+    ids=["3d_kernels", "batch_norm", "dropout"],
+)
+def test_configurations_the_folded_path_does_not_cover_run_the_3d_path(kwargs):
+    net = SSHUNet(**SMALL, **kwargs).eval()
+    assert not net.folded
+    x = torch.randn(1, 1, 16, 16, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), net._forward_3d(x), atol=0, rtol=0)
+
+
+def test_trace_does_not_depend_on_the_grad_mode():
+    net = SSHUNet(**SMALL).eval()
+    x = torch.randn(1, 1, 16, 16, 24)
+    traced = torch.jit.trace(net, x)  # traced with autograd on, checked again by torch under no_grad
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), net(x))
+
+
+def test_every_registry_variant_runs_folded():
+    assert all(create_network(name, **SMALL).folded for name in PAPER_ROWS)
 
 
 # --- registry ---

@@ -1,5 +1,6 @@
 """The thickened 2D network: paper configurations with parameter counts, slab layout, one group per call (whole
-volumes through the inferer), registry entries and their bundle's inferer, torchvision weights, TorchScript, errors."""
+volumes through the inferer), the early stage apart (early_features, forward_from_early), registry entries and their
+bundle's inferer, torchvision weights, TorchScript, errors."""
 
 from __future__ import annotations
 
@@ -117,6 +118,44 @@ def test_a_whole_volume_is_the_inferers_job():
         out = SliceGroupInferer(6, stride=4)(x, net)  # groups at 0, 4, 8
         assert out.shape == (1, 2, 32, 32, 14)
         torch.testing.assert_close(out[..., :4], net(x[..., :6])[..., :4])
+
+
+@pytest.mark.parametrize("config", ["esm", "esm_ssa", "esm_concat", "esm_dot"])
+def test_forward_from_early_features_is_forward(config):
+    """A group's mini-groups through early_features, then forward_from_early (as one tensor or as separate maps,
+    e.g. cached ones): the group's forward. Bit-equal when the early stage sees the same batch as forward's."""
+    torch.manual_seed(0)
+    net = Thickened2DNet(in_channels=2, out_channels=3, num_slices=6, config=config, **TINY).eval()
+    with torch.no_grad():
+        for m in net.modules():  # links start as the identity: make the mini-group maps matter
+            if isinstance(getattr(m, "weight", None), nn.Parameter) and m.weight.dim() == 1:
+                nn.init.uniform_(m.weight, 0.5, 1.5)
+        x = torch.randn(2, 2, 32, 40, 6)
+        mini_groups = torch.cat([x[b : b + 1, ..., s : s + 3] for b in range(2) for s in (0, 3)])  # group-major
+        early = net.early_features(mini_groups)
+        assert early.shape == (4, 32, 8, 10)
+        expected = net(x)
+        torch.testing.assert_close(net.forward_from_early(early.reshape(2, 2, 32, 8, 10), (32, 40)), expected)
+        separate = [[early[0], early[1]], [early[2], early[3]]]
+        torch.testing.assert_close(net.forward_from_early(separate, (32, 40)), expected)
+        swapped = [[early[1], early[0]], [early[2], early[3]]]
+        assert not torch.allclose(net.forward_from_early(swapped, (32, 40)), expected)  # each map is used
+
+
+def test_early_feature_errors():
+    plain = Thickened2DNet(num_slices=6, config="plain", **TINY).eval()
+    assert not plain.shares_early_stage and Thickened2DNet(num_slices=6, **TINY).shares_early_stage
+    with pytest.raises(ValueError, match="config 'plain' runs its early stage on the whole group"):
+        plain.early_features(torch.randn(1, 1, 32, 32, 3))
+    with pytest.raises(ValueError, match="config 'plain'"):
+        plain.forward_from_early(torch.randn(1, 1, 32, 8, 8), (32, 32))
+    net = Thickened2DNet(num_slices=6, config="esm", **TINY).eval()
+    with pytest.raises(ValueError, match=r"mini-groups of 3 slices \(N, C, H, W, 3\), got 6"):
+        net.early_features(torch.randn(1, 1, 32, 32, 6))
+    with pytest.raises(ValueError, match=r"built for 1 input channel"):
+        net.early_features(torch.randn(1, 2, 32, 32, 3))
+    with pytest.raises(ValueError, match=r"early_features of its 2 mini-groups, each \(32, H/4, W/4\)"):
+        net.forward_from_early(torch.randn(1, 3, 32, 8, 8), (32, 32))
 
 
 def test_torchscript_matches_eager_on_a_group():
@@ -257,8 +296,10 @@ def test_entry_inferer_is_the_bundles_inferer():
     def settings(inferer):
         sliding = inferer.sliding
         return (type(inferer), inferer.num_slices, inferer.spatial_dim, inferer.stride, inferer.padding_mode,
-                sliding.roi_size, sliding.sw_batch_size, sliding.overlap, sliding.mode)  # fmt: skip
+                sliding.roi_size, sliding.sw_batch_size, sliding.overlap, sliding.mode,
+                inferer.share_early_stage)  # fmt: skip
 
     assert settings(entry) == settings(bundle) == settings(thick2d_inferer())
+    assert entry.share_early_stage  # each mini-group's early stage once: the same output (tests/inferers)
     assert thick2d_inferer(num_slices=15, stride=3).sliding.roi_size == (-1, -1, 15)
     assert entry.num_slices == parser.get_parsed_content("num_slices") == 12

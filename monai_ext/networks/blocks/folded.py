@@ -1,0 +1,191 @@
+"""Volumes as stacks of 2D slices: the folded, channels-last layout on which SSH-UNet runs its 2D convolutions.
+
+A view ``(N, C, A, B, S)`` (slices last, see :func:`~monai_ext.networks.blocks.to_view`) is folded into
+``(N * S, C, A, B)``, slice ``s`` of sample ``n`` at batch index ``n * S + s``, stored channels-last (memory order
+``(N, S, A, B, C)``). A 3D convolution whose kernel spans one slice (``(ka, kb, 1)``) is then a 2D convolution with
+the same weight, ``weight[..., 0]``; a stride along the slices keeps every ``stride``-th slice, and a transposed
+convolution whose kernel equals its stride along the slices writes ``stride`` interleaved slices per input slice.
+Instance norm keeps its statistics over the whole volume of each sample and channel, not per slice. The functions
+take the weights of existing ``Conv3d`` / ``ConvTranspose3d`` / ``InstanceNorm3d`` modules, so the 3D modules stay
+the parameter holders (their state-dict keys and shapes do not change), and are TorchScript- and trace-friendly.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ELEMENTWISE_ACTIVATIONS",
+    "can_overwrite",
+    "conv_folded",
+    "conv_transpose_folded",
+    "foldable_conv",
+    "foldable_norm",
+    "instance_norm_folded",
+    "to_folded",
+    "unfold",
+]
+
+ELEMENTWISE_ACTIVATIONS = (
+    nn.LeakyReLU, nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh,
+    nn.Sigmoid, nn.Identity,
+)  # fmt: skip
+"""Activations that act on each value (PReLU per channel, axis 1 in both layouts), so they apply to folded tensors."""
+
+
+def can_overwrite() -> bool:
+    """Whether intermediates may be overwritten in place: autograd records nothing and no trace is being taken (a
+    trace must not depend on the grad mode: ``torch.jit.trace`` checks it again under ``no_grad``)."""
+    return not torch.is_grad_enabled() and not torch.jit.is_tracing()
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``(N, S, C, A, B)`` -> ``(N * S, C, A, B)`` channels-last: a view when the memory already is in that order,
+    one copy otherwise."""
+    n, s, c, a, b = x.shape
+    return x.permute(0, 1, 3, 4, 2).contiguous().view(n * s, a, b, c).permute(0, 3, 1, 2)
+
+
+def to_folded(x: torch.Tensor) -> torch.Tensor:
+    """Fold the slices of a view ``(N, C, A, B, S)`` into the batch: ``(N * S, C, A, B)``, channels-last.
+
+    A view (no copy) when ``x`` already lies in memory as ``(N, S, A, B, C)``, e.g. :func:`unfold`'s output.
+    """
+    return _channels_last(x.permute(0, 4, 1, 2, 3))
+
+
+def unfold(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """Undo :func:`to_folded` without a copy: ``(N * S, C, A, B)`` with ``N = batch`` -> ``(N, C, A, B, S)``."""
+    ns, c, a, b = x.shape
+    return x.view(batch, ns // batch, c, a, b).permute(0, 2, 3, 4, 1)
+
+
+def conv_folded(
+    x: torch.Tensor,
+    batch: int,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int, int],
+    padding: tuple[int, int, int],
+) -> torch.Tensor:
+    """A ``Conv3d`` with a one-slice kernel ``(ka, kb, 1)`` (no padding along the slices) on the folded layout.
+
+    Args:
+        x: folded input ``(N * S, C_in, A, B)``, channels-last.
+        batch: ``N``.
+        weight: the Conv3d weight ``(C_out, C_in, ka, kb, 1)``; bias: its bias or None.
+        stride, padding: the Conv3d's, per axis of the view ``(A, B, S)``.
+
+    Returns:
+        ``(N * S', C_out, A', B')``, ``S' = ceil(S / stride[2])``: what the Conv3d gives on ``unfold(x, batch)``,
+        folded.
+    """
+    if stride[2] != 1:  # a one-slice kernel with a stride along the slices keeps every stride-th slice
+        ns, c, a, b = x.shape
+        x = _channels_last(x.view(batch, ns // batch, c, a, b)[:, :: stride[2]])
+    return F.conv2d(x, weight.squeeze(-1), bias, [stride[0], stride[1]], [padding[0], padding[1]])
+
+
+def conv_transpose_folded(
+    x: torch.Tensor,
+    batch: int,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int, int],
+    padding: tuple[int, int, int],
+    output_padding: tuple[int, int, int],
+) -> torch.Tensor:
+    """A ``ConvTranspose3d`` whose kernel equals its stride along the slices (no padding there) on the folded layout.
+
+    Input slice ``s`` gives output slices ``s * stride[2] + t``, each from the 2D kernel ``weight[..., t]``.
+
+    Args:
+        x: folded input ``(N * S, C_in, A, B)``, channels-last.
+        batch: ``N``.
+        weight: the ConvTranspose3d weight ``(C_in, C_out, ka, kb, stride[2])``; bias: its bias or None.
+        stride, padding, output_padding: the ConvTranspose3d's, per axis of the view ``(A, B, S)``.
+
+    Returns:
+        ``(N * S * stride[2], C_out, A', B')``, channels-last.
+    """
+    in_plane = [stride[0], stride[1]]
+    pad, out_pad = [padding[0], padding[1]], [output_padding[0], output_padding[1]]
+    depth = weight.shape[-1]
+    if depth == 1:
+        return F.conv_transpose2d(x, weight.squeeze(-1), bias, in_plane, pad, out_pad)
+    parts: list[torch.Tensor] = []
+    for t in range(depth):
+        part = F.conv_transpose2d(x, weight[..., t], bias, in_plane, pad, out_pad)
+        ns, c, a, b = part.shape
+        parts.append(part.view(batch, ns // batch, c, a, b).permute(0, 1, 3, 4, 2))  # (N, S, A', B', C) in memory
+    out = torch.stack(parts, dim=2)  # (N, S, depth, A', B', C), contiguous
+    n, s, _, a, b, c = out.shape
+    return out.view(n * s * depth, a, b, c).permute(0, 3, 1, 2)
+
+
+def instance_norm_folded(
+    x: torch.Tensor,
+    batch: int,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    inplace: bool = False,
+) -> torch.Tensor:
+    """Instance norm of each sample and channel over its whole volume (all slices; biased variance, ``eps`` added
+    to it), on the folded layout: ``InstanceNorm3d`` (without running statistics) of ``unfold(x, batch)``, folded.
+
+    The mean is one reduction; the variance is the mean of the squared deviations from it, summed over blocks of
+    about 1 MB (two passes, as accurate as ``InstanceNorm3d``; PyTorch's channels-last batch and group norm
+    kernels take one pass and lose about 1e-3 at 96^3 voxels).
+
+    Args:
+        x: ``(N * S, C, A, B)``, channels-last. batch: ``N``.
+        weight, bias: the affine parameters ``(C,)`` or None. eps: added to the variance.
+        inplace: write the result into ``x``; only where autograd records nothing (e.g. under ``torch.no_grad``).
+
+    Returns:
+        the normalised ``x``, same shape, channels-last.
+    """
+    if torch.jit.is_tracing():  # the exporters' graph: ONNX InstanceNormalization
+        return to_folded(F.instance_norm(unfold(x, batch), None, None, weight, bias, True, 0.0, eps))
+    ns, c, a, b = x.shape
+    rows = x.permute(0, 2, 3, 1).reshape(batch, -1, c)  # (N, S * A * B, C), a view of channels-last x
+    mean = rows.mean(1, keepdim=True)
+    squares = torch.zeros_like(mean)
+    for block in rows.split(max(1, 262144 // c), dim=1):
+        squares += (block - mean).square_().sum(1, keepdim=True)
+    scale = torch.rsqrt(squares / rows.shape[1] + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias
+    if inplace:
+        out = torch.addcmul(shift, rows, scale, out=rows)
+    else:
+        out = torch.addcmul(shift, rows, scale)
+    return out.view(ns, a, b, c).permute(0, 3, 1, 2)
+
+
+def foldable_conv(conv: nn.Module, transposed: bool = False) -> bool:
+    """Whether a MONAI ``Convolution`` (its ``conv`` only: no norm, activation or dropout after it) runs on the
+    folded layout: a one-slice kernel without padding along the slices (:func:`conv_folded`), or for a transposed
+    one a kernel equal to its stride along the slices (:func:`conv_transpose_folded`); no dilation or groups."""
+    layer = getattr(conv, "conv", None)
+    kind = nn.ConvTranspose3d if transposed else nn.Conv3d
+    if len(list(conv.children())) != 1 or type(layer) is not kind:
+        return False
+    plain = layer.dilation == (1, 1, 1) and layer.groups == 1 and layer.padding_mode == "zeros"
+    if transposed:
+        slices = layer.kernel_size[2] == layer.stride[2] and layer.output_padding[2] == 0
+    else:
+        slices = layer.kernel_size[2] == 1
+    return plain and slices and layer.padding[2] == 0
+
+
+def foldable_norm(norm: nn.Module) -> bool:
+    """Whether a norm layer runs on the folded layout: an ``InstanceNorm3d`` without running statistics
+    (:func:`instance_norm_folded`)."""
+    return type(norm) is nn.InstanceNorm3d and not norm.track_running_stats

@@ -1,0 +1,88 @@
+"""The folded layout: each op equals its 3D module on the unfolded view."""
+
+import pytest
+import torch
+from monai.networks.blocks.dynunet_block import get_conv_layer
+from torch import nn
+
+from monai_ext.networks.blocks.folded import (
+    conv_folded,
+    conv_transpose_folded,
+    foldable_conv,
+    foldable_norm,
+    instance_norm_folded,
+    to_folded,
+    unfold,
+)
+
+TOL = {"atol": 1e-5, "rtol": 1e-5}
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fold_puts_each_slice_in_the_batch_channels_last():
+    x = torch.randn(2, 3, 4, 5, 6)  # (N, C, A, B, S)
+    folded = to_folded(x)
+    assert folded.shape == (12, 3, 4, 5) and _channels_last(folded)
+    torch.testing.assert_close(folded[1 * 6 + 4], x[1, :, :, :, 4], atol=0, rtol=0)  # sample 1, slice 4
+    assert torch.equal(unfold(folded, 2), x)
+    assert to_folded(unfold(folded, 2)).data_ptr() == folded.data_ptr()  # back and forth without a copy
+    assert _channels_last(to_folded(x[:1]))  # also where a reshape alone would give another layout
+
+
+@pytest.mark.parametrize("kernel, stride", [((3, 3, 1), (1, 1, 1)), ((3, 3, 1), (2, 2, 2)), ((1, 1, 1), (2, 1, 1))])
+def test_conv_equals_conv3d(kernel, stride):
+    conv = get_conv_layer(3, 4, 6, kernel, stride, conv_only=True, bias=True)
+    assert foldable_conv(conv)
+    x = torch.randn(2, 4, 8, 12, 6)
+    layer = conv.conv
+    out = conv_folded(to_folded(x), 2, layer.weight, layer.bias, layer.stride, layer.padding)
+    torch.testing.assert_close(unfold(out, 2), conv(x), **TOL)
+
+
+@pytest.mark.parametrize("up", [(2, 2, 2), (2, 2, 1), (1, 2, 3)])
+def test_transposed_conv_equals_conv_transpose3d(up):
+    conv = get_conv_layer(3, 6, 4, up, up, conv_only=True, is_transposed=True, bias=True)
+    assert foldable_conv(conv, transposed=True)
+    x = torch.randn(2, 6, 4, 6, 3)
+    layer = conv.conv
+    out = conv_transpose_folded(
+        to_folded(x), 2, layer.weight, layer.bias, layer.stride, layer.padding, layer.output_padding
+    )
+    assert _channels_last(out)
+    torch.testing.assert_close(unfold(out, 2), conv(x), **TOL)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("inplace", [True, False])
+def test_instance_norm_is_over_the_whole_volume(affine, inplace):
+    norm = nn.InstanceNorm3d(5, affine=affine)
+    if affine:
+        nn.init.normal_(norm.weight)
+        nn.init.normal_(norm.bias)
+    x = torch.randn(2, 5, 6, 7, 8) * 3 + torch.arange(5.0).view(1, 5, 1, 1, 1)  # a mean per channel
+    expected = norm(x)
+    with torch.set_grad_enabled(not inplace):  # in place only where autograd does not need the input
+        out = instance_norm_folded(to_folded(x), 2, norm.weight, norm.bias, norm.eps, inplace)
+    assert _channels_last(out)
+    torch.testing.assert_close(unfold(out, 2), expected, **TOL)
+
+
+def test_instance_norm_keeps_fp32_accuracy_on_a_large_volume():
+    # one-pass variance (PyTorch's channels-last batch norm) loses ~1e-4 here; two passes stay at round-off
+    x = torch.randn(1, 4, 64, 64, 64) * 3 + 2
+    expected = nn.functional.instance_norm(x.double())
+    out = unfold(instance_norm_folded(to_folded(x), 1, None, None, 1e-5), 1)
+    assert (out.double() - expected).abs().max() < 1e-5
+
+
+def test_what_cannot_be_folded():
+    assert not foldable_conv(get_conv_layer(3, 4, 4, (3, 3, 3), 1, conv_only=True))  # spans several slices
+    with_dropout = get_conv_layer(3, 4, 4, (3, 3, 1), 1, dropout=0.1, act=None, norm=None, conv_only=False)
+    assert not foldable_conv(with_dropout)  # as UnetResBlock builds its convs with dropout
+    assert not foldable_conv(get_conv_layer(3, 4, 4, (3, 3, 1), 1, conv_only=True), transposed=True)
+    assert not foldable_conv(get_conv_layer(3, 4, 4, (2, 2, 2), (2, 2, 1), conv_only=True, is_transposed=True), True)
+    assert foldable_norm(nn.InstanceNorm3d(4)) and not foldable_norm(nn.InstanceNorm3d(4, track_running_stats=True))
+    assert not foldable_norm(nn.BatchNorm3d(4))
