@@ -146,10 +146,13 @@ def instance_norm_folded(
         inplace: write the result into ``x``; only where autograd records nothing (e.g. under ``torch.no_grad``).
 
     Returns:
-        the normalised ``x``, same shape, channels-last.
+        the normalised ``x``, same shape, channels-last; float32 for a bf16 or fp16 ``x`` (autocast), whose
+        statistics are taken in float32.
     """
     if torch.jit.is_tracing():  # the exporters' graph: ONNX InstanceNormalization
         return to_folded(F.instance_norm(unfold(x, batch), None, None, weight, bias, True, 0.0, eps))
+    if x.dtype == torch.bfloat16 or x.dtype == torch.float16:  # under autocast: statistics in float32
+        x = x.float()
     ns, c, a, b = x.shape
     rows = x.permute(0, 2, 3, 1).reshape(batch, -1, c)  # (N, S * A * B, C), a view of channels-last x
     mean = rows.mean(1, keepdim=True)

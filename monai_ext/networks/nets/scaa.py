@@ -40,6 +40,8 @@ class _SliceInstanceNorm(nn.InstanceNorm2d):
     instance norm copies it to NCHW). Two passes (mean, then the variance of the centred values) keep the round-off
     of aten's; PyTorch's channels-last group norm, though faster, loses ~1e-4.
 
+    A bf16 or fp16 input (autocast) is normalised in float32, and the output is float32.
+
     Shapes:
         ``(N, C, H, W)`` in, the same out (in the input's memory format).
     """
@@ -50,6 +52,8 @@ class _SliceInstanceNorm(nn.InstanceNorm2d):
             self.weight, self.bias = norm.weight, norm.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.bfloat16 or x.dtype == torch.float16:  # under autocast: statistics in float32
+            x = x.float()
         centred = x - x.mean([2, 3], keepdim=True)
         rstd = torch.rsqrt(centred.square().mean([2, 3], keepdim=True) + self.eps)
         if torch.jit.is_tracing() or (torch.is_grad_enabled() and centred.requires_grad):

@@ -86,3 +86,12 @@ def test_what_cannot_be_folded():
     assert not foldable_conv(get_conv_layer(3, 4, 4, (2, 2, 2), (2, 2, 1), conv_only=True, is_transposed=True), True)
     assert foldable_norm(nn.InstanceNorm3d(4)) and not foldable_norm(nn.InstanceNorm3d(4, track_running_stats=True))
     assert not foldable_norm(nn.BatchNorm3d(4))
+
+
+def test_instance_norm_of_a_bf16_input_takes_its_statistics_in_float32():
+    # under autocast the convolutions hand over bf16 maps; a norm computed in bf16 would be off by ~1e-2
+    x = (torch.randn(1, 4, 32, 32, 32) * 3 + 2).bfloat16()
+    expected = nn.functional.instance_norm(x.double())
+    out = unfold(instance_norm_folded(to_folded(x), 1, None, None, 1e-5), 1)
+    assert out.dtype == torch.float32
+    assert (out.double() - expected).abs().max() < 1e-5

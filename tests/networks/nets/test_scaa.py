@@ -293,6 +293,10 @@ def test_slice_instance_norm_equals_instance_norm_in_either_layout(affine):
         out = fast(x.contiguous(memory_format=layout))
         torch.testing.assert_close(out, norm(x), atol=1e-5, rtol=1e-5)
         assert out.is_contiguous(memory_format=layout)
+    half = x.bfloat16()  # what autocast's convolutions hand over: normalised in float32
+    out = fast(half)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, norm(half.float()), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("configuration, norm_name", [("SCAA*", "instance"), ("C-CA", ("instance", {"affine": True}))])
