@@ -67,3 +67,12 @@ def golden(shared_dir):
 def meta_schema(shared_dir) -> Path:
     """The bundle metadata schema in the shared folder; skip (or fail, see :func:`shared_file`) when it is missing."""
     return shared_file(shared_dir, "schemas/meta_schema_20240725.json", "bundle metadata schema")
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test with one torch thread (timings and batch-size round-off alike in every run), then restore."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

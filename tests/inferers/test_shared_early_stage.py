@@ -17,12 +17,7 @@ TINY = {"layers": (1, 1, 1, 1), "block_inplanes": (8, 16, 32, 64), "decoder_chan
 ESM_CONFIGS = ("esm_ssa", "esm", "esm_concat", "esm_dot")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _net(config: str, k: int, seed: int = 0) -> Thickened2DNet:

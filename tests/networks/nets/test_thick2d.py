@@ -21,12 +21,7 @@ TINY["low_level_channels"] = 8
 RESNET50_NO_FC = 25_557_032 - (2048 * 1000 + 1000)  # torchvision resnet50 without its classifier: 23,508,032
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _count(module: nn.Module) -> int:
