@@ -112,6 +112,11 @@ class SlabBatch(PrepareBatch):
         return _slabs(image, self.num_slices, self.spatial_dim), _slabs(label, self.num_slices, self.spatial_dim)
 
 
+def _bundle_name(entry: NetworkEntry) -> str | None:
+    """The bundle that trains ``entry``: its own, or its main entry's for a paper variant; None for a baseline."""
+    return entry.bundle or (get_network_entry(entry.variant_of).bundle if entry.variant_of else None)
+
+
 def bundle_part(entry: NetworkEntry, key: str, overrides: Mapping[str, Any] | None = None) -> Any:
     """Component ``key`` (e.g. ``"loss"``) of the ``configs/train.json`` of the bundle that trains ``entry`` (a
     paper variant: its method's bundle), instantiated after ``overrides`` of the config's entries.
@@ -119,7 +124,7 @@ def bundle_part(entry: NetworkEntry, key: str, overrides: Mapping[str, Any] | No
     Raises:
         ValueError: when neither the entry nor its main entry names a bundle.
     """
-    name = entry.bundle or (get_network_entry(entry.variant_of).bundle if entry.variant_of else None)
+    name = _bundle_name(entry)
     if name is None:
         raise ValueError(f"{entry.name!r} (kind {entry.kind!r}) trains with its bundle's {key!r}, but names no bundle.")
     parser = ConfigParser()
@@ -138,7 +143,7 @@ def recipe_optimizer(
     schedule is left out, a budget has no epochs). A row without a bundle (MONAI's baselines) takes Adam at
     ``learning_rate``.
     """
-    name = entry.bundle or (get_network_entry(entry.variant_of).bundle if entry.variant_of else None)
+    name = _bundle_name(entry)
     if name is None:
         return torch.optim.Adam(network.parameters(), learning_rate), f"Adam, lr {learning_rate:g}"
     configs = bundle_dir(name) / "configs"
