@@ -8,6 +8,13 @@ convolution whose kernel equals its stride along the slices writes ``stride`` in
 Instance norm keeps its statistics over the whole volume of each sample and channel, not per slice. The functions
 take the weights of existing ``Conv3d`` / ``ConvTranspose3d`` / ``InstanceNorm3d`` modules, so the 3D modules stay
 the parameter holders (their state-dict keys and shapes do not change), and are TorchScript- and trace-friendly.
+
+In inference the functions can also reuse memory (a *pool*, a plain list of free buffers, owned by one forward
+pass): :func:`take_buffer` hands out a pooled buffer of the right size, :func:`release_buffer` gives one back, and
+``conv_folded`` / ``conv_transpose_folded`` / ``slice_shift_folded`` then work in slice chunks of at most
+:data:`CHUNK_BYTES`, writing into a pooled buffer or in place. With glibc's default allocator every tensor above its
+mmap threshold (at most 32 MiB) is a fresh mapping whose pages fault on first touch (about 25 ms per 100 MiB
+here); chunk temporaries stay below it and are served from reused heap memory.
 """
 
 from __future__ import annotations
@@ -17,16 +24,28 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "CHUNK_BYTES",
     "ELEMENTWISE_ACTIVATIONS",
+    "POOL_MIN_BYTES",
     "can_overwrite",
     "conv_folded",
     "conv_transpose_folded",
     "foldable_conv",
     "foldable_norm",
     "instance_norm_folded",
+    "release_buffer",
+    "slices_per_chunk",
+    "take_buffer",
     "to_folded",
     "unfold",
 ]
+
+CHUNK_BYTES = 12 * 2**20
+"""The largest output (bytes) one call of a chunked convolution or shift makes at a time: below glibc's mmap
+threshold, so its temporaries come from reused heap memory."""
+
+POOL_MIN_BYTES = 4 * 2**20
+"""Buffers from this size up go back to a pool (smaller ones are cheap to allocate)."""
 
 ELEMENTWISE_ACTIVATIONS = (
     nn.LeakyReLU, nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh,
@@ -46,6 +65,39 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
     one copy otherwise."""
     n, s, c, a, b = x.shape
     return x.permute(0, 1, 3, 4, 2).contiguous().view(n * s, a, b, c).permute(0, 3, 1, 2)
+
+
+def take_buffer(pool: list[torch.Tensor] | None, shape: list[int], like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised channels-last tensor ``shape = (N * S, C, A, B)`` with ``like``'s dtype and device: a free
+    buffer of ``pool`` with as many elements when there is one (it leaves the pool), a new tensor otherwise."""
+    ns, c, a, b = shape[0], shape[1], shape[2], shape[3]
+    numel = ns * c * a * b
+    if pool is not None:
+        for i in range(len(pool)):
+            buf = pool[i]
+            if buf.numel() == numel and buf.dtype == like.dtype and buf.device == like.device:
+                pool.pop(i)
+                return buf.view(ns, a, b, c).permute(0, 3, 1, 2)
+    return torch.empty(ns, a, b, c, dtype=like.dtype, device=like.device).permute(0, 3, 1, 2)
+
+
+def release_buffer(pool: list[torch.Tensor] | None, x: torch.Tensor) -> None:
+    """Give the memory of ``x`` (channels-last ``(N * S, C, A, B)``, no longer used by anyone) back to ``pool``;
+    small or non-contiguous tensors are left to the allocator."""
+    smallest = 4 * 1024 * 1024  # POOL_MIN_BYTES, a global TorchScript cannot read
+    if not torch.jit.is_scripting():
+        smallest = POOL_MIN_BYTES
+    if pool is not None and x.numel() * x.element_size() >= smallest:
+        if x.is_contiguous(memory_format=torch.channels_last):
+            pool.append(x.permute(0, 2, 3, 1).reshape(-1))
+
+
+def slices_per_chunk(bytes_per_slice: int) -> int:
+    """Batch entries (slices) per chunk whose output is at most :data:`CHUNK_BYTES`; at least one."""
+    limit = 12 * 1024 * 1024  # CHUNK_BYTES, a global TorchScript cannot read
+    if not torch.jit.is_scripting():
+        limit = CHUNK_BYTES
+    return max(1, limit // max(1, bytes_per_slice))
 
 
 def to_folded(x: torch.Tensor) -> torch.Tensor:
@@ -69,6 +121,9 @@ def conv_folded(
     bias: torch.Tensor | None,
     stride: tuple[int, int, int],
     padding: tuple[int, int, int],
+    pool: list[torch.Tensor] | None = None,
+    inplace: bool = False,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A ``Conv3d`` with a one-slice kernel ``(ka, kb, 1)`` (no padding along the slices) on the folded layout.
 
@@ -77,6 +132,11 @@ def conv_folded(
         batch: ``N``.
         weight: the Conv3d weight ``(C_out, C_in, ka, kb, 1)``; bias: its bias or None.
         stride, padding: the Conv3d's, per axis of the view ``(A, B, S)``.
+        pool: when given (inference only), the output is a buffer of ``pool`` (or new), filled in slice chunks.
+        inplace: with ``pool``, write the output over ``x`` when the shapes agree (each chunk is computed before it
+            is written, and reads only its own slices).
+        out: write the output into this tensor of the output's shape, in slice chunks (inference only); it may
+            share memory with ``x`` slice for slice, e.g. be its first channels.
 
     Returns:
         ``(N * S', C_out, A', B')``, ``S' = ceil(S / stride[2])``: what the Conv3d gives on ``unfold(x, batch)``,
@@ -85,7 +145,21 @@ def conv_folded(
     if stride[2] != 1:  # a one-slice kernel with a stride along the slices keeps every stride-th slice
         ns, c, a, b = x.shape
         x = _channels_last(x.view(batch, ns // batch, c, a, b)[:, :: stride[2]])
-    return F.conv2d(x, weight.squeeze(-1), bias, [stride[0], stride[1]], [padding[0], padding[1]])
+    weight2d = weight.squeeze(-1)
+    in_plane, pad = [stride[0], stride[1]], [padding[0], padding[1]]
+    if pool is None and out is None:
+        return F.conv2d(x, weight2d, bias, in_plane, pad)
+    ns, _, a, b = x.shape
+    shape = [ns, weight.shape[0], (a + 2 * pad[0] - weight.shape[2]) // in_plane[0] + 1]
+    shape.append((b + 2 * pad[1] - weight.shape[3]) // in_plane[1] + 1)
+    if out is None:
+        out = x if inplace and shape == list(x.shape) else take_buffer(pool, shape, x)
+    elif list(out.shape) != shape:
+        raise ValueError(f"conv_folded: out has shape {list(out.shape)}, the convolution gives {shape}.")
+    step = slices_per_chunk(shape[1] * shape[2] * shape[3] * x.element_size())
+    for start in range(0, x.shape[0], step):
+        out[start : start + step].copy_(F.conv2d(x[start : start + step], weight2d, bias, in_plane, pad))
+    return out
 
 
 def conv_transpose_folded(
@@ -96,6 +170,7 @@ def conv_transpose_folded(
     stride: tuple[int, int, int],
     padding: tuple[int, int, int],
     output_padding: tuple[int, int, int],
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A ``ConvTranspose3d`` whose kernel equals its stride along the slices (no padding there) on the folded layout.
 
@@ -106,13 +181,25 @@ def conv_transpose_folded(
         batch: ``N``.
         weight: the ConvTranspose3d weight ``(C_in, C_out, ka, kb, stride[2])``; bias: its bias or None.
         stride, padding, output_padding: the ConvTranspose3d's, per axis of the view ``(A, B, S)``.
+        out: when given (inference only), the result is written into it in slice chunks: a ``(N * S * stride[2],
+            C_out, A', B')`` tensor whose batch entries each are channels-last, e.g. the first channels of a
+            concatenation's buffer.
 
     Returns:
-        ``(N * S * stride[2], C_out, A', B')``, channels-last.
+        ``(N * S * stride[2], C_out, A', B')``, channels-last (``out`` when given).
     """
     in_plane = [stride[0], stride[1]]
     pad, out_pad = [padding[0], padding[1]], [output_padding[0], output_padding[1]]
     depth = weight.shape[-1]
+    if out is not None:
+        kernels = [weight[..., t].contiguous() for t in range(depth)]
+        per_input = out.unflatten(0, (x.shape[0], depth))  # (N * S, depth, C_out, A', B')
+        step = slices_per_chunk(per_input[0].numel() * out.element_size())
+        for start in range(0, x.shape[0], step):
+            for t in range(depth):
+                part = F.conv_transpose2d(x[start : start + step], kernels[t], bias, in_plane, pad, out_pad)
+                per_input[start : start + step, t].copy_(part)
+        return out
     if depth == 1:
         return F.conv_transpose2d(x, weight.squeeze(-1), bias, in_plane, pad, out_pad)
     parts: list[torch.Tensor] = []

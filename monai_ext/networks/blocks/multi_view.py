@@ -178,13 +178,16 @@ class MultiViewFuse(nn.Module):
         convs_ok = foldable_conv(self.conv1) and foldable_conv(self.conv)
         return convs_ok and foldable_norm(self.norm) and isinstance(self.act, ELEMENTWISE_ACTIVATIONS)
 
-    def head_folded(self, fused: torch.Tensor, batch: int) -> torch.Tensor:
+    def head_folded(self, fused: torch.Tensor, batch: int, pool: list[torch.Tensor] | None = None) -> torch.Tensor:
         """The head (conv, norm, activation, conv) on the already summed views, folded as the view of slice axis 2
         (:mod:`monai_ext.networks.blocks.folded`): ``(N * D, C, H, W)`` channels-last, ``N = batch`` -> ``(N * D,
-        out, H, W)``. Valid when :meth:`foldable`."""
+        out, H, W)``. Valid when :meth:`foldable`. With ``pool`` (inference only) the first conv overwrites
+        ``fused``."""
         conv1 = self.conv1.conv
         conv = self.conv.conv
-        out = conv_folded(fused, batch, conv1.weight, conv1.bias, conv1.stride, conv1.padding)
+        inplace = can_overwrite()
+        pooled = pool if inplace else None
+        out = conv_folded(fused, batch, conv1.weight, conv1.bias, conv1.stride, conv1.padding, pooled, inplace)
         norm = self.norm
-        out = self.act(instance_norm_folded(out, batch, norm.weight, norm.bias, norm.eps, can_overwrite()))
-        return conv_folded(out, batch, conv.weight, conv.bias, conv.stride, conv.padding)
+        out = self.act(instance_norm_folded(out, batch, norm.weight, norm.bias, norm.eps, inplace))
+        return conv_folded(out, batch, conv.weight, conv.bias, conv.stride, conv.padding, pooled)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from monai_ext.networks.blocks.folded import slices_per_chunk
 from monai_ext.networks.layout import DEFAULT_SPATIAL_DIM, check_spatial_dim
 
 __all__ = ["SliceShift", "shift_along", "slice_shift", "slice_shift_folded"]
@@ -52,15 +53,21 @@ def slice_shift_folded(
     fold_div: int = 4,
     placement: str = "ends",
     directions: tuple[int, int] = (1, -1),
+    inplace: bool = False,
 ) -> torch.Tensor:
     """:func:`slice_shift` along the slices of a folded view (:mod:`monai_ext.networks.blocks.folded`):
     ``(N * S, C, A, B)``, channels-last, slice ``s`` of sample ``n`` at batch index ``n * S + s``, ``N = batch``.
     Equals ``to_folded(slice_shift(unfold(x, batch), 2, ...))``; returns a new channels-last tensor (a copy of ``x``
-    whose moving channels are then overwritten from the neighbouring slices)."""
+    whose moving channels are then overwritten from the neighbouring slices), or with ``inplace`` (only where
+    autograd records nothing) ``x`` itself, its moving channels moved in slice chunks of at most
+    :data:`~monai_ext.networks.blocks.folded.CHUNK_BYTES` through a small temporary."""
     ns, c, a, b = x.shape
     memory = x.permute(0, 2, 3, 1).reshape(batch, ns // batch, a, b, c)  # a view of channels-last x
     if torch.jit.is_tracing():  # exported graphs take concatenations rather than writes into slices
         out = _shift_channels(memory, 4, 1, fold_div, placement, directions)
+    elif inplace:
+        _shift_in_place(memory, fold_div, placement, directions)
+        out = memory
     else:
         out = memory.clone()
         slices = memory.shape[1]
@@ -77,6 +84,34 @@ def slice_shift_folded(
                 target.narrow(1, 0, slices - 1).copy_(source.narrow(1, 1, slices - 1))
                 target.narrow(1, slices - 1, 1).zero_()
     return out.reshape(ns, a, b, c).permute(0, 3, 1, 2)
+
+
+def _shift_in_place(memory: torch.Tensor, fold_div: int, placement: str, directions: tuple[int, int]) -> None:
+    """The shift of :func:`slice_shift_folded` written over ``memory`` ``(N, S, A, B, C)``: each moving group is
+    copied chunk by chunk, starting at the end it moves towards, so no chunk reads slices already overwritten."""
+    slices, c = memory.shape[1], memory.shape[4]
+    for start, size, step in _groups(c, fold_div, placement, directions):
+        if step == 0 or size == 0:
+            continue
+        group = memory.narrow(4, start, size)
+        if slices <= 1:
+            group.zero_()
+            continue
+        chunk = slices_per_chunk(group[:, 0].numel() * group.element_size())
+        if step > 0:  # out[s] = x[s - 1], filled from the last slice down
+            end = slices
+            while end > 1:
+                lo = max(1, end - chunk)
+                group.narrow(1, lo, end - lo).copy_(group.narrow(1, lo - 1, end - lo).clone())
+                end = lo
+            group.narrow(1, 0, 1).zero_()
+        else:  # out[s] = x[s + 1], filled from the first slice up
+            begin = 0
+            while begin < slices - 1:
+                hi = min(slices - 1, begin + chunk)
+                group.narrow(1, begin, hi - begin).copy_(group.narrow(1, begin + 1, hi - begin).clone())
+                begin = hi
+            group.narrow(1, slices - 1, 1).zero_()
 
 
 def _groups(channels: int, fold_div: int, placement: str, directions: tuple[int, int]) -> list[tuple[int, int, int]]:
@@ -178,11 +213,11 @@ class SliceShift(nn.Module):
             )
         return slice_shift(x, self.spatial_dim, self.fold_div, self.placement, self.directions)
 
-    def forward_folded(self, x: torch.Tensor, batch: int) -> torch.Tensor:
+    def forward_folded(self, x: torch.Tensor, batch: int, inplace: bool = False) -> torch.Tensor:
         """The shift on a folded view ``(N * S, C, A, B)`` (channels-last, ``N = batch``) along its slices, see
-        :func:`slice_shift_folded`; for the views of :class:`~monai_ext.networks.nets.SSHUNet`, whose slices are
-        their last axis, this is ``forward`` when ``spatial_dim`` is 2."""
-        return slice_shift_folded(x, batch, self.fold_div, self.placement, self.directions)
+        :func:`slice_shift_folded` (``inplace`` too); for the views of :class:`~monai_ext.networks.nets.SSHUNet`,
+        whose slices are their last axis, this is ``forward`` when ``spatial_dim`` is 2."""
+        return slice_shift_folded(x, batch, self.fold_div, self.placement, self.directions, inplace)
 
     def extra_repr(self) -> str:
         return (

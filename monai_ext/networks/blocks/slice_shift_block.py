@@ -16,6 +16,8 @@ from monai_ext.networks.blocks.folded import (
     foldable_conv,
     foldable_norm,
     instance_norm_folded,
+    release_buffer,
+    take_buffer,
 )
 from monai_ext.networks.blocks.slice_shift import SliceShift
 from monai_ext.networks.layout import DEFAULT_SPATIAL_DIM
@@ -134,35 +136,55 @@ class SliceShiftResBlock(nn.Module):
             and shift_ok
         )
 
-    def forward_folded(self, inp: torch.Tensor, batch: int) -> torch.Tensor:
+    def forward_folded(
+        self, inp: torch.Tensor, batch: int, pool: list[torch.Tensor] | None = None, consume: bool = False
+    ) -> torch.Tensor:
         """``forward`` on a folded view (:mod:`monai_ext.networks.blocks.folded`): ``(N * S, C_in, A, B)``
-        channels-last, ``N = batch`` -> ``(N * S', C_out, A', B')``. Valid when :meth:`foldable`."""
+        channels-last, ``N = batch`` -> ``(N * S', C_out, A', B')``. Valid when :meth:`foldable`.
+
+        ``pool`` (inference only, see :func:`~monai_ext.networks.blocks.folded.take_buffer`): the output and the
+        residual branch come from it, the second convolution and the shifts run in place, and the residual branch's
+        buffer goes back to it. ``inp`` is left intact unless ``consume``: then a same-size residual convolution
+        writes over its first channels once the first convolution has read it."""
         inplace = can_overwrite()
         conv1 = self.conv1.conv
         conv2 = self.conv2.conv
         norm1 = self.norm1
         norm2 = self.norm2
+        pooled = pool is not None and inplace and not self.shift_before
         out = self.shift.forward_folded(inp, batch) if self.shift_before else inp
-        out = conv_folded(out, batch, conv1.weight, conv1.bias, conv1.stride, conv1.padding)
+        out = conv_folded(out, batch, conv1.weight, conv1.bias, conv1.stride, conv1.padding, pool if pooled else None)
         if not self.shift_before:
-            out = self.shift.forward_folded(out, batch)
+            out = self.shift.forward_folded(out, batch, pooled)
         out = self.lrelu(instance_norm_folded(out, batch, norm1.weight, norm1.bias, norm1.eps, inplace))
         if self.shift_before:
             out = self.shift.forward_folded(out, batch)
-        out = conv_folded(out, batch, conv2.weight, conv2.bias, conv2.stride, conv2.padding)
+        out = conv_folded(
+            out, batch, conv2.weight, conv2.bias, conv2.stride, conv2.padding, pool if pooled else None, pooled
+        )
         if not self.shift_before:
-            out = self.shift.forward_folded(out, batch)
+            out = self.shift.forward_folded(out, batch, pooled)
         residual = inp
         if self.conv3 is not None:
             conv3 = self.conv3.conv
-            residual = conv_folded(residual, batch, conv3.weight, conv3.bias, conv3.stride, conv3.padding)
+            over: torch.Tensor | None = None
+            if pooled and consume and conv3.stride == (1, 1, 1) and conv3.kernel_size == (1, 1, 1):
+                over = inp[:, : conv3.out_channels]
+            residual = conv_folded(
+                residual, batch, conv3.weight, conv3.bias, conv3.stride, conv3.padding, pool if pooled else None,
+                False, over,
+            )  # fmt: skip
         if self.norm3 is not None:
             norm3 = self.norm3
             residual = instance_norm_folded(residual, batch, norm3.weight, norm3.bias, norm3.eps, inplace)
         if self.residual_before_norm:
             out = out.add_(residual) if inplace else out + residual
-            return self.lrelu(instance_norm_folded(out, batch, norm2.weight, norm2.bias, norm2.eps, inplace))
-        return self.lrelu(instance_norm_folded(out, batch, norm2.weight, norm2.bias, norm2.eps, inplace) + residual)
+            out = self.lrelu(instance_norm_folded(out, batch, norm2.weight, norm2.bias, norm2.eps, inplace))
+        else:
+            out = self.lrelu(instance_norm_folded(out, batch, norm2.weight, norm2.bias, norm2.eps, inplace) + residual)
+        if pooled and self.conv3 is not None and not consume:
+            release_buffer(pool, residual)
+        return out
 
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
         out = self.conv1(self.shift(inp) if self.shift_before else inp)
@@ -183,7 +205,7 @@ class SliceShiftResBlock(nn.Module):
 class _NoShift(nn.Identity):
     """No shift (``forward`` and ``forward_folded`` return their input)."""
 
-    def forward_folded(self, x: torch.Tensor, batch: int) -> torch.Tensor:
+    def forward_folded(self, x: torch.Tensor, batch: int, inplace: bool = False) -> torch.Tensor:
         return x
 
 
@@ -245,13 +267,26 @@ class SliceShiftUpBlock(nn.Module):
         :meth:`SliceShiftResBlock.foldable`; the transposed conv's kernel must equal its stride along the slices)."""
         return foldable_conv(self.transp_conv, transposed=True) and self.conv_block.foldable()
 
-    def forward_folded(self, inp: torch.Tensor, skip: torch.Tensor, batch: int) -> torch.Tensor:
+    def forward_folded(
+        self, inp: torch.Tensor, skip: torch.Tensor, batch: int, pool: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """``forward`` on folded views (:mod:`monai_ext.networks.blocks.folded`), channels-last, ``N = batch``:
         ``(N * S, in_channels, A, B)`` and ``(N * S * u, out_channels, A', B')`` -> the shape of ``skip``. Valid when
-        :meth:`foldable`."""
+        :meth:`foldable`. With ``pool`` (inference only) the transposed convolution and ``skip`` are written into one
+        pooled concatenation buffer; ``skip`` goes back to the pool once copied (the caller must not use it
+        again), the concatenation buffer after the residual block."""
         up = self.transp_conv.conv
-        up_out = conv_transpose_folded(inp, batch, up.weight, up.bias, up.stride, up.padding, up.output_padding)
-        return self.conv_block.forward_folded(torch.cat((up_out, skip), dim=1), batch)
+        if pool is None or not can_overwrite():
+            up_out = conv_transpose_folded(inp, batch, up.weight, up.bias, up.stride, up.padding, up.output_padding)
+            return self.conv_block.forward_folded(torch.cat((up_out, skip), dim=1), batch)
+        ns, c, a, b = skip.shape
+        both = take_buffer(pool, [ns, 2 * c, a, b], skip)
+        conv_transpose_folded(inp, batch, up.weight, up.bias, up.stride, up.padding, up.output_padding, both[:, :c])
+        both[:, c:].copy_(skip)
+        release_buffer(pool, skip)
+        out = self.conv_block.forward_folded(both, batch, pool, True)
+        release_buffer(pool, both)
+        return out
 
     def forward(self, inp: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.conv_block(torch.cat((self.transp_conv(inp), skip), dim=1))

@@ -11,7 +11,7 @@ from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import DynUNet
 from torch import nn
 
-from monai_ext.networks.blocks.folded import can_overwrite, to_folded, unfold
+from monai_ext.networks.blocks.folded import can_overwrite, release_buffer, take_buffer, to_folded, unfold
 from monai_ext.networks.blocks.multi_view import (
     MULTI_VIEW_ORDER,
     MultiViewFuse,
@@ -226,32 +226,41 @@ class SSHUNet(nn.Module):
             decoded.append(out)
         return decoded
 
-    def _trunk_folded(self, x: torch.Tensor, batch: int, keep: int) -> list[torch.Tensor]:
+    def _trunk_folded(
+        self, x: torch.Tensor, batch: int, keep: int, pool: list[torch.Tensor] | None
+    ) -> list[torch.Tensor]:
         """:meth:`_trunk` on a folded view ``(N * S, C, A, B)`` (channels-last, ``N = batch``, see
         :mod:`monai_ext.networks.blocks.folded`); returns the last ``keep`` decoder outputs, folded, the finest
-        last. Each skip is released once its decoder block has used it."""
-        skips = [self.input_block.forward_folded(x, batch)]
+        last. Each skip is released once its decoder block has used it (given back to ``pool`` when there is one,
+        by that block; the decoder outputs not kept go back too)."""
+        skips = [self.input_block.forward_folded(x, batch, pool)]
         for down in self.downsamples:
-            skips.append(down.forward_folded(skips[-1], batch))
-        out = self.bottleneck.forward_folded(skips[-1], batch)
+            skips.append(down.forward_folded(skips[-1], batch, pool))
+        out = self.bottleneck.forward_folded(skips[-1], batch, pool)
         num_levels = len(self.upsamples)
         kept: list[torch.Tensor] = []
         for j, up in enumerate(self.upsamples):
-            out = up.forward_folded(out, skips.pop(), batch)
+            decoded = up.forward_folded(out, skips.pop(), batch, pool)  # with a pool, the block releases the skip
+            if j == 0 or j - 1 < num_levels - keep:  # the bottleneck's output, or a decoder output not kept
+                release_buffer(pool, out)
+            out = decoded
             if j >= num_levels - keep:
                 kept.append(out)
         return kept
 
     def _forward_folded(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """The forward pass with 2D convolutions on each view's slices folded into the batch, one view after the
-        other, each added into one fused tensor per output level (no view is stacked or kept)."""
+        other, each added into one fused tensor per output level (no view is stacked or kept). In inference the
+        views share one pool of buffers (:func:`~monai_ext.networks.blocks.folded.take_buffer`)."""
         batch = x.shape[0]
         num_heads = len(self.deep_supervision_heads) if self.training and self.deep_supervision else 0
         keep = 1 + num_heads
+        pool: list[torch.Tensor] | None = [] if can_overwrite() else None
         fused: list[torch.Tensor] = []  # per kept level, folded as the view of slice axis 2: (N * D, C, H, W)
         for s in self.spatial_dims_order:
-            self._add_view(fused, self._trunk_folded(to_folded(to_view(x, s)), batch, keep), s, batch)
-        out = unfold(self.output_block.head_folded(fused[keep - 1], batch), batch).contiguous()
+            decoded = self._trunk_folded(to_folded(to_view(x, s)), batch, keep, pool)
+            self._add_view(fused, decoded, s, batch, pool)
+        out = unfold(self.output_block.head_folded(fused[keep - 1], batch, pool), batch).contiguous()
         if num_heads > 0:
             outputs = [out]
             for i, head in enumerate(self.deep_supervision_heads):
@@ -259,18 +268,35 @@ class SSHUNet(nn.Module):
             return outputs
         return out
 
-    def _add_view(self, fused: list[torch.Tensor], decoded: list[torch.Tensor], spatial_dim: int, batch: int) -> None:
+    def _add_view(
+        self,
+        fused: list[torch.Tensor],
+        decoded: list[torch.Tensor],
+        spatial_dim: int,
+        batch: int,
+        pool: list[torch.Tensor] | None,
+    ) -> None:
         """Add the decoder outputs of the view of slice axis ``spatial_dim`` into ``fused`` (the first view starts
-        it), in place where :func:`~monai_ext.networks.blocks.folded.can_overwrite` allows."""
+        it), in place where :func:`~monai_ext.networks.blocks.folded.can_overwrite` allows; with ``pool`` the first
+        view's copy comes from it and the decoder outputs go back to it."""
         first = len(fused) == 0
         for i, level in enumerate(decoded):
             volume = from_view(unfold(level, batch), spatial_dim)  # (N, C, H, W, D)
-            if first:
+            if first and pool is not None:
+                if spatial_dim == 2:  # the axial view already is the fused layout: keep its buffer
+                    fused.append(level)
+                    continue
+                n, c, h, w, d = volume.shape
+                start = take_buffer(pool, [n * d, c, h, w], level)
+                unfold(start, batch).copy_(volume)
+                fused.append(start)
+            elif first:
                 fused.append(to_folded(volume))
             elif can_overwrite():
                 unfold(fused[i], batch).add_(volume)
             else:
                 fused[i] = to_folded(unfold(fused[i], batch) + volume)
+            release_buffer(pool, level)
 
     def _forward_3d(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """The forward pass with the 3D modules (``(3, 3, 1)`` Conv3d), views stacked in the batch when their

@@ -5,12 +5,15 @@ import torch
 from monai.networks.blocks.dynunet_block import get_conv_layer
 from torch import nn
 
+from monai_ext.networks.blocks import folded
 from monai_ext.networks.blocks.folded import (
     conv_folded,
     conv_transpose_folded,
     foldable_conv,
     foldable_norm,
     instance_norm_folded,
+    release_buffer,
+    take_buffer,
     to_folded,
     unfold,
 )
@@ -95,3 +98,75 @@ def test_instance_norm_of_a_bf16_input_takes_its_statistics_in_float32():
     out = unfold(instance_norm_folded(to_folded(x), 1, None, None, 1e-5), 1)
     assert out.dtype == torch.float32
     assert (out.double() - expected).abs().max() < 1e-5
+
+
+# --- inference in slice chunks, into pooled buffers ---
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of a few slices and a pool for every buffer, so that small tests take the paths of large volumes."""
+    monkeypatch.setattr(folded, "CHUNK_BYTES", 1000)
+    monkeypatch.setattr(folded, "POOL_MIN_BYTES", 1)
+
+
+def test_a_released_buffer_is_handed_out_again(small_chunks):
+    pool: list[torch.Tensor] = []
+    a = take_buffer(pool, [6, 4, 3, 5], torch.zeros(1))
+    assert a.shape == (6, 4, 3, 5) and _channels_last(a)
+    release_buffer(pool, a)
+    b = take_buffer(pool, [10, 4, 3, 3], torch.zeros(1))  # the same number of elements, another shape
+    assert b.data_ptr() == a.data_ptr() and _channels_last(b) and pool == []
+    assert take_buffer(pool, [6, 4, 3, 5], torch.zeros(1, dtype=torch.float64)).dtype == torch.float64
+    release_buffer(pool, b[:, :2])  # not contiguous: left to the allocator
+    release_buffer(None, b)
+    assert pool == []
+
+
+@pytest.mark.parametrize("kernel, stride", [((3, 3, 1), (1, 1, 1)), ((3, 3, 1), (2, 2, 1)), ((1, 1, 1), (1, 1, 1))])
+def test_chunked_conv_into_a_buffer_or_in_place(kernel, stride, small_chunks):
+    conv = get_conv_layer(3, 4, 4, kernel, stride, conv_only=True, bias=True)
+    layer = conv.conv
+    x = torch.randn(2, 4, 8, 12, 6)
+    expected = conv(x)
+    pool: list[torch.Tensor] = []
+    with torch.no_grad():
+        out = conv_folded(to_folded(x), 2, layer.weight, layer.bias, layer.stride, layer.padding, pool)
+        torch.testing.assert_close(unfold(out, 2), expected, **TOL)
+        work = to_folded(x.clone())
+        over = conv_folded(work, 2, layer.weight, layer.bias, layer.stride, layer.padding, pool, True)
+        torch.testing.assert_close(unfold(over, 2), expected, **TOL)
+        assert (over.data_ptr() == work.data_ptr()) == (stride == (1, 1, 1))  # in place where the shapes agree
+        narrowing = get_conv_layer(3, 8, 4, kernel, stride, conv_only=True, bias=True).conv
+        x2 = torch.randn(2, 8, 8, 12, 6)
+        wide = to_folded(x2.clone())  # the output over the first channels of its own input
+        if stride == (1, 1, 1):
+            conv_folded(wide, 2, narrowing.weight, narrowing.bias, stride, narrowing.padding, out=wide[:, :4])
+            torch.testing.assert_close(unfold(wide[:, :4], 2), narrowing(x2), **TOL)
+        with pytest.raises(ValueError, match="out has shape"):
+            conv_folded(wide, 2, narrowing.weight, narrowing.bias, stride, narrowing.padding, out=wide[:, :3])
+
+
+def test_chunked_transposed_conv_into_the_first_channels_of_a_buffer(small_chunks):
+    conv = get_conv_layer(3, 6, 4, (2, 2, 2), (2, 2, 2), conv_only=True, is_transposed=True, bias=True)
+    layer = conv.conv
+    x = torch.randn(2, 6, 4, 6, 3)
+    both = to_folded(torch.zeros(2, 7, 8, 12, 6))
+    with torch.no_grad():
+        out = conv_transpose_folded(
+            to_folded(x), 2, layer.weight, layer.bias, layer.stride, layer.padding, layer.output_padding, both[:, :4]
+        )
+        torch.testing.assert_close(unfold(both[:, :4], 2), conv(x), **TOL)
+    assert out.data_ptr() == both.data_ptr() and torch.equal(both[:, 4:], torch.zeros_like(both[:, 4:]))
+
+
+def test_instance_norm_in_place_on_the_first_channels_of_a_buffer():
+    x = torch.randn(2, 8, 5, 6, 7)
+    both = to_folded(x.clone())
+    norm = nn.InstanceNorm3d(3, affine=True)
+    with torch.no_grad():
+        nn.init.normal_(norm.weight)
+        out = instance_norm_folded(both[:, :3], 2, norm.weight, norm.bias, norm.eps, inplace=True)
+        torch.testing.assert_close(unfold(both[:, :3], 2), norm(x[:, :3]), **TOL)
+    assert out.data_ptr() == both.data_ptr()
+    torch.testing.assert_close(unfold(both[:, 3:], 2), x[:, 3:], atol=0, rtol=0)

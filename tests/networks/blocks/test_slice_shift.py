@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from monai_ext.networks.blocks import SliceShift, shift_along, slice_shift
+from monai_ext.networks.blocks import SliceShift, folded, shift_along, slice_shift
 from monai_ext.networks.blocks.folded import to_folded, unfold
 from monai_ext.networks.blocks.slice_shift import slice_shift_folded
 
@@ -118,3 +118,17 @@ def test_folded_shift_equals_the_shift_along_the_last_axis(shift):
     assert torch.equal(folded, before)  # not in place
     functional = slice_shift_folded(folded, 2, shift.fold_div, shift.placement, shift.directions)
     torch.testing.assert_close(functional, out, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("slices", [1, 2, 7])
+@pytest.mark.parametrize(
+    "shift", [SliceShift(), SliceShift.tsm(), SliceShift(placement="leading", directions=(-1, 1))], ids=repr
+)
+def test_in_place_folded_shift_equals_the_copying_one(shift, slices, monkeypatch):
+    monkeypatch.setattr(folded, "CHUNK_BYTES", 200)  # chunks of a few slices: the chunk order is exercised
+    x = torch.randn(2, 9, 4, 5, slices)
+    expected = shift.forward_folded(to_folded(x), 2)
+    work = to_folded(x.clone())
+    out = shift.forward_folded(work, 2, inplace=True)
+    assert out.data_ptr() == work.data_ptr()
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)

@@ -8,7 +8,7 @@ from monai.losses import DeepSupervisionLoss, DiceCELoss
 from monai.networks.nets import DynUNet
 
 from monai_ext.networks import create_network, get_network_entry, list_networks
-from monai_ext.networks.blocks import SliceShift, to_view
+from monai_ext.networks.blocks import SliceShift, folded, to_view
 from monai_ext.networks.compat import load_sshunet_release
 from monai_ext.networks.nets import SSH_UNET_PATCH, SSHUNet, sshunet_inferer
 
@@ -194,6 +194,21 @@ def test_folded_path_equals_the_3d_reference_in_eval(position, views, strides):
         out = net(x)
         torch.testing.assert_close(out, net._forward_3d(x), **FOLDED_TOL)
     assert out.is_contiguous()
+
+
+@pytest.mark.parametrize("views", [(0, 1, 2), (2,), (1, 2)])
+@pytest.mark.parametrize("strides", [SMALL["strides"], [1, 2, 2, (2, 2, 1)]], ids=["slice_stride_2", "slice_stride_1"])
+def test_inference_in_chunks_and_pooled_buffers_equals_the_3d_reference(views, strides, monkeypatch):
+    # chunks of a few slices and every buffer pooled: the paths a 96^3 window takes, on a small input
+    monkeypatch.setattr(folded, "CHUNK_BYTES", 2000)
+    monkeypatch.setattr(folded, "POOL_MIN_BYTES", 1)
+    net = SSHUNet(**{**SMALL, "strides": strides}, spatial_dims_order=views).eval()
+    x = torch.randn(2, 1, 16, 24, 32)
+    before = x.clone()
+    with torch.inference_mode():
+        torch.testing.assert_close(net(x), net._forward_3d(x), **FOLDED_TOL)
+        torch.testing.assert_close(net(x), net._forward_3d(x), **FOLDED_TOL)  # twice: nothing left over
+    assert torch.equal(x, before)
 
 
 @pytest.mark.parametrize("position", ["after_conv", "before_conv"])
