@@ -244,7 +244,7 @@ def instance_norm_folded(
     rows = x.permute(0, 2, 3, 1).reshape(batch, -1, c)  # (N, S * A * B, C), a view of channels-last x
     mean = rows.mean(1, keepdim=True)
     squares = torch.zeros_like(mean)
-    for block in rows.split(max(1, 262144 // c), dim=1):
+    for block in rows.split(max(1, 262144 // (c * batch)), dim=1):  # blocks of about 1 MB
         squares += (block - mean).square_().sum(1, keepdim=True)
     scale = torch.rsqrt(squares / rows.shape[1] + eps)
     if weight is not None:

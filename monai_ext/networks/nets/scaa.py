@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from monai_ext.networks.blocks.context_encoder import ContextEncoder3D, GlobalDescriptor
+from monai_ext.networks.blocks.folded import can_overwrite, instance_norm_folded
 from monai_ext.networks.blocks.msfa import MultiSliceFeatureAggregation
 from monai_ext.networks.checks import check_input
 from monai_ext.networks.layout import DEFAULT_SPATIAL_DIM, check_spatial_dim, tensor_dim
@@ -23,7 +24,10 @@ __all__ = ["CONFIGURATIONS", "SCAA", "SliceContext", "SpatialContextAwareNet", "
 
 class _UpLevel(UnetUpBlock):
     """:class:`monai.networks.blocks.UnetUpBlock` whose skip may be wider than its output: transposed conv ``2 x 2``
-    ``in_channels -> out_channels``, concat with the skip (``skip_channels``), two convs to ``out_channels``."""
+    ``in_channels -> out_channels``, concat with the skip (``skip_channels``), two convs to ``out_channels``.
+
+    Where autograd records nothing, the first conv of the concatenation runs as two convs, one on each part, summed
+    in place: the same values (to float round-off) without the concatenated tensor, the largest of the 2D path."""
 
     def __init__(self, in_channels: int, skip_channels: int, out_channels: int, norm_name, act_name) -> None:
         super().__init__(2, in_channels, out_channels, 3, 1, 2, norm_name, act_name)
@@ -33,37 +37,52 @@ class _UpLevel(UnetUpBlock):
                 act_name=act_name,
             )  # fmt: skip
 
+    def forward(self, inp: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        up = self.transp_conv(inp)
+        block = self.conv_block
+        conv = block.conv1.conv
+        if not can_overwrite() or len(block.conv1) != 1:  # autograd, a trace, or a conv with more than a conv
+            return block(torch.cat((up, skip), dim=1))
+        c = up.shape[1]
+        out = F.conv2d(up, conv.weight[:, :c], conv.bias, conv.stride, conv.padding)
+        out.add_(F.conv2d(skip, conv.weight[:, c:], None, conv.stride, conv.padding))
+        return block.lrelu(block.norm2(block.conv2(block.lrelu(block.norm1(out)))))
+
 
 class _SliceInstanceNorm(nn.InstanceNorm2d):
-    """``nn.InstanceNorm2d`` without running statistics, computed in the input's memory format: the same function (up
-    to float round-off), parameters and state-dict keys, but a channels-last input stays channels-last (aten's
-    instance norm copies it to NCHW). Two passes (mean, then the variance of the centred values) keep the round-off
-    of aten's; PyTorch's channels-last group norm, though faster, loses ~1e-4.
+    """``nn.InstanceNorm2d`` without running statistics, computed channels-last: the same function (up to float
+    round-off), parameters and state-dict keys, with a channels-last output for an input in either layout (aten's
+    instance norm works in NCHW and copies a channels-last input to it). It is
+    :func:`~monai_ext.networks.blocks.folded.instance_norm_folded` with every slice a sample: two passes (mean, then
+    the variance of the centred values) keep the round-off of aten's; PyTorch's channels-last group norm, though
+    faster, loses ~1e-4. An NCHW input (the first convolution's output, whose one input channel leaves its layout
+    to aten) is copied to channels-last once, here rather than by the next convolution.
 
     A bf16 or fp16 input (autocast) is normalised in float32, and the output is float32.
 
+    Args:
+        norm: the ``InstanceNorm2d`` replaced (its parameters are shared).
+        overwrite: the input is nobody else's (as a convolution's output in MONAI's ``UnetBasicBlock``), so it may
+            be normalised in place where autograd records nothing.
+
     Shapes:
-        ``(N, C, H, W)`` in, the same out (in the input's memory format).
+        ``(N, C, H, W)`` in, the same out, channels-last.
     """
 
-    def __init__(self, norm: nn.InstanceNorm2d) -> None:
+    def __init__(self, norm: nn.InstanceNorm2d, overwrite: bool = False) -> None:
         super().__init__(norm.num_features, norm.eps, norm.momentum, norm.affine, norm.track_running_stats)
+        self.overwrite = overwrite
         if norm.affine:
             self.weight, self.bias = norm.weight, norm.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.bfloat16 or x.dtype == torch.float16:  # under autocast: statistics in float32
-            x = x.float()
-        centred = x - x.mean([2, 3], keepdim=True)
-        rstd = torch.rsqrt(centred.square().mean([2, 3], keepdim=True) + self.eps)
-        if torch.jit.is_tracing() or (torch.is_grad_enabled() and centred.requires_grad):
-            out = centred * rstd
-        else:  # in place where neither autograd nor a trace needs the centred values: one pass less
-            out = centred.mul_(rstd)
-        weight, bias = self.weight, self.bias
-        if weight is not None and bias is not None:
-            out = torch.addcmul(bias[:, None, None], out, weight[:, None, None])
-        return out
+        if torch.jit.is_tracing():  # the exporters' graph: ONNX InstanceNormalization
+            return F.instance_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        copied = not x.is_contiguous(memory_format=torch.channels_last)
+        if copied:
+            x = x.contiguous(memory_format=torch.channels_last)
+        inplace = (self.overwrite or copied) and can_overwrite()
+        return instance_norm_folded(x, x.shape[0], self.weight, self.bias, self.eps, inplace)
 
 
 # the paper's ablation: name -> (MSFA mode or None, global descriptor at the head)
@@ -271,7 +290,7 @@ class SpatialContextAwareNet(nn.Module):
                     module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
                 for name, child in module.named_children():
                     if type(child) is nn.InstanceNorm2d and not child.track_running_stats:
-                        setattr(module, name, _SliceInstanceNorm(child))
+                        setattr(module, name, _SliceInstanceNorm(child, isinstance(module, UnetBasicBlock)))
 
     @torch.jit.unused
     def _check(self, x: torch.Tensor, valid_size: Sequence[int] | None = None) -> None:

@@ -290,9 +290,16 @@ def test_slice_instance_norm_equals_instance_norm_in_either_layout(affine):
     assert fast.state_dict().keys() == norm.state_dict().keys()
     x = torch.randn(3, 6, 10, 7) * 3 + 2
     for layout in (torch.contiguous_format, torch.channels_last):
-        out = fast(x.contiguous(memory_format=layout))
-        torch.testing.assert_close(out, norm(x), atol=1e-5, rtol=1e-5)
-        assert out.is_contiguous(memory_format=layout)
+        for overwrite, mode in [(False, torch.enable_grad), (True, torch.no_grad)]:
+            given = x.contiguous(memory_format=layout)
+            with mode():
+                out = _SliceInstanceNorm(norm, overwrite)(given)
+            torch.testing.assert_close(out, norm(x), atol=1e-5, rtol=1e-5)
+            assert out.is_contiguous(memory_format=torch.channels_last)  # the 2D path's layout
+            in_place = overwrite and layout == torch.channels_last
+            assert (out.data_ptr() == given.data_ptr()) == in_place
+            if not in_place:
+                assert torch.equal(given, x)
     half = x.bfloat16()  # what autocast's convolutions hand over: normalised in float32
     out = fast(half)
     assert out.dtype == torch.float32
@@ -315,3 +322,11 @@ def test_channels_last_2d_path_equals_the_plain_layout(configuration, norm_name)
         torch.testing.assert_close(net(x), plain(x), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(scaa_inferer()(odd, net), scaa_inferer()(odd, plain), atol=1e-5, rtol=1e-5)
     assert layouts and all(layouts)  # the full-resolution decoder level ran channels-last
+
+
+def test_inference_without_the_decoder_concatenation_equals_the_training_path():
+    net = _net().eval()
+    x = torch.rand(1, 1, 64, 64, 32)
+    with torch.no_grad():  # each decoder's first conv runs on its two parts, summed in place
+        fast = net(x)
+    torch.testing.assert_close(fast, net(x).detach(), atol=1e-5, rtol=1e-5)  # with autograd: the concatenation
