@@ -224,7 +224,8 @@ class Thickened2DNet(nn.Module):
         fused, groups = self.early_stage(t)  # (B, F, H/4, W/4), (B, G, E, H/4, W/4)
         feat = self._decode(fused)
         if self.use_link:
-            logits = torch.cat([self._head(feat, groups[:, g]) for g in range(self.num_groups)], dim=1)
+            shared = self.link.shared(feat)  # e.g. SSA's query, the same for every mini-group
+            logits = torch.cat([self._head(feat, groups[:, g], shared) for g in range(self.num_groups)], dim=1)
         else:
             logits = self.head(feat)  # (B, k*O, H/4, W/4)
         return self._slab(logits, h, w)
@@ -235,16 +236,23 @@ class Thickened2DNet(nn.Module):
         high = interpolate(high, size=fused.shape[2:], mode="bilinear", align_corners=False)
         return self.decoder(torch.cat([high, self.low_proj(fused)], dim=1))
 
-    def _head(self, feat: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-        """With a link: the decoder map linked to one mini-group's pre-fusion map ``(B, E, H/4, W/4)``, then the
-        shared head: that mini-group's logits ``(B, group_size * O, H/4, W/4)``."""
-        return self.head(self.link(feat, self.group_proj(group)))
+    def _head(self, feat: torch.Tensor, group: torch.Tensor, shared: torch.Tensor | None) -> torch.Tensor:
+        """With a link: the decoder map linked to one mini-group's pre-fusion map ``(B, E, H/4, W/4)`` (``shared``:
+        the link's :meth:`shared` of ``feat``), then the shared head: that mini-group's logits ``(B, group_size * O,
+        H/4, W/4)``."""
+        return self.head(self.link(feat, self.group_proj(group), shared))
 
     def _slab(self, logits: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """Logits ``(B, k*O, H/4, W/4)`` (slice-major) upsampled to the output slab ``(B, O, h, w, k)``."""
-        logits = interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-        b = logits.shape[0]
-        return logits.reshape(b, self.num_slices, self.out_channels, h, w).permute(0, 2, 3, 4, 1)
+        """Logits ``(B, k*O, H/4, W/4)`` (slice-major) upsampled to the output slab ``(B, O, h, w, k)``.
+
+        Each slice and class is upsampled bilinearly on its own; the ``k`` slices are the channels of a channels-last
+        ``(B*O, k, H/4, W/4)``, so that the slab comes out with its slices innermost, as in the ``(B, O, H, W, D)``
+        volume a sliding window adds it to."""
+        b, k, o = logits.shape[0], self.num_slices, self.out_channels
+        small = logits.reshape(b, k, o, logits.shape[2], logits.shape[3]).transpose(1, 2)
+        small = small.reshape(b * o, k, logits.shape[2], logits.shape[3]).contiguous(memory_format=torch.channels_last)
+        slab = interpolate(small, size=(h, w), mode="bilinear", align_corners=False)  # (B*O, k, h, w) channels-last
+        return slab.permute(0, 2, 3, 1).reshape(b, o, h, w, k)
 
     @property
     def shares_early_stage(self) -> bool:
@@ -315,7 +323,8 @@ class Thickened2DNet(nn.Module):
         h, w = int(size[0]), int(size[1])
         if not self.use_link:
             return self._slab(self.head(feat), h, w)
-        heads = [self._head(feat, torch.stack([row[i] for row in early])) for i in range(g)]
+        shared = self.link.shared(feat)
+        heads = [self._head(feat, torch.stack([row[i] for row in early]), shared) for i in range(g)]
         return self._slab(torch.cat(heads, dim=1), h, w)
 
 

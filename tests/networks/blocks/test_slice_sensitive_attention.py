@@ -68,6 +68,20 @@ def test_ssa_by_hand_queries_fused_keys_and_values_group():
         torch.testing.assert_close(block(small_f, small_g), small_f + block.norm(y), rtol=1e-5, atol=1e-5)
 
 
+def test_the_shared_query_serves_every_mini_group():
+    block = _randomise(SliceSensitiveAttention(2, 6, pool_size=4, zero_init=False)).eval()
+    fused = torch.randn(2, 6, 12, 8)
+    with torch.no_grad():
+        query = block.shared(fused)
+        assert query.shape == (2, 6, 16)
+        for seed in range(3):  # three mini-groups, one query
+            group = torch.randn(2, 6, 12, 8, generator=torch.Generator().manual_seed(seed))
+            torch.testing.assert_close(block(fused, group, query), block(fused, group), atol=0, rtol=0)
+    dot = DotLink(2, 6)
+    assert dot.shared(fused) is None
+    torch.testing.assert_close(dot(fused, fused, None), dot(fused, fused))
+
+
 def test_ssa_3d_and_gradients():
     block = _randomise(SliceSensitiveAttention(3, 4, pool_size=2, norm_name="instance", zero_init=False))
     fused = torch.randn(2, 4, 4, 6, 5, requires_grad=True)
