@@ -112,7 +112,9 @@ def measure_row(
       same inferer, once (the network is warm from the forward timings);
     - ``train_step_s``: one training step on the patch through MONAI's SupervisedTrainer
       (:func:`monai_ext.bench.protocol.make_trainer`, Adam), after a warm-up step;
-    - ``peak_memory_gib``: the process's peak resident memory (VmHWM) on the CPU, max allocated on CUDA.
+    - ``inference_peak_gib``: the process's peak memory after the forward and whole-volume passes, before the
+      training step (resident memory, VmHWM, on the CPU; max allocated on CUDA);
+    - ``peak_memory_gib``: the same at the end, the training step included.
 
     ``amp``: the forward and whole-volume passes run under :func:`monai_ext.inferers.autocast` (bf16 on the CPU,
     fp16 on CUDA); the training step stays fp32.
@@ -137,6 +139,7 @@ def measure_row(
     with torch.inference_mode(), autocast(device, amp):
         # the network is warm from the forward timings; one run of a whole volume is long enough to time
         row["volume_s"] = _timed(lambda: inferer(volume, net), device)
+    row["inference_peak_gib"] = _peak_gib(device)[0]  # before the training step raises it
 
     image = torch.randn(1, 1, *size["patch"], device=device)
     label = torch.randint(0, out_channels, (1, 1, *size["patch"]), device=device).float()
@@ -144,12 +147,16 @@ def measure_row(
     optimizer = torch.optim.Adam(net.parameters(), 1e-4)
     trainer = protocol.make_trainer(entry, net, [batch, batch], optimizer, device)
     row["train_step_s"] = protocol.step_times(trainer, device)[-1]  # the first step warms up optimizer and allocator
-    if device.startswith("cuda"):
-        row["peak_memory_gib"], row["peak_memory_source"] = torch.cuda.max_memory_allocated() / _GIB, "cuda"
-    else:
-        peak, source = peak_bytes()
-        row["peak_memory_gib"], row["peak_memory_source"] = peak / _GIB, source
+    row["peak_memory_gib"], row["peak_memory_source"] = _peak_gib(device)
     return row
+
+
+def _peak_gib(device: str) -> tuple[float, str]:
+    """This process's peak memory so far, GiB, and its source: max allocated on CUDA, resident (VmHWM) on the CPU."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / _GIB, "cuda"
+    peak, source = peak_bytes()
+    return peak / _GIB, source
 
 
 def matmul_peak(device: str = "cpu", quick: bool = False, threads: int | None = None) -> dict:

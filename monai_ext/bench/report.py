@@ -68,17 +68,19 @@ def efficiency_table(records: Sequence[dict]) -> str:
             "",
             "| network | params (M) | GFLOP (patch) | GFLOP (own patch) | forward s, median [min, max] | vs DynUNet 3D "
             "| GFLOP/s | % of matmul | % of conv3d | whole volume s | vs DynUNet 3D | train step s | vs DynUNet 3D "
-            "| peak memory (GiB) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| peak GiB, inference | peak GiB, with training |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             lat, own = r["latency_s"], r["gflop_own_patch"]
+            inference = "n/a" if r.get("inference_peak_gib") is None else f"{r['inference_peak_gib']:.2f}"
             lines.append(
                 f"| {r['network']} | {r['params'] / 1e6:.2f} | {r['gflop']:.1f} | "
                 f"{'n/a' if own is None else f'{own:.1f}'} | {lat['median']:.3f} [{lat['min']:.3f}, {lat['max']:.3f}] "
                 f"| {_x(r['latency_vs_reference'])} | {r['gflops_achieved']:.0f} | {100 * r['peak_fraction']:.0f} % "
                 f"| {100 * r['conv_fraction']:.0f} % | {r['volume_s']:.2f} | {_x(r['volume_vs_reference'])} "
-                f"| {r['train_step_s']:.2f} | {_x(r['train_step_vs_reference'])} | {r['peak_memory_gib']:.2f} |"
+                f"| {r['train_step_s']:.2f} | {_x(r['train_step_vs_reference'])} | {inference} "
+                f"| {r['peak_memory_gib']:.2f} |"
             )
     return "\n".join(lines) + "\n"
 

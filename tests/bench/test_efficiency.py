@@ -161,3 +161,4 @@ def test_a_real_row_in_a_fresh_process_with_the_tuned_allocator():
     (r,) = run_efficiency(quick=True, networks=["dynunet_2d"], allocators=["tuned"], threads=1)
     assert r["params"] == 10_705_134 and r["allocator"] == "tuned"
     assert r["peak_memory_source"] == "VmHWM" and 0.1 < r["peak_memory_gib"] < 8
+    assert 0.1 < r["inference_peak_gib"] <= r["peak_memory_gib"]

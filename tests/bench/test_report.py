@@ -52,4 +52,11 @@ def test_efficiency_table_gives_the_rates_and_each_rows_share_of_the_conv_rate()
     assert title in table
     assert "| GFLOP/s | % of matmul | % of conv3d |" in table
     assert "| A | 2.00 | 10.0 | n/a | 0.100 [0.050, 0.200] | 1.00x | 100 | 25 % | 50 % | 1.50 | n/a | 2.00 |" in table
+    assert "| peak GiB, inference | peak GiB, with training |" in table
+    assert "| 1.00x | n/a | 1.25 |" in table  # a record from before the inference peak was measured
     assert "| B | 2.00 | 10.0 | n/a | 0.040 [0.050, 0.200] | 1.00x | 250 | 62 % | 125 % |" in table
+
+
+def test_efficiency_table_gives_the_inference_peak_beside_the_overall_one():
+    table = efficiency_table([_efficiency_record("A", 100.0) | {"inference_peak_gib": 0.75}])
+    assert "| 2.00 | 1.00x | 0.75 | 1.25 |" in table
