@@ -68,16 +68,21 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
 
 
 def take_buffer(pool: list[torch.Tensor] | None, shape: list[int], like: torch.Tensor) -> torch.Tensor:
-    """An uninitialised channels-last tensor ``shape = (N * S, C, A, B)`` with ``like``'s dtype and device: a free
-    buffer of ``pool`` with as many elements when there is one (it leaves the pool), a new tensor otherwise."""
+    """An uninitialised channels-last tensor ``shape = (N * S, C, A, B)`` with ``like``'s dtype and device.
+
+    From ``pool``: a free buffer with as many elements (it leaves the pool). When there is none, the free buffers
+    smaller than it are dropped before a new tensor is made (a forward pass asks for the same sizes in every view,
+    so these would mostly sit idle beside it; larger ones stay for the larger requests to come)."""
     ns, c, a, b = shape[0], shape[1], shape[2], shape[3]
     numel = ns * c * a * b
     if pool is not None:
         for i in range(len(pool)):
             buf = pool[i]
-            if buf.numel() == numel and buf.dtype == like.dtype and buf.device == like.device:
+            if buf.dtype == like.dtype and buf.device == like.device and buf.numel() == numel:
+                return pool.pop(i).view(ns, a, b, c).permute(0, 3, 1, 2)
+        for i in range(len(pool) - 1, -1, -1):
+            if pool[i].numel() < numel:
                 pool.pop(i)
-                return buf.view(ns, a, b, c).permute(0, 3, 1, 2)
     return torch.empty(ns, a, b, c, dtype=like.dtype, device=like.device).permute(0, 3, 1, 2)
 
 

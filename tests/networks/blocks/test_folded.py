@@ -121,6 +121,11 @@ def test_a_released_buffer_is_handed_out_again(small_chunks):
     release_buffer(pool, b[:, :2])  # not contiguous: left to the allocator
     release_buffer(None, b)
     assert pool == []
+    small, large = take_buffer(pool, [2, 4, 3, 5], b), take_buffer(pool, [8, 4, 3, 5], b)
+    release_buffer(pool, large)
+    release_buffer(pool, small)
+    take_buffer(pool, [7, 4, 3, 5], b)  # no buffer of that size: the smaller ones go, the larger one stays
+    assert len(pool) == 1 and pool[0].data_ptr() == large.data_ptr()
 
 
 @pytest.mark.parametrize("kernel, stride", [((3, 3, 1), (1, 1, 1)), ((3, 3, 1), (2, 2, 1)), ((1, 1, 1), (1, 1, 1))])
