@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 
 import fire
 
@@ -158,9 +159,19 @@ def networks(kind: str | None = None) -> None:
     print(network_table(list_networks(kind=kind)))
 
 
+def _help_last(argv: list[str]) -> list[str]:
+    """``-h`` / ``--help`` anywhere asks for the command's help. fire would call the command with the arguments
+    before the flag and show the help of its result (``bench efficiency --help`` started the benchmark), so only the
+    command name is kept, with fire's own ``-- --help``."""
+    if "--" in argv or not any(a in ("-h", "--help") for a in argv):
+        return argv
+    command = argv[:1] if argv and not argv[0].startswith("-") else []
+    return [*command, "--", "--help"]
+
+
 def main() -> None:
     commands = {"demo": demo, "phantom": phantom, "bench": bench, "label": label, "info": info, "list": networks}
-    fire.Fire(commands)
+    fire.Fire(commands, command=_help_last(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,20 @@ def test_help_lists_every_command(tmp_path):
     assert "Medical Segmentation Decathlon layout" in text  # the phantom docstring's first line
 
 
+def test_help_after_arguments_shows_help_and_runs_nothing(monkeypatch, capsys):
+    ran = []
+    monkeypatch.setattr(cli, "bench", lambda *a, **k: ran.append((a, k)))
+    for argv in (["bench", "efficiency", "--help"], ["bench", "-h", "accuracy"]):
+        monkeypatch.setattr(sys, "argv", ["monai_ext", *argv])
+        with pytest.raises(SystemExit) as stop:
+            cli.main()
+        assert stop.value.code == 0
+    assert ran == []  # fire printed the help of ``bench``; the benchmark did not start
+    assert "NAME\n    monai_ext bench\n" in capsys.readouterr().err.replace("__main__.py", "monai_ext")
+    assert cli._help_last(["bench", "--", "--help"]) == ["bench", "--", "--help"]
+    assert cli._help_last(["demo", "--epochs", "3"]) == ["demo", "--epochs", "3"]
+
+
 def test_info_prints_versions_and_the_ssh_unet_bundle(monkeypatch, capsys):
     # in-process (the --help test above already runs the real ``-m`` entry point): saves a 4 s interpreter start
     monkeypatch.delenv("MONAI_EXT_BUNDLES", raising=False)
