@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from monai_ext.bench import protocol, rows
 from monai_ext.bench.device import resolve_device
-from monai_ext.bench.process import peak_bytes, run_fresh
+from monai_ext.bench.process import peak_bytes, reset_peak, run_fresh
 from monai_ext.bench.rows import REFERENCE
 from monai_ext.bench.stats import ratio, spread
 from monai_ext.bundles import ALLOCATOR_ENV
@@ -112,9 +112,10 @@ def measure_row(
       same inferer, once (the network is warm from the forward timings);
     - ``train_step_s``: one training step on the patch through MONAI's SupervisedTrainer
       (:func:`monai_ext.bench.protocol.make_trainer`, Adam), after a warm-up step;
-    - ``inference_peak_gib``: the process's peak memory after the forward and whole-volume passes, before the
-      training step (resident memory, VmHWM, on the CPU; max allocated on CUDA);
-    - ``peak_memory_gib``: the same at the end, the training step included.
+    - ``inference_peak_gib``: the process's peak memory during the whole-volume pass (resident memory, VmHWM,
+      reset before it through ``/proc/self/clear_refs``, on the CPU; max allocated on CUDA, its counter reset), the
+      network's weights and the process's baseline included; None where the peak cannot be reset;
+    - ``peak_memory_gib``: the process's peak over the whole measurement, training step included.
 
     ``amp``: the forward and whole-volume passes run under :func:`monai_ext.inferers.autocast` (bf16 on the CPU,
     fp16 on CUDA); the training step stays fp32.
@@ -136,10 +137,16 @@ def measure_row(
         del own
 
     volume = torch.randn(1, 1, *size["volume"], device=device)
+    before, _ = _peak_gib(device)  # the FLOP counts and forward timings; the peak restarts for the whole volume
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        reset = True
+    else:
+        reset = reset_peak()
     with torch.inference_mode(), autocast(device, amp):
         # the network is warm from the forward timings; one run of a whole volume is long enough to time
         row["volume_s"] = _timed(lambda: inferer(volume, net), device)
-    row["inference_peak_gib"] = _peak_gib(device)[0]  # before the training step raises it
+    row["inference_peak_gib"] = _peak_gib(device)[0] if reset else None
 
     image = torch.randn(1, 1, *size["patch"], device=device)
     label = torch.randint(0, out_channels, (1, 1, *size["patch"]), device=device).float()
@@ -147,7 +154,8 @@ def measure_row(
     optimizer = torch.optim.Adam(net.parameters(), 1e-4)
     trainer = protocol.make_trainer(entry, net, [batch, batch], optimizer, device)
     row["train_step_s"] = protocol.step_times(trainer, device)[-1]  # the first step warms up optimizer and allocator
-    row["peak_memory_gib"], row["peak_memory_source"] = _peak_gib(device)
+    peak, row["peak_memory_source"] = _peak_gib(device)
+    row["peak_memory_gib"] = max(peak, before)
     return row
 
 
