@@ -27,7 +27,8 @@ class _UpLevel(UnetUpBlock):
     ``in_channels -> out_channels``, concat with the skip (``skip_channels``), two convs to ``out_channels``.
 
     Where autograd records nothing, the first conv of the concatenation runs as two convs, one on each part, summed
-    in place: the same values (to float round-off) without the concatenated tensor, the largest of the 2D path."""
+    in place: the same values (to float round-off) without the concatenated tensor, the largest of the 2D path. Not
+    under autocast, where each part's result would be rounded to 16 bits before the sum."""
 
     def __init__(self, in_channels: int, skip_channels: int, out_channels: int, norm_name, act_name) -> None:
         super().__init__(2, in_channels, out_channels, 3, 1, 2, norm_name, act_name)
@@ -41,7 +42,8 @@ class _UpLevel(UnetUpBlock):
         up = self.transp_conv(inp)
         block = self.conv_block
         conv = block.conv1.conv
-        if not can_overwrite() or len(block.conv1) != 1:  # autograd, a trace, or a conv with more than a conv
+        half = up.dtype == torch.bfloat16 or up.dtype == torch.float16  # autocast: the sum would round twice
+        if not can_overwrite() or len(block.conv1) != 1 or half:  # autograd, a trace, a conv with more than a conv
             return block(torch.cat((up, skip), dim=1))
         c = up.shape[1]
         out = F.conv2d(up, conv.weight[:, :c], conv.bias, conv.stride, conv.padding)

@@ -330,3 +330,17 @@ def test_inference_without_the_decoder_concatenation_equals_the_training_path():
     with torch.no_grad():  # each decoder's first conv runs on its two parts, summed in place
         fast = net(x)
     torch.testing.assert_close(fast, net(x).detach(), atol=1e-5, rtol=1e-5)  # with autograd: the concatenation
+
+
+def test_under_autocast_the_decoder_keeps_its_concatenation(monkeypatch):
+    net = _net().eval()
+    calls = []
+    real_cat = torch.cat
+    monkeypatch.setattr(torch, "cat", lambda *a, **k: calls.append(1) or real_cat(*a, **k))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        net(torch.rand(1, 1, 64, 64, 32))
+    with_autocast = len(calls)
+    calls.clear()
+    with torch.no_grad():
+        net(torch.rand(1, 1, 64, 64, 32))
+    assert with_autocast - len(calls) == len(net.decoders)  # one concatenation per decoder under autocast only
