@@ -137,16 +137,12 @@ def measure_row(
         del own
 
     volume = torch.randn(1, 1, *size["volume"], device=device)
-    before, _ = _peak_gib(device)  # the FLOP counts and forward timings; the peak restarts for the whole volume
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-        reset = True
-    else:
-        reset = reset_peak()
+    before = peak_bytes(device)[0]  # the FLOP counts and forward timings; the peak restarts for the whole volume
+    reset = reset_peak(device)
     with torch.inference_mode(), autocast(device, amp):
         # the network is warm from the forward timings; one run of a whole volume is long enough to time
         row["volume_s"] = _timed(lambda: inferer(volume, net), device)
-    row["inference_peak_gib"] = _peak_gib(device)[0] if reset else None
+    row["inference_peak_gib"] = peak_bytes(device)[0] / _GIB if reset else None
 
     image = torch.randn(1, 1, *size["patch"], device=device)
     label = torch.randint(0, out_channels, (1, 1, *size["patch"]), device=device).float()
@@ -154,17 +150,9 @@ def measure_row(
     optimizer = torch.optim.Adam(net.parameters(), 1e-4)
     trainer = protocol.make_trainer(entry, net, [batch, batch], optimizer, device)
     row["train_step_s"] = protocol.step_times(trainer, device)[-1]  # the first step warms up optimizer and allocator
-    peak, row["peak_memory_source"] = _peak_gib(device)
-    row["peak_memory_gib"] = max(peak, before)
+    peak, row["peak_memory_source"] = peak_bytes(device)
+    row["peak_memory_gib"] = max(peak, before) / _GIB
     return row
-
-
-def _peak_gib(device: str) -> tuple[float, str]:
-    """This process's peak memory so far, GiB, and its source: max allocated on CUDA, resident (VmHWM) on the CPU."""
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / _GIB, "cuda"
-    peak, source = peak_bytes()
-    return peak / _GIB, source
 
 
 def matmul_peak(device: str = "cpu", quick: bool = False, threads: int | None = None) -> dict:

@@ -1,4 +1,5 @@
-"""Measurements in a fresh Python process, and the peak resident memory of the current one.
+"""Measurements in a fresh Python process, and the peak memory of the current one (resident memory on the CPU,
+the allocator's maximum on CUDA).
 
 A fresh process per measurement keeps one network's allocations (and the allocator's cache) out of the next
 one's peak, and lets a row run with or without the allocator settings of :data:`monai_ext.bundles.ALLOCATOR_ENV`.
@@ -18,8 +19,16 @@ __all__ = ["peak_bytes", "reset_peak", "run_fresh"]
 _MARK = "MONAI_EXT_RESULT "
 
 
-def reset_peak() -> bool:
-    """Reset the kernel's high-water mark of this process's resident memory to its current size (Linux)."""
+def reset_peak(device: str = "cpu") -> bool:
+    """Restart the peak that :func:`peak_bytes` reads from what is held now; whether that was possible.
+
+    On the CPU, the kernel's high-water mark of this process's resident memory (Linux only); on a CUDA device,
+    PyTorch's peak-memory counters."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -28,10 +37,15 @@ def reset_peak() -> bool:
         return False
 
 
-def peak_bytes() -> tuple[int, str]:
-    """Peak resident memory of this process, and where it was read: ``VmHWM`` from ``/proc/self/status``, else
+def peak_bytes(device: str = "cpu") -> tuple[int, str]:
+    """Peak memory of this process, and where it was read. On a CUDA device, the allocator's maximum
+    (``torch.cuda.max_memory_allocated``). On the CPU, resident memory: ``VmHWM`` from ``/proc/self/status``, else
     ``ru_maxrss``. The latter is no good in a child on Linux: it starts at the parent's resident size at the
     fork (the kernel carries it across ``exec``), so it hides any growth below that."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.max_memory_allocated(device), "cuda max_memory_allocated"
     try:
         with open("/proc/self/status") as f:
             for line in f:

@@ -97,12 +97,8 @@ def _measure(
 
     def reset(step: int) -> None:  # before the measured step: what the process holds so far is the baseline
         if step == 2:
-            if cuda:
-                torch.cuda.reset_peak_memory_stats()
-                marks["before"] = torch.cuda.memory_allocated()
-            else:
-                reset_peak()
-                marks["before"] = peak_bytes()[0]
+            reset_peak(device)
+            marks["before"] = peak_bytes(device)[0]
 
     if mode == "train":
         optimizer = torch.optim.Adam(net.parameters(), 1e-4)
@@ -123,8 +119,7 @@ def _measure(
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - start)
         elapsed = times[-1]
-    after = torch.cuda.max_memory_allocated() if cuda else peak_bytes()[0]
-    source = "cuda max_memory_allocated" if cuda else peak_bytes()[1]
+    after, source = peak_bytes(device)
     # peak: everything the process (or the GPU allocator) held, model and optimizer state included
     return {
         "time_s": elapsed,
