@@ -98,20 +98,16 @@ def _shift_in_place(memory: torch.Tensor, fold_div: int, placement: str, directi
             group.zero_()
             continue
         chunk = slices_per_chunk(group[:, 0].numel() * group.element_size())
-        if step > 0:  # out[s] = x[s - 1], filled from the last slice down
-            end = slices
-            while end > 1:
-                lo = max(1, end - chunk)
-                group.narrow(1, lo, end - lo).copy_(group.narrow(1, lo - 1, end - lo).clone())
-                end = lo
-            group.narrow(1, 0, 1).zero_()
-        else:  # out[s] = x[s + 1], filled from the first slice up
-            begin = 0
-            while begin < slices - 1:
-                hi = min(slices - 1, begin + chunk)
-                group.narrow(1, begin, hi - begin).copy_(group.narrow(1, begin + 1, hi - begin).clone())
-                begin = hi
-            group.narrow(1, slices - 1, 1).zero_()
+        # out[s] = x[s - step] for the slices that receive a neighbour, in chunks taken from the end the content
+        # moves towards, so that no chunk reads a slice already overwritten; then the vacated end is zeroed
+        first, last = (1, slices) if step > 0 else (0, slices - 1)
+        starts = list(range(first, last, chunk))
+        if step > 0:
+            starts.reverse()
+        for lo in starts:
+            n = min(chunk, last - lo)
+            group.narrow(1, lo, n).copy_(group.narrow(1, lo - step, n).clone())
+        group.narrow(1, 0 if step > 0 else slices - 1, 1).zero_()
 
 
 def _groups(channels: int, fold_div: int, placement: str, directions: tuple[int, int]) -> list[tuple[int, int, int]]:
