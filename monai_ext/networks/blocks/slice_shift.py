@@ -68,22 +68,51 @@ def slice_shift_folded(
     elif inplace:
         _shift_in_place(memory, fold_div, placement, directions)
         out = memory
+    elif torch.jit.is_scripting() or not torch.is_grad_enabled():
+        out = _shifted_copy(memory, fold_div, placement, directions)
     else:
-        out = memory.clone()
-        slices = memory.shape[1]
-        for start, size, step in _groups(c, fold_div, placement, directions):
-            if step == 0 or size == 0:
-                continue
-            target, source = out.narrow(4, start, size), memory.narrow(4, start, size)
-            if slices <= 1:
-                target.zero_()
-            elif step > 0:  # out[s] = x[s - 1]
-                target.narrow(1, 1, slices - 1).copy_(source.narrow(1, 0, slices - 1))
-                target.narrow(1, 0, 1).zero_()
-            else:  # out[s] = x[s + 1]
-                target.narrow(1, 0, slices - 1).copy_(source.narrow(1, 1, slices - 1))
-                target.narrow(1, slices - 1, 1).zero_()
+        out = _shift_with_grad(memory, fold_div, placement, directions)
     return out.reshape(ns, a, b, c).permute(0, 3, 1, 2)
+
+
+def _shifted_copy(memory: torch.Tensor, fold_div: int, placement: str, directions: tuple[int, int]) -> torch.Tensor:
+    """The shift of :func:`slice_shift_folded` on ``memory`` ``(N, S, A, B, C)`` into a copy of it, whose moving
+    channels are then overwritten from the neighbouring slices."""
+    out = memory.clone()
+    slices = memory.shape[1]
+    for start, size, step in _groups(memory.shape[4], fold_div, placement, directions):
+        if step == 0 or size == 0:
+            continue
+        target, source = out.narrow(4, start, size), memory.narrow(4, start, size)
+        if slices <= 1:
+            target.zero_()
+        elif step > 0:  # out[s] = x[s - 1]
+            target.narrow(1, 1, slices - 1).copy_(source.narrow(1, 0, slices - 1))
+            target.narrow(1, 0, 1).zero_()
+        else:  # out[s] = x[s + 1]
+            target.narrow(1, 0, slices - 1).copy_(source.narrow(1, 1, slices - 1))
+            target.narrow(1, slices - 1, 1).zero_()
+    return out
+
+
+class _ShiftCopy(torch.autograd.Function):
+    """:func:`_shifted_copy` whose backward is the opposite shift of the gradient (a shift moves values and zeroes
+    the vacated end, so its adjoint moves them back): one copy each way, where autograd would record a clone of the
+    whole gradient for each write into a slice."""
+
+    @staticmethod
+    def forward(ctx, memory, fold_div, placement, directions):  # noqa: D102
+        ctx.shift = (fold_div, placement, (-directions[0], -directions[1]))
+        return _shifted_copy(memory, fold_div, placement, directions)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        return _shifted_copy(grad, *ctx.shift), None, None, None
+
+
+@torch.jit.unused
+def _shift_with_grad(memory: torch.Tensor, fold_div: int, placement: str, directions: tuple[int, int]) -> torch.Tensor:
+    return _ShiftCopy.apply(memory, fold_div, placement, directions)
 
 
 def _shift_in_place(memory: torch.Tensor, fold_div: int, placement: str, directions: tuple[int, int]) -> None:

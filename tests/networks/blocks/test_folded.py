@@ -73,6 +73,27 @@ def test_instance_norm_is_over_the_whole_volume(affine, inplace):
     torch.testing.assert_close(unfold(out, 2), expected, **TOL)
 
 
+@pytest.mark.parametrize("affine", [True, False])
+def test_instance_norm_gradients_equal_those_of_instance_norm_3d(affine):
+    # the hand-written backward against autograd through InstanceNorm3d, in float64, with an in-place activation
+    # after the norm (as in SSH-UNet's blocks) and an upstream gradient that is not channels-last
+    torch.manual_seed(0)
+    x = (torch.randn(2, 5, 6, 7, 8, dtype=torch.float64) * 3 + torch.arange(5.0).view(1, 5, 1, 1, 1)).requires_grad_()
+    weight = torch.randn(5, dtype=torch.float64, requires_grad=True) if affine else None
+    bias = torch.randn(5, dtype=torch.float64, requires_grad=True) if affine else None
+    upstream = torch.randn(2, 5, 6, 7, 8, dtype=torch.float64)
+    expected = nn.functional.instance_norm(x, weight=weight, bias=bias)
+    params = [x] + ([weight, bias] if affine else [])
+    want = torch.autograd.grad((nn.functional.leaky_relu(expected, 0.01) * upstream).sum(), params)
+    out = instance_norm_folded(to_folded(x), 2, weight, bias, 1e-5)
+    assert _channels_last(out) and out._base is None  # not a view: an in-place activation may follow
+    got = torch.autograd.grad((unfold(nn.functional.leaky_relu_(out, 0.01), 2) * upstream).sum(), params)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-10, rtol=1e-10)
+    start = to_folded(x.detach()).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: instance_norm_folded(t, 2, weight, bias, 1e-5), start)
+
+
 def test_instance_norm_keeps_fp32_accuracy_on_a_large_volume():
     # one-pass variance (PyTorch's channels-last batch norm) loses ~1e-4 here; two passes stay at round-off
     x = torch.randn(1, 4, 64, 64, 64) * 3 + 2

@@ -121,6 +121,17 @@ def test_folded_shift_equals_the_shift_along_the_last_axis(shift):
 
 
 @pytest.mark.parametrize("slices", [1, 2, 7])
+@pytest.mark.parametrize("shift", [SliceShift(), SliceShift.tsm(), SliceShift(placement="leading")], ids=repr)
+def test_folded_shift_gradient_is_that_of_the_shift(shift, slices):
+    # the hand-written backward (the opposite shift) against autograd through the 3D shift
+    x = torch.randn(2, 9, 4, 5, slices, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(2, 9, 4, 5, slices, dtype=torch.float64)
+    (want,) = torch.autograd.grad((shift(x) * upstream).sum(), x)
+    (got,) = torch.autograd.grad((unfold(shift.forward_folded(to_folded(x), 2), 2) * upstream).sum(), x)
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("slices", [1, 2, 7])
 @pytest.mark.parametrize(
     "shift", [SliceShift(), SliceShift.tsm(), SliceShift(placement="leading", directions=(-1, 1))], ids=repr
 )
