@@ -129,6 +129,7 @@ def conv_folded(
     pool: list[torch.Tensor] | None = None,
     inplace: bool = False,
     out: torch.Tensor | None = None,
+    shift: list[tuple[int, int, int]] | None = None,
 ) -> torch.Tensor:
     """A ``Conv3d`` with a one-slice kernel ``(ka, kb, 1)`` (no padding along the slices) on the folded layout.
 
@@ -142,6 +143,9 @@ def conv_folded(
             is written, and reads only its own slices).
         out: write the output into this tensor of the output's shape, in slice chunks (inference only); it may
             share memory with ``x`` slice for slice, e.g. be its first channels.
+        shift: with ``pool`` or ``out``, shift the output along the slices as it is written, at no extra pass: the
+            channel groups ``(start, size, step)`` of a slice shift (``SliceShift.groups``), group ``g`` of output
+            slice ``s`` taking slice ``s - step`` (zeros past the ends of each sample).
 
     Returns:
         ``(N * S', C_out, A', B')``, ``S' = ceil(S / stride[2])``: what the Conv3d gives on ``unfold(x, batch)``,
@@ -162,9 +166,47 @@ def conv_folded(
     elif list(out.shape) != shape:
         raise ValueError(f"conv_folded: out has shape {list(out.shape)}, the convolution gives {shape}.")
     step = slices_per_chunk(shape[1] * shape[2] * shape[3] * x.element_size())
-    for start in range(0, x.shape[0], step):
-        out[start : start + step].copy_(F.conv2d(x[start : start + step], weight2d, bias, in_plane, pad))
+    if shift is None:
+        for start in range(0, x.shape[0], step):
+            out[start : start + step].copy_(F.conv2d(x[start : start + step], weight2d, bias, in_plane, pad))
+        return out
+    slices = ns // batch
+    for first in range(0, ns, slices):  # chunks within one sample, so that no shift crosses samples
+        held: torch.Tensor | None = None  # the previous chunk's output: its last slice moves into this chunk's first
+        for lo in range(0, slices, step):
+            hi = min(lo + step, slices)
+            part = F.conv2d(x[first + lo : first + hi], weight2d, bias, in_plane, pad)
+            if held is not None:  # written only now: with out = x, this chunk had to read that slice first
+                for start, size, moves in shift:
+                    if moves > 0:
+                        out[first + lo, start : start + size].copy_(held[-1, start : start + size])
+            _place_shifted(out, part, first + lo, lo == 0, hi == slices, shift)
+            held = part
     return out
+
+
+def _place_shifted(
+    out: torch.Tensor, part: torch.Tensor, at: int, first: bool, last: bool, shift: list[tuple[int, int, int]]
+) -> None:
+    """Write ``part``, the slices ``at, at + 1, ...`` of one sample, into ``out`` with each channel group moved by
+    its step; a group moving forward leaves its chunk's last slice to the caller, and the sample's ends vacated by a
+    move (``first`` / ``last`` chunk) are zeroed."""
+    n = part.shape[0]
+    for start, size, moves in shift:
+        if size == 0:
+            continue
+        target, source = out.narrow(1, start, size), part.narrow(1, start, size)
+        if moves == 0:
+            target[at : at + n].copy_(source)
+        elif moves > 0:  # out[s] = y[s - 1]
+            target[at + 1 : at + n].copy_(source[: n - 1])
+            if first:
+                target[at].zero_()
+        else:  # out[s] = y[s + 1]
+            skip = 1 if first else 0  # the sample's first slice moves out of it
+            target[at - 1 + skip : at + n - 1].copy_(source[skip:])
+            if last:
+                target[at + n - 1].zero_()
 
 
 def conv_transpose_folded(

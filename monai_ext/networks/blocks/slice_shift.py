@@ -238,6 +238,14 @@ class SliceShift(nn.Module):
             )
         return slice_shift(x, self.spatial_dim, self.fold_div, self.placement, self.directions)
 
+    def groups(self, channels: int) -> list[tuple[int, int, int]]:
+        """The channel groups of ``channels`` as ``(start, size, step along the slices)``, as
+        :func:`~monai_ext.networks.blocks.folded.conv_folded` takes them to shift its output; empty when no channel
+        moves (fewer than ``fold_div`` channels)."""
+        if channels // self.fold_div == 0:
+            return []
+        return _groups(channels, self.fold_div, self.placement, self.directions)
+
     def forward_folded(self, x: torch.Tensor, batch: int, inplace: bool = False) -> torch.Tensor:
         """The shift on a folded view ``(N * S, C, A, B)`` (channels-last, ``N = batch``) along its slices, see
         :func:`slice_shift_folded` (``inplace`` too); for the views of :class:`~monai_ext.networks.nets.SSHUNet`,

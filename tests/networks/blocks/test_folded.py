@@ -5,7 +5,7 @@ import torch
 from monai.networks.blocks.dynunet_block import get_conv_layer
 from torch import nn
 
-from monai_ext.networks.blocks import folded
+from monai_ext.networks.blocks import SliceShift, folded
 from monai_ext.networks.blocks.folded import (
     conv_folded,
     conv_transpose_folded,
@@ -171,6 +171,24 @@ def test_chunked_conv_into_a_buffer_or_in_place(kernel, stride, small_chunks):
             torch.testing.assert_close(unfold(wide[:, :4], 2), narrowing(x2), **TOL)
         with pytest.raises(ValueError, match="out has shape"):
             conv_folded(wide, 2, narrowing.weight, narrowing.bias, stride, narrowing.padding, out=wide[:, :3])
+
+
+@pytest.mark.parametrize("chunk_bytes", [100, 1000, 10**6])  # 1 slice, a few slices, a whole sample per chunk
+@pytest.mark.parametrize("stride", [(1, 1, 1), (2, 2, 2)])
+@pytest.mark.parametrize("shift", [SliceShift(), SliceShift.tsm(), SliceShift(directions=(1, 1))], ids=repr)
+def test_chunked_conv_writes_its_output_shifted(shift, stride, chunk_bytes, small_chunks, monkeypatch):
+    monkeypatch.setattr(folded, "CHUNK_BYTES", chunk_bytes)
+    layer = get_conv_layer(3, 8, 8, (3, 3, 1), stride, conv_only=True, bias=True).conv
+    x = torch.randn(2, 8, 6, 5, 8)
+    expected = shift(layer(x))
+    groups = shift.groups(8)
+    with torch.no_grad():
+        out = conv_folded(to_folded(x), 2, layer.weight, layer.bias, stride, layer.padding, [], shift=groups)
+        torch.testing.assert_close(unfold(out, 2), expected, **TOL)
+        if stride == (1, 1, 1):  # over its own input: each chunk reads its slices before a neighbour's are written
+            work = to_folded(x.clone())
+            conv_folded(work, 2, layer.weight, layer.bias, stride, layer.padding, [], True, shift=groups)
+            torch.testing.assert_close(unfold(work, 2), expected, **TOL)
 
 
 def test_chunked_transposed_conv_into_the_first_channels_of_a_buffer(small_chunks):
