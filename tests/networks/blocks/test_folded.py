@@ -149,7 +149,9 @@ def test_a_released_buffer_is_handed_out_again(small_chunks):
     assert len(pool) == 1 and pool[0].data_ptr() == large.data_ptr()
 
 
-@pytest.mark.parametrize("kernel, stride", [((3, 3, 1), (1, 1, 1)), ((3, 3, 1), (2, 2, 1)), ((1, 1, 1), (1, 1, 1))])
+@pytest.mark.parametrize(
+    "kernel, stride", [((3, 3, 1), (1, 1, 1)), ((3, 3, 1), (2, 2, 1)), ((3, 3, 1), (2, 2, 2)), ((1, 1, 1), (1, 1, 1))]
+)
 def test_chunked_conv_into_a_buffer_or_in_place(kernel, stride, small_chunks):
     conv = get_conv_layer(3, 4, 4, kernel, stride, conv_only=True, bias=True)
     layer = conv.conv
