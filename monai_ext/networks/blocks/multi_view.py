@@ -119,7 +119,7 @@ class MultiViewFuse(nn.Module):
         out_channels: output channels (classes).
         spatial_dims_order: the slice axis of each view, as for :class:`MultiViewStack`; default ``(0, 1, 2)``.
         norm_name: norm between the two convs (MONAI factory name); default the release's plain instance norm.
-        act_name: activation between the two convs.
+        act_name: activation between the two convs (in place on the norm's output: no new tensor).
         dropout: dropout of the convs.
 
     Shapes:
@@ -139,7 +139,7 @@ class MultiViewFuse(nn.Module):
         out_channels: int,
         spatial_dims_order: Sequence[int] = MULTI_VIEW_ORDER,
         norm_name: tuple | str = "instance",
-        act_name: tuple | str = "leakyrelu",
+        act_name: tuple | str = ("leakyrelu", {"inplace": True}),
         dropout: tuple | str | float | None = None,
     ) -> None:
         super().__init__()

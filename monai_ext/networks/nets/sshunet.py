@@ -166,6 +166,8 @@ class SSHUNet(nn.Module):
         self.strides = strides
         self.filters = filters[: len(strides)]
         self.spatial_dims_order = list(check_spatial_axes(spatial_dims_order))
+        # the folded path runs the axial view first: its outputs already are the fused layout (no copy to start sums)
+        self._fold_order = sorted(self.spatial_dims_order, key=lambda s: s != 2)
         self.shift_levels = levels
         self.deep_supervision = deep_supervision
         self.deep_supr_num = deep_supr_num
@@ -257,7 +259,7 @@ class SSHUNet(nn.Module):
         keep = 1 + num_heads
         pool: list[torch.Tensor] | None = [] if can_overwrite() else None
         fused: list[torch.Tensor] = []  # per kept level, folded as the view of slice axis 2: (N * D, C, H, W)
-        for s in self.spatial_dims_order:
+        for s in self._fold_order:
             decoded = self._trunk_folded(to_folded(to_view(x, s)), batch, keep, pool)
             self._add_view(fused, decoded, s, batch, pool)
         out = unfold(self.output_block.head_folded(fused[keep - 1], batch, pool), batch).contiguous()
