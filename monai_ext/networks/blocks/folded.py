@@ -33,6 +33,7 @@ __all__ = [
     "foldable_conv",
     "foldable_norm",
     "instance_norm_folded",
+    "place_shifted",
     "release_buffer",
     "slices_per_chunk",
     "take_buffer",
@@ -183,17 +184,19 @@ def conv_folded(
                 for start, size, moves in shift:
                     if moves > 0:
                         out[first + lo, start : start + size].copy_(held[-1, start : start + size])
-            _place_shifted(out, part, first + lo, lo == 0, hi == slices, shift)
+            place_shifted(out, part, first + lo, lo == 0, hi == slices, shift)
             held = part
     return out
 
 
-def _place_shifted(
+def place_shifted(
     out: torch.Tensor, part: torch.Tensor, at: int, first: bool, last: bool, shift: list[tuple[int, int, int]]
 ) -> None:
-    """Write ``part``, the slices ``at, at + 1, ...`` of one sample, into ``out`` with each channel group moved by
-    its step; a group moving forward leaves its chunk's last slice to the caller, and the sample's ends vacated by a
-    move (``first`` / ``last`` chunk) are zeroed."""
+    """Write ``part`` ``(n, C, A, B)``, the slices ``at, ..., at + n - 1`` of one sample, into ``out`` (the whole
+    folded tensor) with each channel group ``(start, size, step)`` moved ``step`` slices along (the shift of
+    :class:`~monai_ext.networks.blocks.SliceShift`). A group moving forward leaves ``part``'s last slice to the
+    caller (the next chunk's first, or out of the sample); the ends a move vacates are zeroed in the sample's
+    ``first`` and ``last`` chunk."""
     n = part.shape[0]
     for start, size, moves in shift:
         if size == 0:

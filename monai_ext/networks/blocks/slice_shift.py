@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from monai_ext.networks.blocks.folded import slices_per_chunk
+from monai_ext.networks.blocks.folded import place_shifted, slices_per_chunk
 from monai_ext.networks.layout import DEFAULT_SPATIAL_DIM, check_spatial_dim
 
 __all__ = ["SliceShift", "shift_along", "slice_shift", "slice_shift_folded"]
@@ -57,62 +57,55 @@ def slice_shift_folded(
 ) -> torch.Tensor:
     """:func:`slice_shift` along the slices of a folded view (:mod:`monai_ext.networks.blocks.folded`):
     ``(N * S, C, A, B)``, channels-last, slice ``s`` of sample ``n`` at batch index ``n * S + s``, ``N = batch``.
-    Equals ``to_folded(slice_shift(unfold(x, batch), 2, ...))``; returns a new channels-last tensor (a copy of ``x``
-    whose moving channels are then overwritten from the neighbouring slices), or with ``inplace`` (only where
-    autograd records nothing) ``x`` itself, its moving channels moved in slice chunks of at most
+    Equals ``to_folded(slice_shift(unfold(x, batch), 2, ...))``; returns a new channels-last tensor (each channel
+    group written from its source slices, :func:`~monai_ext.networks.blocks.folded.place_shifted`; where autograd
+    records, the backward is the opposite shift), or with ``inplace`` (only where autograd records nothing) ``x``
+    itself, its moving channels moved in slice chunks of at most
     :data:`~monai_ext.networks.blocks.folded.CHUNK_BYTES` through a small temporary."""
     ns, c, a, b = x.shape
-    memory = x.permute(0, 2, 3, 1).reshape(batch, ns // batch, a, b, c)  # a view of channels-last x
-    if torch.jit.is_tracing():  # exported graphs take concatenations rather than writes into slices
+    if torch.jit.is_tracing() or inplace:
+        memory = x.permute(0, 2, 3, 1).reshape(batch, ns // batch, a, b, c)  # a view of channels-last x
+        if inplace:
+            _shift_in_place(memory, fold_div, placement, directions)
+            return x
+        # exported graphs take concatenations rather than writes into slices
         out = _shift_channels(memory, 4, 1, fold_div, placement, directions)
-    elif inplace:
-        _shift_in_place(memory, fold_div, placement, directions)
-        out = memory
-    elif torch.jit.is_scripting() or not torch.is_grad_enabled():
-        out = _shifted_copy(memory, fold_div, placement, directions)
-    else:
-        out = _shift_with_grad(memory, fold_div, placement, directions)
-    return out.reshape(ns, a, b, c).permute(0, 3, 1, 2)
+        return out.reshape(ns, a, b, c).permute(0, 3, 1, 2)
+    groups = _groups(c, fold_div, placement, directions)
+    if torch.jit.is_scripting() or not torch.is_grad_enabled():
+        return _shifted(x, batch, groups)
+    return _shift_with_grad(x, batch, groups)
 
 
-def _shifted_copy(memory: torch.Tensor, fold_div: int, placement: str, directions: tuple[int, int]) -> torch.Tensor:
-    """The shift of :func:`slice_shift_folded` on ``memory`` ``(N, S, A, B, C)`` into a copy of it, whose moving
-    channels are then overwritten from the neighbouring slices."""
-    out = memory.clone()
-    slices = memory.shape[1]
-    for start, size, step in _groups(memory.shape[4], fold_div, placement, directions):
-        if step == 0 or size == 0:
-            continue
-        target, source = out.narrow(4, start, size), memory.narrow(4, start, size)
-        if slices <= 1:
-            target.zero_()
-        elif step > 0:  # out[s] = x[s - 1]
-            target.narrow(1, 1, slices - 1).copy_(source.narrow(1, 0, slices - 1))
-            target.narrow(1, 0, 1).zero_()
-        else:  # out[s] = x[s + 1]
-            target.narrow(1, 0, slices - 1).copy_(source.narrow(1, 1, slices - 1))
-            target.narrow(1, slices - 1, 1).zero_()
+def _shifted(x: torch.Tensor, batch: int, groups: list[tuple[int, int, int]]) -> torch.Tensor:
+    """``x`` ``(N * S, C, A, B)`` with its channel ``groups`` moved along the slices of each sample, into a new
+    channels-last tensor."""
+    out = torch.empty_like(x, memory_format=torch.channels_last)
+    slices = x.shape[0] // batch
+    for first in range(0, x.shape[0], slices):
+        place_shifted(out, x[first : first + slices], first, True, True, groups)
     return out
 
 
-class _ShiftCopy(torch.autograd.Function):
-    """:func:`_shifted_copy` whose backward is the opposite shift of the gradient (a shift moves values and zeroes
-    the vacated end, so its adjoint moves them back): one copy each way, where autograd would record a clone of the
-    whole gradient for each write into a slice."""
+class _ShiftFolded(torch.autograd.Function):
+    """:func:`_shifted` whose backward is the opposite shift of the gradient (a shift moves values and zeroes the
+    vacated end, so its adjoint moves them back): one copy each way, where autograd would record a clone of the whole
+    gradient for each write into a slice."""
 
     @staticmethod
-    def forward(ctx, memory, fold_div, placement, directions):  # noqa: D102
-        ctx.shift = (fold_div, placement, (-directions[0], -directions[1]))
-        return _shifted_copy(memory, fold_div, placement, directions)
+    def forward(ctx, x, batch, groups):  # noqa: D102
+        ctx.batch = batch
+        ctx.opposite = [(start, size, -step) for start, size, step in groups]
+        return _shifted(x, batch, groups)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
-        return _shifted_copy(grad, *ctx.shift), None, None, None
+        return _shifted(grad, ctx.batch, ctx.opposite), None, None
 
 
 @torch.jit.unused
-def _shift_with_grad(memory: torch.Tensor, fold_div: int, placement: str, directions: tuple[int, int]) -> torch.Tensor:
-    return _ShiftCopy.apply(memory, fold_div, placement, directions)
+def _shift_with_grad(x: torch.Tensor, batch: int, groups: list[tuple[int, int, int]]) -> torch.Tensor:
+    return _ShiftFolded.apply(x, batch, groups)
 
 
 def _shift_in_place(memory: torch.Tensor, fold_div: int, placement: str, directions: tuple[int, int]) -> None:

@@ -154,21 +154,21 @@ class SliceShiftResBlock(nn.Module):
         pooled = pool is not None and inplace and not self.shift_before
         # pooled, the convolutions write their outputs shifted (no pass of their own for the shifts)
         moving = self.shift.groups(conv1.out_channels)
-        fused: list[tuple[int, int, int]] | None = moving if pooled and len(moving) > 0 else None
+        written: list[tuple[int, int, int]] | None = moving if pooled and len(moving) > 0 else None
         out = self.shift.forward_folded(inp, batch) if self.shift_before else inp
         out = conv_folded(
-            out, batch, conv1.weight, conv1.bias, conv1.stride, conv1.padding, pool if pooled else None, shift=fused
+            out, batch, conv1.weight, conv1.bias, conv1.stride, conv1.padding, pool if pooled else None, shift=written
         )
-        if not self.shift_before and fused is None:
+        if not self.shift_before and written is None:
             out = self.shift.forward_folded(out, batch, pooled)
         out = self.lrelu(instance_norm_folded(out, batch, norm1.weight, norm1.bias, norm1.eps, inplace))
         if self.shift_before:
             out = self.shift.forward_folded(out, batch)
         out = conv_folded(
             out, batch, conv2.weight, conv2.bias, conv2.stride, conv2.padding, pool if pooled else None, pooled,
-            shift=fused,
+            shift=written,
         )  # fmt: skip
-        if not self.shift_before and fused is None:
+        if not self.shift_before and written is None:
             out = self.shift.forward_folded(out, batch, pooled)
         residual = inp
         if self.conv3 is not None:
