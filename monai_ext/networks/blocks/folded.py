@@ -155,7 +155,7 @@ def conv_folded(
     if stride[2] != 1:  # a one-slice kernel with a stride along the slices keeps every stride-th slice
         ns, c, a, b = x.shape
         if (pool is not None or out is not None) and (ns // batch) % stride[2] == 0:
-            x = x[:: stride[2]]  # the same slices of every sample: a view, copied chunk by chunk by the convolution
+            x = x.unflatten(0, (-1, stride[2])).select(1, 0)  # every sample's same slices: a view, read chunkwise
         else:
             x = _channels_last(x.view(batch, ns // batch, c, a, b)[:, :: stride[2]])
     weight2d = weight.squeeze(-1)
@@ -171,19 +171,21 @@ def conv_folded(
         raise ValueError(f"conv_folded: out has shape {list(out.shape)}, the convolution gives {shape}.")
     step = slices_per_chunk(shape[1] * shape[2] * shape[3] * x.element_size())
     if shift is None:
-        for start in range(0, x.shape[0], step):
-            out[start : start + step].copy_(F.conv2d(x[start : start + step], weight2d, bias, in_plane, pad))
+        for start in range(0, ns, step):
+            n = min(step, ns - start)
+            out.narrow(0, start, n).copy_(F.conv2d(x.narrow(0, start, n), weight2d, bias, in_plane, pad))
         return out
     slices = ns // batch
     for first in range(0, ns, slices):  # chunks within one sample, so that no shift crosses samples
         held: torch.Tensor | None = None  # the previous chunk's output: its last slice moves into this chunk's first
         for lo in range(0, slices, step):
             hi = min(lo + step, slices)
-            part = F.conv2d(x[first + lo : first + hi], weight2d, bias, in_plane, pad)
+            part = F.conv2d(x.narrow(0, first + lo, hi - lo), weight2d, bias, in_plane, pad)
             if held is not None:  # written only now: with out = x, this chunk had to read that slice first
                 for start, size, moves in shift:
                     if moves > 0:
-                        out[first + lo, start : start + size].copy_(held[-1, start : start + size])
+                        last = held.select(0, held.shape[0] - 1).narrow(0, start, size)
+                        out.select(0, first + lo).narrow(0, start, size).copy_(last)
             place_shifted(out, part, first + lo, lo == 0, hi == slices, shift)
             held = part
     return out
@@ -203,16 +205,16 @@ def place_shifted(
             continue
         target, source = out.narrow(1, start, size), part.narrow(1, start, size)
         if moves == 0:
-            target[at : at + n].copy_(source)
+            target.narrow(0, at, n).copy_(source)
         elif moves > 0:  # out[s] = y[s - 1]
-            target[at + 1 : at + n].copy_(source[: n - 1])
+            target.narrow(0, at + 1, n - 1).copy_(source.narrow(0, 0, n - 1))
             if first:
-                target[at].zero_()
+                target.select(0, at).zero_()
         else:  # out[s] = y[s + 1]
             skip = 1 if first else 0  # the sample's first slice moves out of it
-            target[at - 1 + skip : at + n - 1].copy_(source[skip:])
+            target.narrow(0, at - 1 + skip, n - skip).copy_(source.narrow(0, skip, n - skip))
             if last:
-                target[at + n - 1].zero_()
+                target.select(0, at + n - 1).zero_()
 
 
 def conv_transpose_folded(
@@ -250,8 +252,9 @@ def conv_transpose_folded(
         step = slices_per_chunk(per_input[0].numel() * out.element_size())
         for start in range(0, x.shape[0], step):
             for t in range(depth):
-                part = F.conv_transpose2d(x[start : start + step], kernels[t], bias, in_plane, pad, out_pad)
-                per_input[start : start + step, t].copy_(part)
+                n = min(step, x.shape[0] - start)
+                part = F.conv_transpose2d(x.narrow(0, start, n), kernels[t], bias, in_plane, pad, out_pad)
+                per_input.narrow(0, start, n).select(1, t).copy_(part)
         return out
     if depth == 1:
         return F.conv_transpose2d(x, weight.squeeze(-1), bias, in_plane, pad, out_pad)
@@ -266,14 +269,23 @@ def conv_transpose_folded(
 
 
 def _moments(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and biased variance over axis 1 of ``rows`` ``(N, M, C)``, each ``(N, 1, C)``: the mean, then the mean of
-    the squared deviations from it, summed over blocks of about 1 MB (two passes, as accurate as ``InstanceNorm3d``;
-    PyTorch's channels-last batch and group norm kernels take one pass and lose about 1e-3 at 96^3 voxels)."""
+    """Mean and biased variance over axis 1 of ``rows`` ``(N, M, C)``, each ``(N, 1, C)``, in float32 at least: the
+    mean, then the mean of the squared deviations from it, over blocks of about 1 MB (two passes, as accurate as
+    ``InstanceNorm3d``; PyTorch's channels-last batch and group norm kernels take one pass and lose about 1e-3 at
+    96^3 voxels). A bf16 or fp16 block is cast to float32 while it is in cache."""
     n, m, c = rows.shape
-    mean = rows.mean(1, keepdim=True)
+    blocks = rows.split(max(1, 262144 // (c * n)), dim=1)
+    wide = rows.dtype == torch.float32 or rows.dtype == torch.float64
+    if wide:
+        mean = rows.mean(1, keepdim=True)
+    else:
+        mean = torch.zeros(n, 1, c, device=rows.device)
+        for block in blocks:
+            mean += block.float().sum(1, keepdim=True)
+        mean = mean / m
     squares = torch.zeros_like(mean)
-    for block in rows.split(max(1, 262144 // (c * n)), dim=1):
-        squares += (block - mean).square_().sum(1, keepdim=True)
+    for block in blocks:
+        squares += ((block if wide else block.float()) - mean).square_().sum(1, keepdim=True)
     return mean, squares / m
 
 
@@ -363,20 +375,27 @@ def instance_norm_folded(
         inplace: write the result into ``x``; only where autograd records nothing (e.g. under ``torch.no_grad``).
 
     Returns:
-        the normalised ``x``, same shape, channels-last; float32 for a bf16 or fp16 ``x`` (autocast), whose
-        statistics are taken in float32.
+        the normalised ``x``, same shape, channels-last. A bf16 or fp16 ``x`` (autocast) has its statistics and
+        normalisation computed in float32; the output keeps ``x``'s dtype where autograd records nothing (as
+        autocast's batch norm does on CUDA: the next convolution takes it in that dtype anyway) and is float32
+        where it records.
     """
     if torch.jit.is_tracing():  # the exporters' graph: ONNX InstanceNormalization
         return to_folded(F.instance_norm(unfold(x, batch), None, None, weight, bias, True, 0.0, eps))
-    if x.dtype == torch.bfloat16 or x.dtype == torch.float16:  # under autocast: statistics in float32
-        x = x.float()
     if not torch.jit.is_scripting() and torch.is_grad_enabled() and not inplace:
+        if x.dtype == torch.bfloat16 or x.dtype == torch.float16:  # under autocast: statistics in float32
+            x = x.float()
         return _instance_norm_with_grad(x, batch, weight, bias, eps)
     ns, c, a, b = x.shape
     rows = _rows(x, batch)  # (N, S * A * B, C), a view of channels-last x
-    mean, var = _moments(rows)
+    mean, var = _moments(rows)  # float32 for a bf16 or fp16 x
     scale, shift = _affine(mean, torch.rsqrt(var + eps), weight, bias)
-    out = torch.addcmul(shift, rows, scale, out=rows) if inplace else torch.addcmul(shift, rows, scale)
+    if inplace:
+        out = torch.addcmul(shift, rows, scale, out=rows)
+    elif torch.is_grad_enabled() or rows.dtype == shift.dtype:
+        out = torch.addcmul(shift, rows, scale)  # float32 for a bf16 or fp16 x
+    else:  # inference under autocast: computed in float32, stored in x's dtype
+        out = torch.addcmul(shift, rows, scale, out=torch.empty_like(rows))
     return out.view(ns, a, b, c).permute(0, 3, 1, 2)
 
 

@@ -83,7 +83,7 @@ def _shifted(x: torch.Tensor, batch: int, groups: list[tuple[int, int, int]]) ->
     out = torch.empty_like(x, memory_format=torch.channels_last)
     slices = x.shape[0] // batch
     for first in range(0, x.shape[0], slices):
-        place_shifted(out, x[first : first + slices], first, True, True, groups)
+        place_shifted(out, x.narrow(0, first, slices), first, True, True, groups)
     return out
 
 

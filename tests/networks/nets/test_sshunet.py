@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from monai.data import MetaTensor, list_data_collate
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 from monai.networks.nets import DynUNet
 
@@ -209,6 +210,22 @@ def test_inference_in_chunks_and_pooled_buffers_equals_the_3d_reference(views, s
         torch.testing.assert_close(net(x), net._forward_3d(x), **FOLDED_TOL)
         torch.testing.assert_close(net(x), net._forward_3d(x), **FOLDED_TOL)  # twice: nothing left over
     assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("position", ["after_conv", "before_conv"])
+def test_a_collated_batch_of_meta_tensors_runs_the_folded_path(position, monkeypatch):
+    # a batch from MONAI's DataLoader (what a trainer or SimpleInferer hands over): indexing its batch axis would
+    # split its metadata, so the folded path must never index the folded batch (N * S) that way
+    monkeypatch.setattr(folded, "CHUNK_BYTES", 2000)
+    monkeypatch.setattr(folded, "POOL_MIN_BYTES", 1)
+    batch = list_data_collate([{"image": MetaTensor(torch.randn(1, 16, 24, 32))} for _ in range(2)])["image"]
+    assert isinstance(batch, MetaTensor) and batch.is_batch
+    net = SSHUNet(**SMALL, shift_position=position)
+    reference = net._forward_3d(batch.as_tensor())
+    torch.testing.assert_close(torch.as_tensor(net(batch)), reference, **FOLDED_TOL)  # training mode, autograd
+    net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.as_tensor(net(batch)), net._forward_3d(batch.as_tensor()), **FOLDED_TOL)
 
 
 @pytest.mark.parametrize("position", ["after_conv", "before_conv"])
