@@ -269,23 +269,14 @@ def conv_transpose_folded(
 
 
 def _moments(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and biased variance over axis 1 of ``rows`` ``(N, M, C)``, each ``(N, 1, C)``, in float32 at least: the
-    mean, then the mean of the squared deviations from it, over blocks of about 1 MB (two passes, as accurate as
-    ``InstanceNorm3d``; PyTorch's channels-last batch and group norm kernels take one pass and lose about 1e-3 at
-    96^3 voxels). A bf16 or fp16 block is cast to float32 while it is in cache."""
+    """Mean and biased variance over axis 1 of ``rows`` ``(N, M, C)``, each ``(N, 1, C)``: the mean, then the mean of
+    the squared deviations from it, summed over blocks of about 1 MB (two passes, as accurate as ``InstanceNorm3d``;
+    PyTorch's channels-last batch and group norm kernels take one pass and lose about 1e-3 at 96^3 voxels)."""
     n, m, c = rows.shape
-    blocks = rows.split(max(1, 262144 // (c * n)), dim=1)
-    wide = rows.dtype == torch.float32 or rows.dtype == torch.float64
-    if wide:
-        mean = rows.mean(1, keepdim=True)
-    else:
-        mean = torch.zeros(n, 1, c, device=rows.device)
-        for block in blocks:
-            mean += block.float().sum(1, keepdim=True)
-        mean = mean / m
+    mean = rows.mean(1, keepdim=True)
     squares = torch.zeros_like(mean)
-    for block in blocks:
-        squares += ((block if wide else block.float()) - mean).square_().sum(1, keepdim=True)
+    for block in rows.split(max(1, 262144 // (c * n)), dim=1):
+        squares += (block - mean).square_().sum(1, keepdim=True)
     return mean, squares / m
 
 
@@ -375,27 +366,20 @@ def instance_norm_folded(
         inplace: write the result into ``x``; only where autograd records nothing (e.g. under ``torch.no_grad``).
 
     Returns:
-        the normalised ``x``, same shape, channels-last. A bf16 or fp16 ``x`` (autocast) has its statistics and
-        normalisation computed in float32; the output keeps ``x``'s dtype where autograd records nothing (as
-        autocast's batch norm does on CUDA: the next convolution takes it in that dtype anyway) and is float32
-        where it records.
+        the normalised ``x``, same shape, channels-last; float32 for a bf16 or fp16 ``x`` (autocast), whose
+        statistics are taken in float32.
     """
     if torch.jit.is_tracing():  # the exporters' graph: ONNX InstanceNormalization
         return to_folded(F.instance_norm(unfold(x, batch), None, None, weight, bias, True, 0.0, eps))
+    if x.dtype == torch.bfloat16 or x.dtype == torch.float16:  # under autocast: statistics in float32
+        x = x.float()
     if not torch.jit.is_scripting() and torch.is_grad_enabled() and not inplace:
-        if x.dtype == torch.bfloat16 or x.dtype == torch.float16:  # under autocast: statistics in float32
-            x = x.float()
         return _instance_norm_with_grad(x, batch, weight, bias, eps)
     ns, c, a, b = x.shape
     rows = _rows(x, batch)  # (N, S * A * B, C), a view of channels-last x
-    mean, var = _moments(rows)  # float32 for a bf16 or fp16 x
+    mean, var = _moments(rows)
     scale, shift = _affine(mean, torch.rsqrt(var + eps), weight, bias)
-    if inplace:
-        out = torch.addcmul(shift, rows, scale, out=rows)
-    elif torch.is_grad_enabled() or rows.dtype == shift.dtype:
-        out = torch.addcmul(shift, rows, scale)  # float32 for a bf16 or fp16 x
-    else:  # inference under autocast: computed in float32, stored in x's dtype
-        out = torch.addcmul(shift, rows, scale, out=torch.empty_like(rows))
+    out = torch.addcmul(shift, rows, scale, out=rows) if inplace else torch.addcmul(shift, rows, scale)
     return out.view(ns, a, b, c).permute(0, 3, 1, 2)
 
 

@@ -113,18 +113,12 @@ def test_what_cannot_be_folded():
 
 
 def test_instance_norm_of_a_bf16_input_takes_its_statistics_in_float32():
-    # under autocast the convolutions hand over bf16 maps; statistics in bf16 would be off by ~1e-2. Where autograd
-    # records the output is float32; in inference it keeps bf16, each value within bf16 rounding of the exact one
+    # under autocast the convolutions hand over bf16 maps; a norm computed in bf16 would be off by ~1e-2
     x = (torch.randn(1, 4, 32, 32, 32) * 3 + 2).bfloat16()
     expected = nn.functional.instance_norm(x.double())
     out = unfold(instance_norm_folded(to_folded(x), 1, None, None, 1e-5), 1)
     assert out.dtype == torch.float32
     assert (out.double() - expected).abs().max() < 1e-5
-    with torch.no_grad():
-        for inplace in (False, True):
-            low = unfold(instance_norm_folded(to_folded(x), 1, None, None, 1e-5, inplace), 1)
-            assert low.dtype == torch.bfloat16
-            assert ((low.double() - expected).abs() <= expected.abs() * 2**-8 + 1e-6).all()
 
 
 # --- inference in slice chunks, into pooled buffers ---

@@ -231,6 +231,7 @@ def test_a_collated_batch_of_meta_tensors_runs_the_folded_path(position, monkeyp
 @pytest.mark.parametrize("position", ["after_conv", "before_conv"])
 @pytest.mark.parametrize("views", [(0, 1, 2), (2,)])
 def test_folded_path_equals_the_3d_reference_in_training_with_deep_supervision(position, views):
+    torch.manual_seed(0)  # random weights and inputs can put a value at the tolerance's edge (1.5e-5 seen once)
     net = SSHUNet(**SMALL, spatial_dims_order=views, shift_position=position, deep_supervision=True, deep_supr_num=2)
     net.train()
     x = torch.randn(2, 1, 16, 24, 32)
