@@ -170,11 +170,7 @@ def conv_folded(
     elif list(out.shape) != shape:
         raise ValueError(f"conv_folded: out has shape {list(out.shape)}, the convolution gives {shape}.")
     step = slices_per_chunk(shape[1] * shape[2] * shape[3] * x.element_size())
-    if shift is None:
-        for start in range(0, ns, step):
-            n = min(step, ns - start)
-            out.narrow(0, start, n).copy_(F.conv2d(x.narrow(0, start, n), weight2d, bias, in_plane, pad))
-        return out
+    groups = shift if shift is not None else [(0, shape[1], 0)]  # no shift: every channel stays in its slice
     slices = ns // batch
     for first in range(0, ns, slices):  # chunks within one sample, so that no shift crosses samples
         held: torch.Tensor | None = None  # the previous chunk's output: its last slice moves into this chunk's first
@@ -182,11 +178,11 @@ def conv_folded(
             hi = min(lo + step, slices)
             part = F.conv2d(x.narrow(0, first + lo, hi - lo), weight2d, bias, in_plane, pad)
             if held is not None:  # written only now: with out = x, this chunk had to read that slice first
-                for start, size, moves in shift:
+                for start, size, moves in groups:
                     if moves > 0:
                         last = held.select(0, held.shape[0] - 1).narrow(0, start, size)
                         out.select(0, first + lo).narrow(0, start, size).copy_(last)
-            place_shifted(out, part, first + lo, lo == 0, hi == slices, shift)
+            place_shifted(out, part, first + lo, lo == 0, hi == slices, groups)
             held = part
     return out
 
@@ -272,12 +268,16 @@ def _moments(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and biased variance over axis 1 of ``rows`` ``(N, M, C)``, each ``(N, 1, C)``: the mean, then the mean of
     the squared deviations from it, summed over blocks of about 1 MB (two passes, as accurate as ``InstanceNorm3d``;
     PyTorch's channels-last batch and group norm kernels take one pass and lose about 1e-3 at 96^3 voxels)."""
-    n, m, c = rows.shape
     mean = rows.mean(1, keepdim=True)
     squares = torch.zeros_like(mean)
-    for block in rows.split(max(1, 262144 // (c * n)), dim=1):
+    for block in rows.split(_block_rows(rows), dim=1):
         squares += (block - mean).square_().sum(1, keepdim=True)
-    return mean, squares / m
+    return mean, squares / rows.shape[1]
+
+
+def _block_rows(rows: torch.Tensor) -> int:
+    """Rows of ``rows`` ``(N, M, C)`` per block of about 1 MB (256 Ki values) over all ``N``."""
+    return max(1, 262144 // (rows.shape[2] * rows.shape[0]))
 
 
 def _affine(
@@ -317,7 +317,7 @@ class _InstanceNormFolded(torch.autograd.Function):
         m = rows.shape[1]
         centered = rows - mean
         grad_sum = grad.sum(1, keepdim=True)  # (N, 1, C)
-        size = max(1, 262144 // (c * ctx.batch))
+        size = _block_rows(rows)
         dot = torch.zeros_like(grad_sum)  # sum of grad * (x - mean), in blocks of about 1 MB
         for g, d in zip(grad.split(size, dim=1), centered.split(size, dim=1)):
             dot += (g * d).sum(1, keepdim=True)
