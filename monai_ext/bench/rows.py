@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 from torch import nn
 
+from monai_ext.inferers import SharedBuffersInferer
 from monai_ext.networks import NetworkEntry, list_networks
 
 __all__ = ["REFERENCE", "bench_rows", "build", "inferer"]
@@ -47,6 +48,7 @@ def build(entry: NetworkEntry, in_channels: int, out_channels: int, patch: Seque
 def inferer(entry: NetworkEntry, patch: Sequence[int]) -> Inferer:
     """Row ``entry``'s whole-volume inferer; a sliding window (not a slice-wise one) runs windows of ``patch``."""
     own = entry.make_inferer()
-    if isinstance(own, SlidingWindowInferer) and not isinstance(own, SliceInferer):
+    window = own.inferer if isinstance(own, SharedBuffersInferer) else own
+    if isinstance(window, SlidingWindowInferer) and not isinstance(window, SliceInferer):
         return entry.make_inferer(roi_size=tuple(patch))
     return own

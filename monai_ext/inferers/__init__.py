@@ -4,6 +4,7 @@ from monai_ext.inferers.flip import FlipInferer, flip_combinations
 from monai_ext.inferers.multi_view import MultiViewInferer, fuse_views
 from monai_ext.inferers.neighbour_slices import NeighbourSliceInferer, neighbour_channels
 from monai_ext.inferers.pad import PadInferer
+from monai_ext.inferers.shared_buffers import SharedBuffersInferer
 from monai_ext.inferers.shared_early_stage import SharedEarlyStage
 from monai_ext.inferers.slice_group import SliceGroupInferer
 
@@ -14,6 +15,7 @@ __all__ = [
     "MultiViewInferer",
     "NeighbourSliceInferer",
     "PadInferer",
+    "SharedBuffersInferer",
     "SharedEarlyStage",
     "SliceGroupInferer",
     "SliceTrainingPadInferer",

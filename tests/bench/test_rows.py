@@ -7,7 +7,7 @@ from monai.inferers import SlidingWindowInferer
 from torch import nn
 
 from monai_ext.bench.rows import REFERENCE, bench_rows, build, inferer
-from monai_ext.inferers import PadInferer
+from monai_ext.inferers import PadInferer, SharedBuffersInferer
 from monai_ext.networks import NetworkEntry, get_network_entry, list_networks
 from monai_ext.networks import registry as network_registry
 
@@ -55,3 +55,8 @@ def test_slice_wise_inferers_are_the_entries_own():
     own = get_network_entry("dynunet_3d").make_inferer()
     window = inferer(get_network_entry("dynunet_3d"), (64, 64, 32))
     assert window.roi_size == (64, 64, 32) and (window.overlap, window.mode) == (own.overlap, own.mode)
+
+
+def test_a_window_inside_shared_buffers_takes_the_patch_and_keeps_the_wrapper():
+    wrapped = inferer(get_network_entry("ssh_unet"), (64, 64, 32))
+    assert isinstance(wrapped, SharedBuffersInferer) and wrapped.inferer.roi_size == (64, 64, 32)

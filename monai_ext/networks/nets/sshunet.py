@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from monai.inferers import SlidingWindowInferer
+from monai.inferers import Inferer, SlidingWindowInferer
 from monai.networks.nets import DynUNet
 from torch import nn
 
@@ -168,6 +170,7 @@ class SSHUNet(nn.Module):
         self.spatial_dims_order = list(check_spatial_axes(spatial_dims_order))
         # the folded path runs the axial view first: its outputs already are the fused layout (no copy to start sums)
         self._fold_order = sorted(self.spatial_dims_order, key=lambda s: s != 2)
+        self._shared_pools = {}  # shared_buffers: per thread, the pool and the (shape, dtype, device) that filled it
         self.shift_levels = levels
         self.deep_supervision = deep_supervision
         self.deep_supr_num = deep_supr_num
@@ -257,12 +260,20 @@ class SSHUNet(nn.Module):
         batch = x.shape[0]
         num_heads = len(self.deep_supervision_heads) if self.training and self.deep_supervision else 0
         keep = 1 + num_heads
-        pool: list[torch.Tensor] | None = [] if can_overwrite() else None
+        pool: list[torch.Tensor] | None = None
+        if can_overwrite():
+            pool = []
+            if not torch.jit.is_scripting():
+                pool = self._pool_for(x)
         fused: list[torch.Tensor] = []  # per kept level, folded as the view of slice axis 2: (N * D, C, H, W)
         for s in self._fold_order:
             decoded = self._trunk_folded(to_folded(to_view(x, s)), batch, keep, pool)
             self._add_view(fused, decoded, s, batch, pool)
-        out = unfold(self.output_block.head_folded(fused[keep - 1], batch, pool), batch).contiguous()
+        logits = self.output_block.head_folded(fused[keep - 1], batch, pool)
+        out = unfold(logits, batch).clone(memory_format=torch.contiguous_format)
+        release_buffer(pool, logits)  # with the fused sums, back to the pool (for the next call sharing it)
+        for level in fused:
+            release_buffer(pool, level)
         if num_heads > 0:
             outputs = [out]
             for i, head in enumerate(self.deep_supervision_heads):
@@ -320,6 +331,46 @@ class SSHUNet(nn.Module):
             return outputs
         return out
 
+    @torch.jit.unused
+    def _pool_for(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """This thread's pool of :meth:`shared_buffers` (emptied if it was filled for another shape, dtype or
+        device), or a new one for this call alone."""
+        if threading.get_ident() not in self._shared_pools:
+            return []
+        pool, filled_by = self._shared_pools[threading.get_ident()]
+        if filled_by != [x.shape, x.dtype, x.device]:
+            pool.clear()
+            filled_by[:] = [x.shape, x.dtype, x.device]
+        return pool
+
+    @contextlib.contextmanager
+    def shared_buffers(self) -> Iterator[None]:
+        """Within this context, inference calls (where nothing is recorded for autograd) share one pool of buffers
+        for their intermediate maps, kept from one call to the next and freed on exit.
+
+        A sliding-window inferer calls the network once per window with the same window size, and each call asks
+        for the same buffers: shared, the later calls reuse the memory of the first instead of mapping fresh pages
+        (with glibc's default allocator, every map above 32 MiB is a new mapping whose pages fault on first touch,
+        about 1 GiB per 96^3 window here). Between calls the pool stays allocated; a call with another input shape,
+        dtype or device empties it first. Each thread has its own pool (calls running at the same time in other
+        threads do not share it); nested contexts share the outer one; TorchScript builds ignore it.
+        :class:`~monai_ext.inferers.SharedBuffersInferer` enters it around any inferer.
+
+        Example::
+
+            with net.shared_buffers(), torch.no_grad():
+                out = SlidingWindowInferer((96, 96, 96))(volume, net)
+        """
+        thread = threading.get_ident()
+        if thread in self._shared_pools:  # nested: the outer context's pool
+            yield
+            return
+        self._shared_pools[thread] = ([], [])
+        try:
+            yield
+        finally:
+            del self._shared_pools[thread]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if not torch.jit.is_scripting():
             check_input(x, "SSHUNet", self.in_channels, 3, divisor=self.divisor)
@@ -331,17 +382,21 @@ class SSHUNet(nn.Module):
 SliceShiftUNet = SSHUNet
 
 
-def sshunet_inferer(**overrides: Any) -> SlidingWindowInferer:
+def sshunet_inferer(**overrides: Any) -> Inferer:
     """The ssh_unet bundle's whole-volume inferer (``configs/inference.json``): MONAI's
     :class:`~monai.inferers.SlidingWindowInferer` with :data:`SSH_UNET_PATCH` windows ``(H, W, D)``,
-    ``sw_batch_size=1``, ``overlap=0.5``, ``mode="gaussian"``.
+    ``sw_batch_size=1``, ``overlap=0.5``, ``mode="gaussian"``, inside a
+    :class:`~monai_ext.inferers.SharedBuffersInferer` (the windows reuse one pool of buffers, see
+    :meth:`SSHUNet.shared_buffers`; the sliding window is its ``inferer`` attribute).
 
     The windows are multiples of 16 (smaller volumes are padded to a window by MONAI), so every window is a size
     :class:`SSHUNet` takes with its default strides. ``overrides`` replace any of these settings (any other
     SlidingWindowInferer argument too).
     """
+    from monai_ext.inferers import SharedBuffersInferer  # here, not at the top: a network module needs no inferer
+
     settings: dict[str, Any] = {"roi_size": SSH_UNET_PATCH, "sw_batch_size": 1, "overlap": 0.5, "mode": "gaussian"}
-    return SlidingWindowInferer(**{**settings, **overrides})
+    return SharedBuffersInferer(SlidingWindowInferer(**{**settings, **overrides}))
 
 
 def _register(name: str, title: str, row: str, defaults: dict[str, Any]) -> None:

@@ -1,6 +1,7 @@
 """SSHUNet: the released configuration, views, shapes, deep supervision, export, errors, and its registry entries."""
 
 import copy
+import threading
 
 import pytest
 import torch
@@ -212,6 +213,49 @@ def test_inference_in_chunks_and_pooled_buffers_equals_the_3d_reference(views, s
     assert torch.equal(x, before)
 
 
+def _pooled(net) -> list[torch.Tensor]:
+    """The free buffers of this thread's shared pool (inside ``net.shared_buffers()``)."""
+    return net._shared_pools[threading.get_ident()][0]
+
+
+def test_shared_buffers_reuse_one_pool_across_calls_and_free_it_on_exit(monkeypatch):
+    monkeypatch.setattr(folded, "CHUNK_BYTES", 2000)
+    monkeypatch.setattr(folded, "POOL_MIN_BYTES", 1)
+    net = SSHUNet(**SMALL).eval()
+    x = torch.randn(1, 1, 16, 24, 32)
+    with torch.no_grad():
+        alone = net(x)
+        with net.shared_buffers():
+            first = net(x)  # the first call fills the pool; the second takes what the first dropped as it went
+            second = net(x)
+            filled = list(_pooled(net))
+            third = net(x)
+            reused = list(_pooled(net))
+            with net.shared_buffers():  # nested: the same pool
+                assert _pooled(net) is net._shared_pools[threading.get_ident()][0] and len(_pooled(net)) > 0
+            assert torch.equal(first, alone) and torch.equal(second, alone) and torch.equal(third, alone)
+            # from then on every buffer comes back to the pool and the next call runs in exactly that memory: the
+            # same storages, handed out and given back again (new tensor objects), none new
+            assert len(filled) > 0
+            assert sorted(b.data_ptr() for b in reused) == sorted(b.data_ptr() for b in filled)
+            assert not {id(b) for b in reused} & {id(b) for b in filled}
+            assert net(torch.randn(1, 1, 32, 16, 16)).shape == (1, 3, 32, 16, 16)  # another size empties it first:
+            assert not {b.data_ptr() for b in _pooled(net)} & {b.data_ptr() for b in reused}  # (held here)
+        assert net._shared_pools == {}  # freed on exit
+        assert torch.equal(net(x), alone)  # and no pool is kept outside the context
+
+
+def test_shared_buffers_do_not_change_training_or_scripted_builds():
+    net = SSHUNet(**SMALL)
+    x = torch.randn(1, 1, 16, 24, 32)
+    with net.shared_buffers():
+        net(x).sum().backward()  # autograd records: no pool at all
+        assert _pooled(net) == []
+    scripted = torch.jit.script(net.eval())
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x), **FOLDED_TOL)
+
+
 @pytest.mark.parametrize("position", ["after_conv", "before_conv"])
 def test_a_collated_batch_of_meta_tensors_runs_the_folded_path(position, monkeypatch):
     # a batch from MONAI's DataLoader (what a trainer or SimpleInferer hands over): indexing its batch axis would
@@ -316,7 +360,7 @@ def test_registry_entries_are_the_paper_rows(name, row):
 def test_inferer_factory_takes_overrides():
     # that it equals the bundle's inferer, and the patch its window: tests/networks/test_registry.py, every method
     assert get_network_entry("ssh_unet").patch == SSH_UNET_PATCH
-    assert sshunet_inferer(roi_size=(32, 32, 16), overlap=0.25).roi_size == (32, 32, 16)
+    assert sshunet_inferer(roi_size=(32, 32, 16), overlap=0.25).inferer.roi_size == (32, 32, 16)
 
 
 @pytest.mark.parametrize("name", list(PAPER_ROWS))
