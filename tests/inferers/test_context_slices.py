@@ -4,7 +4,8 @@ from monai.inferers import SimpleInferer
 from torch import nn
 from torch.nn import functional as F
 
-from monai_ext.inferers import ContextSliceInferer, PadInferer, SliceTrainingPadInferer
+from monai_ext.inferers import ContextSliceInferer, PadInferer, SliceTrainingPadInferer, context_slices
+from monai_ext.inferers.context_slices import context_slice_chunk
 from monai_ext.networks.nets import SCAA
 
 TINY = {"filters": (4, 8, 8, 16, 16), "context_channels": (4, 4, 8, 8), "global_channels": 4}
@@ -34,6 +35,32 @@ def test_chunked_slices_equal_the_network_on_all_slices_at_once(configuration, s
         whole = net(x)
         for chunk in (1, 5, 32, 100):
             torch.testing.assert_close(ContextSliceInferer(slice_chunk=chunk)(x, net), whole, atol=1e-5, rtol=1e-5)
+
+
+def test_automatic_chunks_keep_the_widest_slice_map_within_the_cpu_budget(monkeypatch):
+    scaa_star = SCAA(1, 14)  # the default network: 64 channels at full resolution
+    assert scaa_star.slice_channels == 64
+    volume = torch.empty(1, 1, 192, 192, 96)
+    assert context_slice_chunk(scaa_star, volume, 2) == 2  # 64 x 192 x 192 float32 maps: 9.4 MB a slice
+    assert context_slice_chunk(scaa_star, torch.empty(2, 1, 192, 192, 96), 2) == 1  # the batch counts
+    assert context_slice_chunk(scaa_star, torch.empty(1, 1, 512, 512, 40), 2) == 1  # at least one
+    assert context_slice_chunk(scaa_star, torch.empty(1, 1, 96, 32, 32), 0) == 96  # slices along H: 32 x 32 maps
+    assert context_slice_chunk(scaa_star, torch.empty(1, 1, 192, 192, 96, device="meta"), 2) == 16  # not a CPU
+    assert context_slice_chunk(nn.Identity(), volume, 2) == 16  # no slice_channels
+    net = _net()  # 4 channels at full resolution: a 64 x 64 slice is 64 KiB
+    monkeypatch.setattr(context_slices, "CPU_CHUNK_BYTES", 5 * 64 * 1024)
+    seen = []
+    forward_slices = net.forward_slices
+
+    def spy(x, context, idx, *args, **kwargs):
+        seen.append(len(idx))
+        return forward_slices(x, context, idx, *args, **kwargs)
+
+    monkeypatch.setattr(net, "forward_slices", spy)
+    x = torch.rand(1, 1, 64, 64, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ContextSliceInferer()(x, net), net(x), atol=1e-5, rtol=1e-5)
+    assert seen == [5] * 6 + [2]
 
 
 def test_encoder_runs_once_per_volume():

@@ -270,6 +270,9 @@ class SpatialContextAwareNet(nn.Module):
                     )  # fmt: skip
                 )
         self.decoder_channels = decoder_channels
+        # the most channels of a full-resolution map the 2D path holds per slice in inference (ContextSliceInferer
+        # sizes its slice chunks by it)
+        self.slice_channels = max(filters[0], decoder_channels[0])
         below = [*decoder_channels[1:], filters[-1]]  # input of the level at scale i: the level below, or F2D_L
         self.decoders = nn.ModuleList(
             _UpLevel(below[i], filters[i], decoder_channels[i], norm_name, act_name)
@@ -470,13 +473,14 @@ def scaa_inferer(**overrides: Any) -> Inferer:
     time).
 
     Args:
-        overrides: ``slice_chunk`` (default 16), ``levels`` (``len(filters)`` of the network, default 5),
-            ``spatial_dim`` (the network's, default 2) and ``mode`` (PadInferer's padding mode, default
-            ``"constant"``).
+        overrides: ``slice_chunk`` (default None: sized per volume, see
+            :func:`~monai_ext.inferers.context_slices.context_slice_chunk`), ``levels`` (``len(filters)`` of the
+            network, default 5), ``spatial_dim`` (the network's, default 2) and ``mode`` (PadInferer's padding mode,
+            default ``"constant"``).
     """
     from monai_ext.inferers import ContextSliceInferer, PadInferer  # here, not at the top: a network needs no inferer
 
-    settings = {"slice_chunk": 16, "levels": 5, "spatial_dim": DEFAULT_SPATIAL_DIM, "mode": "constant", **overrides}
+    settings = {"slice_chunk": None, "levels": 5, "spatial_dim": DEFAULT_SPATIAL_DIM, "mode": "constant", **overrides}
     divisor, min_size = scaa_sizes(settings["levels"], settings["spatial_dim"])
     return PadInferer(divisor, min_size, inferer=ContextSliceInferer(settings["slice_chunk"]), mode=settings["mode"])
 
