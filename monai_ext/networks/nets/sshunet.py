@@ -270,16 +270,16 @@ class SSHUNet(nn.Module):
             decoded = self._trunk_folded(to_folded(to_view(x, s)), batch, keep, pool)
             self._add_view(fused, decoded, s, batch, pool)
         logits = self.output_block.head_folded(fused[keep - 1], batch, pool)
-        out = unfold(logits, batch).clone(memory_format=torch.contiguous_format)
+        outputs = [unfold(logits, batch).clone(memory_format=torch.contiguous_format)]
+        for i, head in enumerate(self.deep_supervision_heads):
+            if i < num_heads:
+                outputs.append(unfold(head.head_folded(fused[keep - 2 - i], batch), batch).contiguous())
         release_buffer(pool, logits)  # with the fused sums, back to the pool (for the next call sharing it)
         for level in fused:
             release_buffer(pool, level)
         if num_heads > 0:
-            outputs = [out]
-            for i, head in enumerate(self.deep_supervision_heads):
-                outputs.append(unfold(head.head_folded(fused[keep - 2 - i], batch), batch).contiguous())
             return outputs
-        return out
+        return outputs[0]
 
     def _add_view(
         self,
