@@ -37,23 +37,28 @@ class SharedEarlyStage:
 
     Args:
         network: the thickened-2D network.
+        low_resolution: return the windows' logits at the network's decoder resolution (``forward_from_early``
+            without a size), for an inferer that averages them over the groups and then upsamples each slice once
+            with the network's ``upsample`` (:class:`~monai_ext.inferers.SliceGroupInferer` does); default False.
 
     Shapes:
         call: ``windows`` ``(n, C, H, W, k)``, ``locations`` the ``n`` window slices MONAI passes (batch, channel
-        and spatial slices); returns the network's output for the windows, ``(n, O, H, W, k)``.
+        and spatial slices); returns the network's output for the windows, ``(n, O, H, W, k)``, or ``(n, O, H / s,
+        W / s, k)`` with ``low_resolution`` (``s`` the network's ``logits_stride``).
 
     Raises:
         ValueError: when the network does not support it, or on a call for windows of other than its
             ``num_slices`` slices.
     """
 
-    def __init__(self, network: nn.Module) -> None:
+    def __init__(self, network: nn.Module, low_resolution: bool = False) -> None:
         if not self.supports(network):
             raise ValueError(
                 f"SharedEarlyStage needs a network in eval mode with shares_early_stage True, early_features and "
                 f"forward_from_early (e.g. Thickened2DNet with an 'esm*' config), got {type(network).__name__}."
             )
         self.network = network
+        self.low_resolution = low_resolution
         self.group_size = int(network.group_size)
         self.num_slices = int(network.num_slices)
         self.cache: dict[tuple[int, ...], torch.Tensor] = {}
@@ -99,4 +104,5 @@ class SharedEarlyStage:
         early = [[self.cache[key] for key in row] for row in keys]
         last = keys[-1][0]
         self.cache = {key: value for key, value in self.cache.items() if key > last}
-        return self.network.forward_from_early(early, windows.shape[2:4])  # (n, O, H, W, k)
+        size = None if self.low_resolution else windows.shape[2:4]
+        return self.network.forward_from_early(early, size)  # (n, O, H, W, k), or (n, O, H/s, W/s, k)

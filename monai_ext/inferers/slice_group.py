@@ -32,6 +32,20 @@ class _Activated:
         return torch.softmax(out, dim=1) if self.activation == "softmax" else torch.sigmoid(out)
 
 
+class _AveragedThenUpsampled(Inferer):
+    """A sliding window over a thickened-2D network's logits at its decoder resolution
+    (:class:`~monai_ext.inferers.SharedEarlyStage` with ``low_resolution``), then the network's ``upsample`` of the
+    averaged volume: bilinear upsampling is linear, so this is the average of the upsampled logits, with one
+    upsampling per slice instead of one per group that holds it."""
+
+    def __init__(self, sliding: Inferer) -> None:
+        super().__init__()
+        self.sliding = sliding
+
+    def __call__(self, inputs: torch.Tensor, network: SharedEarlyStage) -> torch.Tensor:  # type: ignore[override]
+        return network.network.upsample(self.sliding(inputs, network), tuple(inputs.shape[2:4]))
+
+
 def _group_overlap(num_slices: int, stride: int) -> float:
     """``(k - stride) / k``, lowered by float round-off where needed so that MONAI's scan interval
     ``int(k * (1 - overlap))`` is exactly ``stride`` (e.g. ``k = 12``, stride 2 would otherwise give 1)."""
@@ -64,7 +78,11 @@ class SliceGroupInferer(Inferer):
     per mini-group instead of once per group holding it (up to ``k / group_size`` times at stride 1), through
     :class:`~monai_ext.inferers.SharedEarlyStage`; the sliding, blending and padding are the same MONAI calls, so the
     output equals the plain path up to float round-off. Other networks, a network in training mode, or a call with
-    extra network arguments take the plain path.
+    extra network arguments take the plain path. On that shared path, when the groups' logits are averaged as they
+    are (``activation=None``) and the in-plane sizes are multiples of the network's ``logits_stride``, the sliding
+    window averages the logits at the network's decoder resolution and the network upsamples each slice of the
+    average once (the same values up to float round-off: the upsampling is linear), instead of upsampling every
+    group's slab and adding it at full resolution.
 
     Args:
         num_slices: slices per group ``k``.
@@ -139,6 +157,10 @@ class SliceGroupInferer(Inferer):
         self.inferer = PadInferer(min_size=(1, 1, num_slices), inferer=self.sliding, mode=padding_mode)
         # the same sliding window that also passes each window's location, for SharedEarlyStage
         self.shared_inferer = PadInferer(min_size=(1, 1, num_slices), inferer=sliding(True), mode=padding_mode)
+        # that sliding window over the logits at the network's decoder resolution, then one upsampling
+        self.low_resolution_inferer = PadInferer(
+            min_size=(1, 1, num_slices), inferer=_AveragedThenUpsampled(self.shared_inferer.inferer), mode=padding_mode
+        )
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any):
         if inputs.dim() != 5:
@@ -149,7 +171,11 @@ class SliceGroupInferer(Inferer):
         x = slices_last(inputs.as_subclass(torch.Tensor), self.spatial_dim)  # (B, C, H', W', D')
         inferer = self.inferer
         if self.share_early_stage and not args and not kwargs and SharedEarlyStage.supports(network):
-            inferer, network = self.shared_inferer, SharedEarlyStage(network)  # type: ignore[arg-type]
+            stride = getattr(network, "logits_stride", None)
+            if self.activation is None and isinstance(stride, int) and all(n % stride == 0 for n in x.shape[2:4]):
+                inferer, network = self.low_resolution_inferer, SharedEarlyStage(network, low_resolution=True)  # type: ignore[arg-type]
+            else:
+                inferer, network = self.shared_inferer, SharedEarlyStage(network)  # type: ignore[arg-type]
         if self.activation is not None:
             network = _Activated(network, self.activation)
         result = slices_restored(inferer(x, network, *args, **kwargs), self.spatial_dim)

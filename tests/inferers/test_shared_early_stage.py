@@ -79,6 +79,42 @@ def test_shared_path_equals_the_plain_path(config, k, stride, depth, spatial_dim
     _assert_same(shared, plain)
 
 
+@pytest.mark.parametrize("config", ESM_CONFIGS)
+@pytest.mark.parametrize(
+    "k, stride, depth, spatial_dim, batch, sw", [(3, 1, 7, 2, 1, 4), (6, 1, 11, 0, 2, 3), (12, 5, 5, 1, 2, 1)]
+)
+def test_logits_are_averaged_at_the_decoder_resolution_and_upsampled_once(
+    config, k, stride, depth, spatial_dim, batch, sw
+):
+    """In-plane sizes that are multiples of logits_stride and logits averaged as they are (activation None): the
+    sliding window adds each group's low-resolution logits and the network upsamples the average once, equal to
+    the plain path; with softmax, or another in-plane size, every group's slab is upsampled (the shared path)."""
+    net = _net(config, k)
+    calls: list[tuple[int, ...]] = []
+    upsample = net.upsample
+    net.upsample = lambda logits, size: calls.append(tuple(logits.shape)) or upsample(logits, size)
+    shape = [batch, 1, 32, 36, 40]
+    shape[2 + spatial_dim] = depth
+    x = torch.randn(*shape)
+    settings = {"spatial_dim": spatial_dim, "stride": stride, "sw_batch_size": sw}
+    in_plane = [n for axis, n in enumerate(shape[2:]) if axis != spatial_dim]
+    with torch.inference_mode():
+        plain = SliceGroupInferer(k, **settings)(x, net)
+        calls.clear()
+        shared = SliceGroupInferer(k, share_early_stage=True, **settings)(x, net)
+        assert calls == [(batch, 2, in_plane[0] // 4, in_plane[1] // 4, max(depth, k))]  # once, the padded volume
+        _assert_same(shared, plain)
+        calls.clear()
+        SliceGroupInferer(k, share_early_stage=True, activation="softmax", **settings)(x, net)
+        assert len(calls) > 1 and all(c[-1] == k for c in calls)  # each call's groups
+        calls.clear()
+        shape[2 + (spatial_dim + 1) % 3] = 33  # an in-plane size that is not a multiple of 4
+        odd = torch.randn(*shape)
+        shared = SliceGroupInferer(k, share_early_stage=True, **settings)(odd, net)
+        assert calls and all(c[-1] == k for c in calls)
+        _assert_same(shared, SliceGroupInferer(k, **settings)(odd, net))
+
+
 def test_the_early_stage_runs_once_per_mini_group():
     """k = 12 (4 mini-groups of 3), stride 1, 20 slices, batch 2: groups start at 0 ... 8, mini-groups at 0 ... 17.
     The plain path runs 9 * 4 mini-groups per volume, the shared path 18."""

@@ -133,7 +133,7 @@ def _settings(obj, depth: int = 0):
     """An inferer's settings as plain values (nested inferers included; lists and tuples alike)."""
     if isinstance(obj, (list, tuple)):
         return tuple(_settings(v, depth) for v in obj)
-    if hasattr(obj, "__dict__") and depth < 3 and not isinstance(obj, (torch.Tensor, nn.Module)):
+    if hasattr(obj, "__dict__") and depth < 4 and not isinstance(obj, (torch.Tensor, nn.Module)):
         fields = sorted((k, v) for k, v in vars(obj).items() if not inspect.isroutine(v))
         return (type(obj), {k: _settings(v, depth + 1) for k, v in fields})
     return obj

@@ -31,6 +31,7 @@ from monai_ext.networks.blocks.slice_sensitive_attention import (
     DotLink,
     SliceSensitiveAttention,
     SwitchableNorm,
+    channel_affinity,
     channel_attention,
 )
 from monai_ext.networks.blocks.slice_shift import SliceShift, shift_along, slice_shift
@@ -64,6 +65,7 @@ __all__ = [
     "SwitchableNorm",
     "add_slice_shift",
     "aggregate_slices",
+    "channel_affinity",
     "channel_attention",
     "deformable_attention_core",
     "deformable_attention_grid_sample",

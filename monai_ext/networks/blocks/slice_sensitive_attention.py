@@ -15,6 +15,7 @@ __all__ = [
     "DotLink",
     "SliceSensitiveAttention",
     "SwitchableNorm",
+    "channel_affinity",
     "channel_attention",
     "get_link_norm",
 ]
@@ -87,12 +88,29 @@ def get_link_norm(norm_name: tuple | str, spatial_dims: int, channels: int) -> n
     return get_norm_layer(name=norm_name, spatial_dims=spatial_dims, channels=channels)
 
 
+def channel_affinity(query: torch.Tensor, key: torch.Tensor, scaled: bool = False) -> torch.Tensor:
+    """The ``C x C`` affinity of channel-wise non-local attention (pure function): ``softmax_q(<query_p, key_q>)``.
+
+    Args:
+        query: ``(N, C, L)``; key: ``(N, C, L)`` (same ``L``: both pooled to one size).
+        scaled: divide the logits by ``sqrt(L)``.
+
+    Returns:
+        ``(N, C, C)``, each row summing to 1.
+    """
+    logits = torch.bmm(query, key.transpose(1, 2))  # (N, C, C): channel p of the query vs channel q of the key
+    if scaled:
+        logits = logits / math.sqrt(query.shape[-1])
+    return torch.softmax(logits, dim=-1)
+
+
 def channel_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaled: bool = False
 ) -> torch.Tensor:
     """Channel-wise non-local attention (pure function): ``y_p = sum_q softmax_q(<query_p, key_q>) value_q``.
 
-    Every channel is a token described by its flattened spatial map; the ``C x C`` affinity mixes value channels.
+    Every channel is a token described by its flattened spatial map; the ``C x C`` affinity
+    (:func:`channel_affinity`) mixes value channels.
 
     Args:
         query: ``(N, C, L)``; key: ``(N, C, L)`` (same ``L``: both pooled to one size); value: ``(N, C, M)``.
@@ -101,10 +119,7 @@ def channel_attention(
     Returns:
         ``(N, C, M)``.
     """
-    logits = torch.bmm(query, key.transpose(1, 2))  # (N, C, C): channel p of the query vs channel q of the key
-    if scaled:
-        logits = logits / math.sqrt(query.shape[-1])
-    return torch.bmm(torch.softmax(logits, dim=-1), value)  # (N, C, M)
+    return torch.bmm(channel_affinity(query, key, scaled), value)  # (N, C, M)
 
 
 class _Link(nn.Module):
@@ -210,9 +225,17 @@ class SliceSensitiveAttention(_Link):
         n, c = fused.shape[0], fused.shape[1]
         query = self.shared(fused) if shared is None else shared  # (N, C, L), L = pooled pixels
         key = self.phi(self._pooled(group)).reshape(n, c, -1)  # (N, C, L)
-        value = self.g(group).reshape(n, c, -1)  # (N, C, H*W)
-        y = channel_attention(query, key, value, self.scaled).reshape(fused.shape)
-        return fused + self.norm(y)
+        affinity = channel_affinity(query, key, self.scaled)  # (N, C, C)
+        # the values g(P) enter only through affinity @ g(P) = (affinity @ W_g) P + affinity @ b_g (g is a 1^n
+        # convolution): a C x C x C product in place of g's pass over the full-resolution map
+        mixed = torch.matmul(affinity, self.g.weight.reshape(c, c))  # (N, C, C)
+        values = group.reshape(n, c, -1)  # (N, C, H*W)
+        bias = self.g.bias
+        if bias is None:
+            y = torch.bmm(mixed, values)
+        else:
+            y = torch.baddbmm(torch.matmul(affinity, bias.reshape(c, 1)), mixed, values)
+        return fused + self.norm(y.reshape(fused.shape))
 
 
 class _ConvLink(_Link):

@@ -68,7 +68,9 @@ class Thickened2DNet(nn.Module):
     every slice's logits. Inside, the slices are folded into channels, slice-major (channel ``s * C + c``). With
     ESM the early stage of a mini-group depends on that mini-group alone: :meth:`early_features` and
     :meth:`forward_from_early` split ``forward`` there, so that the inferer (``share_early_stage``) computes it once
-    per mini-group of a volume instead of once per overlapping group.
+    per mini-group of a volume instead of once per overlapping group. The logits come at ``1 / logits_stride`` of
+    the slice size and :meth:`upsample` brings them to it, slice by slice; the inferer can average the groups'
+    logits first and upsample each slice once (the two commute).
 
     Args:
         in_channels: channels per slice (1 for CT).
@@ -98,6 +100,7 @@ class Thickened2DNet(nn.Module):
     """
 
     __constants__ = ["use_link"]
+    logits_stride = 4  # the decoder's resolution: 1/4 of the slice size (stem and max pool)
 
     def __init__(
         self,
@@ -228,7 +231,7 @@ class Thickened2DNet(nn.Module):
             logits = torch.cat([self._head(feat, groups[:, g], shared) for g in range(self.num_groups)], dim=1)
         else:
             logits = self.head(feat)  # (B, k*O, H/4, W/4)
-        return self._slab(logits, h, w)
+        return self.upsample(self._slab(logits), (h, w))
 
     def _decode(self, fused: torch.Tensor) -> torch.Tensor:
         """The fused map ``(B, F, H/4, W/4)`` through the backbone and decoder: ``(B, D, H/4, W/4)``."""
@@ -242,17 +245,23 @@ class Thickened2DNet(nn.Module):
         H/4, W/4)``."""
         return self.head(self.link(feat, self.group_proj(group), shared))
 
-    def _slab(self, logits: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """Logits ``(B, k*O, H/4, W/4)`` (slice-major) upsampled to the output slab ``(B, O, h, w, k)``.
+    def _slab(self, logits: torch.Tensor) -> torch.Tensor:
+        """Head logits ``(B, k*O, h, w)`` (slice-major) as a slab ``(B, O, h, w, k)`` (a view)."""
+        b, h, w = logits.shape[0], logits.shape[2], logits.shape[3]
+        return logits.reshape(b, self.num_slices, self.out_channels, h, w).permute(0, 2, 3, 4, 1)
 
-        Each slice and class is upsampled bilinearly on its own; the ``k`` slices are the channels of a channels-last
-        ``(B*O, k, H/4, W/4)``, so that the slab comes out with its slices innermost, as in the ``(B, O, H, W, D)``
-        volume a sliding window adds it to."""
-        b, k, o = logits.shape[0], self.num_slices, self.out_channels
-        small = logits.reshape(b, k, o, logits.shape[2], logits.shape[3]).transpose(1, 2)
-        small = small.reshape(b * o, k, logits.shape[2], logits.shape[3]).contiguous(memory_format=torch.channels_last)
-        slab = interpolate(small, size=(h, w), mode="bilinear", align_corners=False)  # (B*O, k, h, w) channels-last
-        return slab.permute(0, 2, 3, 1).reshape(b, o, h, w, k)
+    def upsample(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Logits at the decoder's resolution ``(B, O, h, w, S)`` (any number of slices ``S``, e.g. a slab or a
+        whole volume's average) upsampled bilinearly, each slice and class on its own, to ``(B, O, H, W, S)``,
+        ``size = (H, W)``.
+
+        The ``S`` slices are the channels of a channels-last ``(B*O, S, h, w)``, so the result comes out with its
+        slices innermost, the layout of a ``(B, O, H, W, D)`` volume."""
+        b, o, h, w, s = logits.shape
+        height, width = int(size[0]), int(size[1])
+        small = logits.contiguous().view(b * o, h, w, s).permute(0, 3, 1, 2)  # channels-last (B*O, S, h, w)
+        big = interpolate(small, size=(height, width), mode="bilinear", align_corners=False)
+        return big.permute(0, 2, 3, 1).reshape(b, o, height, width, s)
 
     @property
     def shares_early_stage(self) -> bool:
@@ -293,18 +302,22 @@ class Thickened2DNet(nn.Module):
             )
         return self.early_stage.early(slices.permute(0, 4, 1, 2, 3).reshape(n, s * c, h, w))  # (N, E, H/4, W/4)
 
-    def forward_from_early(self, early: Sequence[Sequence[torch.Tensor]], size: Sequence[int]) -> torch.Tensor:
+    def forward_from_early(
+        self, early: Sequence[Sequence[torch.Tensor]], size: Sequence[int] | None = None
+    ) -> torch.Tensor:
         """Groups' logits from their mini-groups' :meth:`early_features`: :meth:`forward` on the groups, whose early
         stage gives the same maps.
 
         Args:
             early: for each of ``B`` groups, the :meth:`early_features` ``(E, H/4, W/4)`` of its ``G = num_slices /
                 group_size`` mini-groups in slice order (a tensor ``(B, G, E, H/4, W/4)`` is one; separate maps, e.g.
-                cached ones shared by several groups, are stacked here one mini-group index at a time).
-            size: ``(H, W)``, the slice size of the groups.
+                cached ones shared by several groups, are stacked here into one).
+            size: ``(H, W)``, the slice size of the groups, to upsample the logits to; None: the logits at the
+                decoder's resolution (to average over groups before one :meth:`upsample`).
 
         Returns:
-            logits ``(B, out_channels, H, W, num_slices)``.
+            logits ``(B, out_channels, H, W, num_slices)``, or ``(B, out_channels, H/4, W/4, num_slices)`` for
+            ``size=None``.
 
         Raises:
             ValueError: for ``"plain"``, or other than ``G`` maps of ``E`` channels per group.
@@ -317,15 +330,15 @@ class Thickened2DNet(nn.Module):
                 f"each ({e}, H/4, W/4); got {[[list(m.shape) for m in row] for row in early]}."
             )
         maps = torch.stack([m for row in early for m in row])  # (B * G, E, H/4, W/4), group-major
-        fused = self.early_stage.fuse(maps.reshape(len(early), g, *maps.shape[1:]))
-        del maps  # the links take one mini-group index at a time
-        feat = self._decode(fused)
-        h, w = int(size[0]), int(size[1])
+        maps = maps.reshape(len(early), g, *maps.shape[1:])  # (B, G, E, H/4, W/4)
+        feat = self._decode(self.early_stage.fuse(maps))
         if not self.use_link:
-            return self._slab(self.head(feat), h, w)
-        shared = self.link.shared(feat)
-        heads = [self._head(feat, torch.stack([row[i] for row in early]), shared) for i in range(g)]
-        return self._slab(torch.cat(heads, dim=1), h, w)
+            logits = self.head(feat)
+        else:
+            shared = self.link.shared(feat)
+            logits = torch.cat([self._head(feat, maps[:, i], shared) for i in range(g)], dim=1)
+        slab = self._slab(logits)
+        return slab if size is None else self.upsample(slab, size)
 
 
 def _dilate_last_stage(stage: nn.Sequential) -> None:

@@ -47,6 +47,14 @@ def test_ssa_starts_as_the_identity_on_the_fused_map():
     assert SSA is SliceSensitiveAttention
 
 
+def _query(block: SliceSensitiveAttention, fused: torch.Tensor) -> torch.Tensor:
+    return block.theta(adaptive_avg_pool2d(fused, block.pool_size)).flatten(2)
+
+
+def _key(block: SliceSensitiveAttention, group: torch.Tensor) -> torch.Tensor:
+    return block.phi(adaptive_avg_pool2d(group, block.pool_size)).flatten(2)
+
+
 def test_ssa_by_hand_queries_fused_keys_and_values_group():
     """pooled 1x1 convs theta (fused) and phi (group), full-resolution g (group), norm at the output, residual."""
     torch.manual_seed(0)
@@ -54,8 +62,7 @@ def test_ssa_by_hand_queries_fused_keys_and_values_group():
     with torch.no_grad():
         block.norm.running_var.uniform_(0.5, 2)
     fused, group = torch.randn(2, 6, 12, 8), torch.randn(2, 6, 12, 8)
-    q = block.theta(adaptive_avg_pool2d(fused, 4)).flatten(2)  # (2, 6, 16)
-    k = block.phi(adaptive_avg_pool2d(group, 4)).flatten(2)
+    q, k = _query(block, fused), _key(block, group)  # (2, 6, 16)
     v = block.g(group).flatten(2)  # (2, 6, 96): values at full resolution
     y = (torch.softmax(q @ k.transpose(1, 2), -1) @ v).reshape(fused.shape)
     with torch.no_grad():
@@ -66,6 +73,12 @@ def test_ssa_by_hand_queries_fused_keys_and_values_group():
         k = block.phi(small_g).flatten(2)
         y = (torch.softmax(q @ k.transpose(1, 2), -1) @ block.g(small_g).flatten(2)).reshape(small_f.shape)
         torch.testing.assert_close(block(small_f, small_g), small_f + block.norm(y), rtol=1e-5, atol=1e-5)
+        # the block folds g into the affinity (affinity @ W_g, then one product with the group map): a g without
+        # bias, and a group map that is a strided view (a mini-group of a (N, G, C, H, W) stack), give the same
+        block.g.bias = None
+        stack = torch.stack([torch.randn_like(group), group], dim=1)
+        y = torch.softmax(_query(block, fused) @ _key(block, group).transpose(1, 2), -1) @ block.g(group).flatten(2)
+        torch.testing.assert_close(block(fused, stack[:, 1]), fused + block.norm(y.reshape(fused.shape)))
 
 
 def test_the_shared_query_serves_every_mini_group():

@@ -135,6 +135,21 @@ def test_forward_from_early_features_is_forward(config):
         torch.testing.assert_close(net.forward_from_early(separate, (32, 40)), expected)
         swapped = [[early[1], early[0]], [early[2], early[3]]]
         assert not torch.allclose(net.forward_from_early(swapped, (32, 40)), expected)  # each map is used
+        low = net.forward_from_early(separate)  # no size: the logits at the decoder's resolution
+        assert low.shape == (2, 3, 8, 10, 6) and net.logits_stride == 4
+        torch.testing.assert_close(net.upsample(low, (32, 40)), expected)
+
+
+def test_upsample_is_linear_slice_by_slice_so_averaging_commutes_with_it():
+    """What lets the inferer average groups at the decoder's resolution and upsample each slice once: upsampling a
+    mean of slabs equals the mean of the upsampled slabs, any number of slices, each slice on its own."""
+    net = Thickened2DNet(num_slices=6, config="esm", **TINY).eval()
+    slabs = torch.randn(3, 2, 2, 8, 10, 5)  # three groups' logits (B, O, h, w, S)
+    up = torch.stack([net.upsample(s, (32, 40)) for s in slabs])
+    assert up.shape == (3, 2, 2, 32, 40, 5)
+    torch.testing.assert_close(net.upsample(slabs.mean(0), (32, 40)), up.mean(0))
+    one = torch.nn.functional.interpolate(slabs[0, :, :, :, :, 3], size=(32, 40), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(up[0, ..., 3], one)  # slice 3 of the slab alone
 
 
 def test_early_feature_errors():
