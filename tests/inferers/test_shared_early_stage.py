@@ -135,10 +135,12 @@ def test_the_cache_stays_bounded_and_windows_out_of_order_are_recomputed():
     x = torch.randn(1, 1, 32, 32, 30)
     predictor = SharedEarlyStage(net)
     sizes: list[int] = []
+    stacked: list[torch.Tensor] = []  # kept alive, so no two fresh allocations could share an address
 
     def record(windows, locations):
         out = predictor(windows, locations)
         sizes.append(len(predictor.cache))
+        stacked.append(predictor.stacked)
         return out
 
     def sliding(with_coord: bool) -> SlidingWindowInferer:
@@ -149,6 +151,7 @@ def test_the_cache_stays_bounded_and_windows_out_of_order_are_recomputed():
         shared = sliding(True)(x, record)
         _assert_same(shared, plain)
         assert len(sizes) == 9 and max(sizes) == 6 - 3  # 25 groups, 3 per call; the last window's later ones kept
+        assert len({t.data_ptr() for t in stacked}) == 1  # every call stacks its maps into the same storage
         # the windows of one call in reverse order, then an earlier window: all recomputed as needed
         windows = torch.stack([x[0, :, :, :, s : s + 6] for s in (12, 3, 0)])
         locations = [[slice(0, 1), slice(None), slice(0, 32), slice(0, 32), slice(s, s + 6)] for s in (12, 3, 0)]

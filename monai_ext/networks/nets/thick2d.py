@@ -310,8 +310,8 @@ class Thickened2DNet(nn.Module):
 
         Args:
             early: for each of ``B`` groups, the :meth:`early_features` ``(E, H/4, W/4)`` of its ``G = num_slices /
-                group_size`` mini-groups in slice order (a tensor ``(B, G, E, H/4, W/4)`` is one; separate maps, e.g.
-                cached ones shared by several groups, are stacked here into one).
+                group_size`` mini-groups in slice order (a tensor ``(B, G, E, H/4, W/4)`` is one, used as it is;
+                separate maps, e.g. cached ones shared by several groups, are stacked here into one).
             size: ``(H, W)``, the slice size of the groups, to upsample the logits to; None: the logits at the
                 decoder's resolution (to average over groups before one :meth:`upsample`).
 
@@ -329,8 +329,11 @@ class Thickened2DNet(nn.Module):
                 f"Thickened2DNet.forward_from_early takes, per group, the early_features of its {g} mini-groups, "
                 f"each ({e}, H/4, W/4); got {[[list(m.shape) for m in row] for row in early]}."
             )
-        maps = torch.stack([m for row in early for m in row])  # (B * G, E, H/4, W/4), group-major
-        maps = maps.reshape(len(early), g, *maps.shape[1:])  # (B, G, E, H/4, W/4)
+        if isinstance(early, torch.Tensor):
+            maps = early  # (B, G, E, H/4, W/4)
+        else:
+            maps = torch.stack([m for row in early for m in row])  # (B * G, E, H/4, W/4), group-major
+            maps = maps.reshape(len(early), g, *maps.shape[1:])
         feat = self._decode(self.early_stage.fuse(maps))
         if not self.use_link:
             logits = self.head(feat)
