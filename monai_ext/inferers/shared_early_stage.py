@@ -43,8 +43,8 @@ class SharedEarlyStage:
 
     Shapes:
         call: ``windows`` ``(n, C, H, W, k)``, ``locations`` the ``n`` window slices MONAI passes (batch, channel
-        and spatial slices); returns the network's output for the windows, ``(n, O, H, W, k)``, or ``(n, O, H / s,
-        W / s, k)`` with ``low_resolution`` (``s`` the network's ``logits_stride``).
+        and spatial slices); returns the network's output for the windows, ``(n, O, H, W, k)``, or with
+        ``low_resolution`` ``(n, O, h, w, k)`` (``h``, ``w`` the decoder's resolution, about a quarter of ``H``, ``W``).
 
     Raises:
         ValueError: when the network does not support it, or on a call for windows of other than its
@@ -106,7 +106,7 @@ class SharedEarlyStage:
         last = keys[-1][0]
         self.cache = {key: value for key, value in self.cache.items() if key > last}
         size = None if self.low_resolution else windows.shape[2:4]
-        return self.network.forward_from_early(early, size)  # (n, O, H, W, k), or (n, O, H/s, W/s, k)
+        return self.network.forward_from_early(early, size)  # (n, O, H, W, k), or (n, O, h, w, k)
 
     def _stack(self, maps: list[torch.Tensor]) -> torch.Tensor:
         """``maps`` stacked ``(len(maps), ...)`` into storage kept from call to call: a fresh stack of a call's maps

@@ -10,6 +10,7 @@ import torch
 from monai.data.meta_tensor import MetaTensor
 from monai.inferers import Inferer, SlidingWindowInferer
 from monai.utils import convert_to_dst_type
+from torch.nn import functional as F
 
 from monai_ext.inferers.pad import PadInferer
 from monai_ext.inferers.shared_early_stage import SharedEarlyStage
@@ -32,18 +33,40 @@ class _Activated:
         return torch.softmax(out, dim=1) if self.activation == "softmax" else torch.sigmoid(out)
 
 
+def _zoomed_size(size: int, out: int) -> int:
+    """The smallest ``m >= out`` that MONAI's sliding window maps back to itself when a window of ``size`` (the
+    whole axis) returns ``m`` on that axis: it sizes and places outputs at ``int(size * (m / size))``, which float
+    round-off puts one below ``m`` for some sizes (``size`` 47, ``m`` 12 gives 11); ``m = size`` always holds."""
+    m = out
+    while int(size * (m / float(size))) != m:
+        m += 1
+    return m
+
+
 class _AveragedThenUpsampled(Inferer):
     """A sliding window over a thickened-2D network's logits at its decoder resolution
     (:class:`~monai_ext.inferers.SharedEarlyStage` with ``low_resolution``), then the network's ``upsample`` of the
     averaged volume: bilinear upsampling is linear, so this is the average of the upsampled logits, with one
-    upsampling per slice instead of one per group that holds it."""
+    upsampling per slice instead of one per group that holds it. Where MONAI's arithmetic for outputs of another
+    size than the window would miss the logits' size, they are zero-padded at the far end to a size it maps exactly
+    (:func:`_zoomed_size`) and cropped back before upsampling."""
 
     def __init__(self, sliding: Inferer) -> None:
         super().__init__()
         self.sliding = sliding
 
     def __call__(self, inputs: torch.Tensor, network: SharedEarlyStage) -> torch.Tensor:  # type: ignore[override]
-        return network.network.upsample(self.sliding(inputs, network), tuple(inputs.shape[2:4]))
+        size = tuple(inputs.shape[2:4])
+        logits_size: list[int] = []
+
+        def predictor(windows: torch.Tensor, locations: Any) -> torch.Tensor:
+            low = network(windows, locations)  # (n, O, h, w, k)
+            logits_size[:] = low.shape[2:4]
+            pad = [_zoomed_size(n, m) - m for n, m in zip(size, logits_size)]
+            return F.pad(low, (0, 0, 0, pad[1], 0, pad[0])) if any(pad) else low
+
+        mean = self.sliding(inputs, predictor)
+        return network.network.upsample(mean[:, :, : logits_size[0], : logits_size[1]], size)
 
 
 def _group_overlap(num_slices: int, stride: int) -> float:
@@ -79,10 +102,9 @@ class SliceGroupInferer(Inferer):
     :class:`~monai_ext.inferers.SharedEarlyStage`; the sliding, blending and padding are the same MONAI calls, so the
     output equals the plain path up to float round-off. Other networks, a network in training mode, or a call with
     extra network arguments take the plain path. On that shared path, when the groups' logits are averaged as they
-    are (``activation=None``) and the in-plane sizes are multiples of the network's ``logits_stride``, the sliding
-    window averages the logits at the network's decoder resolution and the network upsamples each slice of the
-    average once (the same values up to float round-off: the upsampling is linear), instead of upsampling every
-    group's slab and adding it at full resolution.
+    are (``activation=None``), the sliding window averages the logits at the network's decoder resolution and the
+    network upsamples each slice of the average once (the same values up to float round-off: the upsampling is
+    linear), instead of upsampling every group's slab and adding it at full resolution.
 
     Args:
         num_slices: slices per group ``k``.
@@ -171,8 +193,7 @@ class SliceGroupInferer(Inferer):
         x = slices_last(inputs.as_subclass(torch.Tensor), self.spatial_dim)  # (B, C, H', W', D')
         inferer = self.inferer
         if self.share_early_stage and not args and not kwargs and SharedEarlyStage.supports(network):
-            stride = getattr(network, "logits_stride", None)
-            if self.activation is None and isinstance(stride, int) and all(n % stride == 0 for n in x.shape[2:4]):
+            if self.activation is None:
                 inferer, network = self.low_resolution_inferer, SharedEarlyStage(network, low_resolution=True)  # type: ignore[arg-type]
             else:
                 inferer, network = self.shared_inferer, SharedEarlyStage(network)  # type: ignore[arg-type]

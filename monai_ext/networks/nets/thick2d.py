@@ -68,9 +68,9 @@ class Thickened2DNet(nn.Module):
     every slice's logits. Inside, the slices are folded into channels, slice-major (channel ``s * C + c``). With
     ESM the early stage of a mini-group depends on that mini-group alone: :meth:`early_features` and
     :meth:`forward_from_early` split ``forward`` there, so that the inferer (``share_early_stage``) computes it once
-    per mini-group of a volume instead of once per overlapping group. The logits come at ``1 / logits_stride`` of
-    the slice size and :meth:`upsample` brings them to it, slice by slice; the inferer can average the groups'
-    logits first and upsample each slice once (the two commute).
+    per mini-group of a volume instead of once per overlapping group. The logits come at the decoder's resolution
+    (1/4 of the slice size) and :meth:`upsample` brings them to it, slice by slice; the inferer can average the
+    groups' logits first and upsample each slice once (the two commute).
 
     Args:
         in_channels: channels per slice (1 for CT).
@@ -100,7 +100,6 @@ class Thickened2DNet(nn.Module):
     """
 
     __constants__ = ["use_link"]
-    logits_stride = 4  # the decoder's resolution: 1/4 of the slice size (stem and max pool)
 
     def __init__(
         self,
