@@ -267,7 +267,15 @@ def conv_transpose_folded(
 def _moments(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and biased variance over axis 1 of ``rows`` ``(N, M, C)``, each ``(N, 1, C)``: the mean, then the mean of
     the squared deviations from it, summed over blocks of about 1 MB (two passes, as accurate as ``InstanceNorm3d``;
-    PyTorch's channels-last batch and group norm kernels take one pass and lose about 1e-3 at 96^3 voxels)."""
+    PyTorch's channels-last batch and group norm kernels take one pass and lose about 1e-3 at 96^3 voxels). bf16 or
+    fp16 ``rows`` give float32 statistics, each block converted on its own."""
+    if rows.dtype == torch.bfloat16 or rows.dtype == torch.float16:  # float32 statistics, block by block
+        blocks = rows.split(_block_rows(rows), dim=1)
+        mean = torch.stack([b.float().sum(1, keepdim=True) for b in blocks]).sum(0) / rows.shape[1]
+        squares = torch.zeros_like(mean)
+        for block in blocks:
+            squares += (block.float() - mean).square_().sum(1, keepdim=True)
+        return mean, squares / rows.shape[1]
     mean = rows.mean(1, keepdim=True)
     squares = torch.zeros_like(mean)
     for block in rows.split(_block_rows(rows), dim=1):
@@ -366,12 +374,14 @@ def instance_norm_folded(
         inplace: write the result into ``x``; only where autograd records nothing (e.g. under ``torch.no_grad``).
 
     Returns:
-        the normalised ``x``, same shape, channels-last; float32 for a bf16 or fp16 ``x`` (autocast), whose
-        statistics are taken in float32.
+        the normalised ``x``, same shape, channels-last. For a bf16 or fp16 ``x`` (autocast) the statistics are
+        taken in float32, and the output is float32, or ``x``'s dtype in place (what the next convolution takes:
+        two casts of the map fewer; SCAA's whole volume in bf16 about a fifth faster).
     """
     if torch.jit.is_tracing():  # the exporters' graph: ONNX InstanceNormalization
         return to_folded(F.instance_norm(unfold(x, batch), None, None, weight, bias, True, 0.0, eps))
-    if x.dtype == torch.bfloat16 or x.dtype == torch.float16:  # under autocast: statistics in float32
+    low = x.dtype == torch.bfloat16 or x.dtype == torch.float16
+    if low and not inplace:  # under autocast: statistics in float32
         x = x.float()
     if not torch.jit.is_scripting() and torch.is_grad_enabled() and not inplace:
         return _instance_norm_with_grad(x, batch, weight, bias, eps)
@@ -379,6 +389,8 @@ def instance_norm_folded(
     rows = _rows(x, batch)  # (N, S * A * B, C), a view of channels-last x
     mean, var = _moments(rows)
     scale, shift = _affine(mean, torch.rsqrt(var + eps), weight, bias)
+    if low:  # in place: a bf16 / fp16 map is normalised in its own dtype
+        scale, shift = scale.to(x.dtype), shift.to(x.dtype)
     out = torch.addcmul(shift, rows, scale, out=rows) if inplace else torch.addcmul(shift, rows, scale)
     return out.view(ns, a, b, c).permute(0, 3, 1, 2)
 

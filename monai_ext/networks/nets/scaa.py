@@ -60,7 +60,8 @@ class _SliceInstanceNorm(nn.InstanceNorm2d):
     faster, loses ~1e-4. An NCHW input (the first convolution's output, whose one input channel leaves its layout
     to aten) is copied to channels-last once, here rather than by the next convolution.
 
-    A bf16 or fp16 input (autocast) is normalised in float32, and the output is float32.
+    A bf16 or fp16 input (autocast) takes its statistics in float32; the output is float32, or the input's dtype
+    where it is normalised in place (inference).
 
     Args:
         norm: the ``InstanceNorm2d`` replaced (its parameters are shared).
