@@ -269,17 +269,14 @@ def _moments(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     the squared deviations from it, summed over blocks of about 1 MB (two passes, as accurate as ``InstanceNorm3d``;
     PyTorch's channels-last batch and group norm kernels take one pass and lose about 1e-3 at 96^3 voxels). bf16 or
     fp16 ``rows`` give float32 statistics, each block converted on its own."""
+    blocks = rows.split(_block_rows(rows), dim=1)
     if rows.dtype == torch.bfloat16 or rows.dtype == torch.float16:  # float32 statistics, block by block
-        blocks = rows.split(_block_rows(rows), dim=1)
-        mean = torch.stack([b.float().sum(1, keepdim=True) for b in blocks]).sum(0) / rows.shape[1]
-        squares = torch.zeros_like(mean)
-        for block in blocks:
-            squares += (block.float() - mean).square_().sum(1, keepdim=True)
-        return mean, squares / rows.shape[1]
-    mean = rows.mean(1, keepdim=True)
+        mean = torch.stack([block.float().sum(1, keepdim=True) for block in blocks]).sum(0) / rows.shape[1]
+    else:
+        mean = rows.mean(1, keepdim=True)
     squares = torch.zeros_like(mean)
-    for block in rows.split(_block_rows(rows), dim=1):
-        squares += (block - mean).square_().sum(1, keepdim=True)
+    for block in blocks:  # a bf16 / fp16 block converted to the statistics' float32, any other as it is
+        squares += (block.to(mean.dtype) - mean).square_().sum(1, keepdim=True)
     return mean, squares / rows.shape[1]
 
 
