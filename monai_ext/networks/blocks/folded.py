@@ -139,9 +139,10 @@ def conv_folded(
         batch: ``N``.
         weight: the Conv3d weight ``(C_out, C_in, ka, kb, 1)``; bias: its bias or None.
         stride, padding: the Conv3d's, per axis of the view ``(A, B, S)``.
-        pool: when given (inference only), the output is a buffer of ``pool`` (or new), filled in slice chunks.
-        inplace: with ``pool``, write the output over ``x`` when the shapes agree (each chunk is computed before it
-            is written, and reads only its own slices).
+        pool: when given (inference only), the output is a buffer of ``pool`` (or new), filled in slice chunks, in
+            the dtype the convolution gives (bf16 / fp16 under autocast: the maps after it stay in that dtype).
+        inplace: with ``pool``, write the output over ``x`` when the shapes and dtypes agree (each chunk is computed
+            before it is written, and reads only its own slices).
         out: write the output into this tensor of the output's shape, in slice chunks (inference only); it may
             share memory with ``x`` slice for slice, e.g. be its first channels.
         shift: with ``pool`` or ``out``, shift the output along the slices as it is written, at no extra pass: the
@@ -165,9 +166,7 @@ def conv_folded(
     ns, _, a, b = x.shape
     shape = [ns, weight.shape[0], (a + 2 * pad[0] - weight.shape[2]) // in_plane[0] + 1]
     shape.append((b + 2 * pad[1] - weight.shape[3]) // in_plane[1] + 1)
-    if out is None:
-        out = x if inplace and shape == list(x.shape) else take_buffer(pool, shape, x)
-    elif list(out.shape) != shape:
+    if out is not None and list(out.shape) != shape:
         raise ValueError(f"conv_folded: out has shape {list(out.shape)}, the convolution gives {shape}.")
     step = slices_per_chunk(shape[1] * shape[2] * shape[3] * x.element_size())
     groups = shift if shift is not None else [(0, shape[1], 0)]  # no shift: every channel stays in its slice
@@ -177,6 +176,9 @@ def conv_folded(
         for lo in range(0, slices, step):
             hi = min(lo + step, slices)
             part = F.conv2d(x.narrow(0, first + lo, hi - lo), weight2d, bias, in_plane, pad)
+            if out is None:  # the output takes the first chunk's dtype (bf16 / fp16 under autocast)
+                reuse = inplace and shape == list(x.shape) and x.dtype == part.dtype
+                out = x if reuse else take_buffer(pool, shape, part)
             if held is not None:  # written only now: with out = x, this chunk had to read that slice first
                 for start, size, moves in groups:
                     if moves > 0:
@@ -184,6 +186,7 @@ def conv_folded(
                         out.select(0, first + lo).narrow(0, start, size).copy_(last)
             place_shifted(out, part, first + lo, lo == 0, hi == slices, groups)
             held = part
+    assert out is not None  # there is at least one slice
     return out
 
 

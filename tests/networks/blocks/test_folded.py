@@ -187,6 +187,22 @@ def test_chunked_conv_into_a_buffer_or_in_place(kernel, stride, small_chunks):
             conv_folded(wide, 2, narrowing.weight, narrowing.bias, stride, narrowing.padding, out=wide[:, :3])
 
 
+def test_chunked_conv_under_autocast_gives_the_autocast_dtype(small_chunks):
+    # a float32 buffer would hold the bf16 convolutions' maps, and every map after it would stay float32
+    layer = get_conv_layer(3, 4, 4, (3, 3, 1), 1, conv_only=True, bias=True).conv
+    x = torch.randn(2, 4, 8, 12, 6)
+    pool: list[torch.Tensor] = []
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = layer(x)
+        out = conv_folded(to_folded(x), 2, layer.weight, layer.bias, layer.stride, layer.padding, pool)
+        work = to_folded(x.clone())
+        over = conv_folded(work, 2, layer.weight, layer.bias, layer.stride, layer.padding, pool, True)
+    assert out.dtype == over.dtype == torch.bfloat16 and _channels_last(out)
+    assert over.data_ptr() != work.data_ptr()  # a float32 input is not overwritten by a bf16 output
+    torch.testing.assert_close(unfold(out, 2), expected, atol=0, rtol=0)
+    torch.testing.assert_close(unfold(over, 2), expected, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("chunk_bytes", [100, 1000, 10**6])  # 1 slice, a few slices, a whole sample per chunk
 @pytest.mark.parametrize("stride", [(1, 1, 1), (2, 2, 2)])
 @pytest.mark.parametrize("shift", [SliceShift(), SliceShift.tsm(), SliceShift(directions=(1, 1))], ids=repr)

@@ -213,6 +213,33 @@ def test_inference_in_chunks_and_pooled_buffers_equals_the_3d_reference(views, s
     assert torch.equal(x, before)
 
 
+def test_under_autocast_the_folded_maps_stay_bf16(monkeypatch):
+    # every map after the first convolution is bf16, as on the 3D path: none is held (and normalised) in float32
+    monkeypatch.setattr(folded, "CHUNK_BYTES", 2000)
+    monkeypatch.setattr(folded, "POOL_MIN_BYTES", 1)
+    net = SSHUNet(**SMALL).eval()
+    normalised: list[torch.dtype] = []
+    norm = folded.instance_norm_folded
+
+    def recording(x, *args, **kwargs):
+        normalised.append(x.dtype)
+        return norm(x, *args, **kwargs)
+
+    monkeypatch.setattr("monai_ext.networks.blocks.slice_shift_block.instance_norm_folded", recording)
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 16, 24, 32)
+    with torch.inference_mode():
+        exact = net(x)
+        normalised.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, reference = net(x), net._forward_3d(x)
+    assert len(normalised) > 0 and set(normalised) == {torch.bfloat16}
+    assert out.dtype == reference.dtype == torch.bfloat16
+    # as close to float32 as the 3D path under autocast (whose norms run in float32): bf16 round-off, no more
+    error, reference_error = (out.float() - exact).abs(), (reference.float() - exact).abs()
+    assert error.mean() < 1.5 * reference_error.mean() and error.max() < 2 * reference_error.max()
+
+
 def _pooled(net) -> list[torch.Tensor]:
     """The free buffers of this thread's shared pool (inside ``net.shared_buffers()``)."""
     return net._shared_pools[threading.get_ident()][0]
