@@ -175,6 +175,19 @@ def test_switchable_norm_mixes_and_keeps_running_batch_statistics():
         SwitchableNorm(0)
 
 
+def test_switchable_norm_of_a_bf16_map_is_float32_rounded_once():
+    # under autocast the link's values are bf16: statistics and affine in float32, the output bf16 again; a map far
+    # from zero is the hard case (statistics taken in bf16 put its output off by several units)
+    torch.manual_seed(0)
+    x = (torch.randn(2, 8, 32, 32) + 100).bfloat16()
+    norm = SwitchableNorm(8).eval()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = norm(x)
+        reference = norm(x.float()).bfloat16()  # float32 all through, on the same values
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, reference, atol=0, rtol=2**-7)  # at most a bf16 rounding step apart
+
+
 def test_ssa_skips_pooling_a_map_of_the_pooled_size():
     block = SliceSensitiveAttention(2, 4, pool_size=8)
     x = torch.randn(1, 4, 8, 8)
