@@ -102,6 +102,20 @@ def test_instance_norm_keeps_fp32_accuracy_on_a_large_volume():
     assert (out.double() - expected).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("mean", [2.0, 100.0])
+def test_statistics_are_float32_accurate_for_every_dtype(dtype, mean):
+    # bf16 takes one pass about the mean of a bf16 sum (within 2^-9 of the mean): exact in float32 even far from zero
+    torch.manual_seed(0)
+    rows = (torch.randn(2, 30000, 16) * (torch.rand(1, 1, 16) + 0.5) * 3 + mean).to(dtype)
+    got_mean, got_var = folded._moments(rows)
+    exact = rows.double()
+    sd = exact.std(1, correction=0, keepdim=True)
+    assert got_mean.dtype == got_var.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert ((got_mean.double() - exact.mean(1, keepdim=True)).abs() / sd).max() < 1e-5
+    assert ((got_var.double() / sd.square() - 1).abs()).max() < 1e-5
+
+
 def test_what_cannot_be_folded():
     assert not foldable_conv(get_conv_layer(3, 4, 4, (3, 3, 3), 1, conv_only=True))  # spans several slices
     with_dropout = get_conv_layer(3, 4, 4, (3, 3, 1), 1, dropout=0.1, act=None, norm=None, conv_only=False)
