@@ -273,15 +273,17 @@ def _moments(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     96^3 voxels): the sums of ``x - c`` and ``(x - c)^2`` over blocks (:func:`_block_rows`) about a shift ``c``
     near the mean (the shifted-data algorithm). For float32 and float64 rows ``c`` is the mean (two passes, the
     first sum zero and not taken); bf16 or fp16 rows give float32 statistics. PyTorch takes a bf16 mean by
-    converting the rows whole, so for bf16 ``c`` is the mean of a bf16 sum (accumulated in float32, rounded to
-    bf16: within 2^-9 of the mean, no cancellation) and each block is converted once, in a single pass."""
+    converting the rows whole, so for bf16 ``c`` is the mean of every ``k``-th row (at most 16 Ki rows, a bf16 sum
+    accumulated in float32: within a small fraction of a standard deviation of the mean, no cancellation) and each
+    block is converted once, in a single pass."""
     m = rows.shape[1]
     low = rows.dtype == torch.bfloat16 or rows.dtype == torch.float16
     exact = rows.dtype != torch.bfloat16  # an fp16 sum would overflow: its mean, in float32, is c
     if exact:
         shift = rows.mean(1, keepdim=True, dtype=torch.float32 if low else None)
     else:
-        shift = rows.sum(1, keepdim=True).float() / m
+        sample = rows[:, :: max(1, m // 16384)]
+        shift = sample.sum(1, keepdim=True).float() / sample.shape[1]
     first = torch.zeros_like(shift)
     squares = torch.zeros_like(shift)
     for block in rows.split(_block_rows(rows), dim=1):

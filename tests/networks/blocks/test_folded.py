@@ -107,7 +107,7 @@ def test_instance_norm_keeps_fp32_accuracy_on_a_large_volume():
 def test_statistics_are_float32_accurate_for_every_dtype(dtype, mean):
     # bf16 takes one pass about the mean of a bf16 sum (within 2^-9 of the mean): exact in float32 even far from zero
     torch.manual_seed(0)
-    rows = (torch.randn(2, 30000, 16) * (torch.rand(1, 1, 16) + 0.5) * 3 + mean).to(dtype)
+    rows = (torch.randn(2, 70000, 8) * (torch.rand(1, 1, 8) + 0.5) * 3 + mean).to(dtype)  # bf16: c from every 4th row
     got_mean, got_var = folded._moments(rows)
     exact = rows.double()
     sd = exact.std(1, correction=0, keepdim=True)
