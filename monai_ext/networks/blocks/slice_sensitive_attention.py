@@ -34,7 +34,8 @@ class SwitchableNorm(nn.Module):
         momentum: running-average momentum of the batch statistics.
 
     Shapes:
-        input and output ``(N, C, *spatial)`` with at least one spatial axis.
+        input and output ``(N, C, *spatial)`` with at least one spatial axis. A bf16 or fp16 input (autocast) has its
+        statistics and affine taken in float32 and gives an output of its own dtype.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
