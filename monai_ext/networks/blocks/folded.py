@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from monai_ext.networks.precision import half_precision
+
 __all__ = [
     "CHUNK_BYTES",
     "ELEMENTWISE_ACTIVATIONS",
@@ -277,7 +279,7 @@ def _moments(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     accumulated in float32: within a small fraction of a standard deviation of the mean, no cancellation) and each
     block is converted once, in a single pass."""
     m = rows.shape[1]
-    low = rows.dtype == torch.bfloat16 or rows.dtype == torch.float16
+    low = half_precision(rows.dtype)
     exact = rows.dtype != torch.bfloat16  # an fp16 sum would overflow: its mean, in float32, is c
     if exact:
         shift = rows.mean(1, keepdim=True, dtype=torch.float32 if low else None)
@@ -396,7 +398,7 @@ def instance_norm_folded(
     """
     if torch.jit.is_tracing():  # the exporters' graph: ONNX InstanceNormalization
         return to_folded(F.instance_norm(unfold(x, batch), None, None, weight, bias, True, 0.0, eps))
-    low = x.dtype == torch.bfloat16 or x.dtype == torch.float16
+    low = half_precision(x.dtype)
     if low and not inplace:  # under autocast: statistics in float32
         x = x.float()
     if not torch.jit.is_scripting() and torch.is_grad_enabled() and not inplace:
@@ -405,8 +407,7 @@ def instance_norm_folded(
     rows = _rows(x, batch)  # (N, S * A * B, C), a view of channels-last x
     mean, var = _moments(rows)
     scale, shift = _affine(mean, torch.rsqrt(var + eps), weight, bias)
-    if low:  # in place: a bf16 / fp16 map is normalised in its own dtype
-        scale, shift = scale.to(x.dtype), shift.to(x.dtype)
+    scale, shift = scale.to(x.dtype), shift.to(x.dtype)  # in place, a bf16 / fp16 map is normalised in its dtype
     out = torch.addcmul(shift, rows, scale, out=rows) if inplace else torch.addcmul(shift, rows, scale)
     return out.view(ns, a, b, c).permute(0, 3, 1, 2)
 

@@ -9,6 +9,8 @@ from monai.networks.layers.factories import Conv, Pool
 from monai.networks.layers.utils import get_norm_layer
 from torch import nn
 
+from monai_ext.networks.precision import half_precision
+
 __all__ = [
     "SSA",
     "ConcatLink",
@@ -57,8 +59,7 @@ class SwitchableNorm(nn.Module):
             raise ValueError(f"SwitchableNorm expects (N, {self.num_features}, *spatial), got {list(x.shape)}.")
         n, c = x.shape[0], x.shape[1]
         flat = x.reshape(n, c, -1)  # (N, C, L)
-        low = x.dtype == torch.bfloat16 or x.dtype == torch.float16  # under autocast: float32 statistics
-        values = flat.float() if low else flat
+        values = flat.float() if half_precision(x.dtype) else flat  # under autocast: float32 statistics
         mean_in = values.mean(-1, keepdim=True)  # (N, C, 1)
         var_in = (values - mean_in).square().mean(-1, keepdim=True)  # two passes: 25x faster than torch.var here
         second_in = var_in + mean_in**2  # E[x^2] per instance and channel

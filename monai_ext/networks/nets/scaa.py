@@ -17,6 +17,7 @@ from monai_ext.networks.blocks.folded import can_overwrite, instance_norm_folded
 from monai_ext.networks.blocks.msfa import MultiSliceFeatureAggregation
 from monai_ext.networks.checks import check_input
 from monai_ext.networks.layout import DEFAULT_SPATIAL_DIM, check_spatial_dim, tensor_dim
+from monai_ext.networks.precision import half_precision
 from monai_ext.networks.registry import NetworkEntry, register_network
 
 __all__ = ["CONFIGURATIONS", "SCAA", "SliceContext", "SpatialContextAwareNet", "scaa_inferer", "scaa_sizes"]
@@ -42,7 +43,7 @@ class _UpLevel(UnetUpBlock):
         up = self.transp_conv(inp)
         block = self.conv_block
         conv = block.conv1.conv
-        half = up.dtype == torch.bfloat16 or up.dtype == torch.float16  # autocast: the sum would round twice
+        half = half_precision(up.dtype)  # autocast: the sum would round twice
         if not can_overwrite() or len(block.conv1) != 1 or half:  # autograd, a trace, a conv with more than a conv
             return block(torch.cat((up, skip), dim=1))
         c = up.shape[1]
