@@ -60,12 +60,13 @@ def test_transposed_conv_equals_conv_transpose3d(up):
 
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("inplace", [True, False])
-def test_instance_norm_is_over_the_whole_volume(affine, inplace):
+@pytest.mark.parametrize("size", [(6, 7, 8), (5, 7, 9), (8, 8, 4)])  # the affine views 16, 1 and 64 voxels as a row
+def test_instance_norm_is_over_the_whole_volume(affine, inplace, size):
     norm = nn.InstanceNorm3d(5, affine=affine)
     if affine:
         nn.init.normal_(norm.weight)
         nn.init.normal_(norm.bias)
-    x = torch.randn(2, 5, 6, 7, 8) * 3 + torch.arange(5.0).view(1, 5, 1, 1, 1)  # a mean per channel
+    x = torch.randn(2, 5, *size) * 3 + torch.arange(5.0).view(1, 5, 1, 1, 1)  # a mean per channel
     expected = norm(x)
     with torch.set_grad_enabled(not inplace):  # in place only where autograd does not need the input
         out = instance_norm_folded(to_folded(x), 2, norm.weight, norm.bias, norm.eps, inplace)
@@ -215,6 +216,23 @@ def test_chunked_conv_under_autocast_gives_the_autocast_dtype(small_chunks):
     assert over.data_ptr() != work.data_ptr()  # a float32 input is not overwritten by a bf16 output
     torch.testing.assert_close(unfold(out, 2), expected, atol=0, rtol=0)
     torch.testing.assert_close(unfold(over, 2), expected, atol=0, rtol=0)
+
+
+def test_chunked_convs_of_a_bf16_map_under_autocast(small_chunks):
+    # the float32 weights are cast once for all chunks (and made channels-last), not by autocast for every chunk
+    layer = get_conv_layer(3, 4, 4, (3, 3, 1), 1, conv_only=True, bias=True).conv
+    up = get_conv_layer(3, 4, 3, (2, 2, 2), (2, 2, 2), conv_only=True, is_transposed=True, bias=True).conv
+    x = torch.randn(2, 4, 8, 12, 6).bfloat16()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, expected_up = layer(x), up(x)
+        out = conv_folded(to_folded(x), 2, layer.weight, layer.bias, layer.stride, layer.padding, [])
+        out_up = to_folded(torch.empty(2, 3, 16, 24, 12, dtype=torch.bfloat16))
+        conv_transpose_folded(to_folded(x), 2, up.weight, up.bias, up.stride, up.padding, up.output_padding, out_up)
+    assert out.dtype == torch.bfloat16 and layer.weight.dtype == up.weight.dtype == torch.float32
+    torch.testing.assert_close(unfold(out, 2), expected, atol=0, rtol=0)
+    torch.testing.assert_close(unfold(out_up, 2), expected_up, atol=0, rtol=0)
+    with torch.no_grad(), pytest.raises(RuntimeError):  # without autocast, mixed dtypes stay an error
+        conv_folded(to_folded(x), 2, layer.weight, layer.bias, layer.stride, layer.padding, [])
 
 
 @pytest.mark.parametrize("chunk_bytes", [100, 1000, 10**6])  # 1 slice, a few slices, a whole sample per chunk
