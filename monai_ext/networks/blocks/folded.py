@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from monai_ext.networks.capture import capturing
 from monai_ext.networks.precision import half_precision
 
 __all__ = [
@@ -60,7 +61,7 @@ ELEMENTWISE_ACTIVATIONS = (
 def can_overwrite() -> bool:
     """Whether intermediates may be overwritten in place: autograd records nothing and no trace is being taken (a
     trace must not depend on the grad mode: ``torch.jit.trace`` checks it again under ``no_grad``)."""
-    return not torch.is_grad_enabled() and not torch.jit.is_tracing()
+    return not torch.is_grad_enabled() and not capturing()
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -428,7 +429,7 @@ def instance_norm_folded(
         taken in float32, and the output is float32, or ``x``'s dtype in place (what the next convolution takes:
         two casts of the map fewer; SCAA's whole volume in bf16 about a fifth faster).
     """
-    if torch.jit.is_tracing():  # the exporters' graph: ONNX InstanceNormalization
+    if capturing():  # a trace or compiled graph: the plain instance norm (ONNX InstanceNormalization)
         return to_folded(F.instance_norm(unfold(x, batch), None, None, weight, bias, True, 0.0, eps))
     low = half_precision(x.dtype)
     if low and not inplace:  # under autocast: statistics in float32

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from monai_ext.networks.blocks.folded import place_shifted, slices_per_chunk
+from monai_ext.networks.capture import capturing
 from monai_ext.networks.layout import DEFAULT_SPATIAL_DIM, check_spatial_dim
 
 __all__ = ["SliceShift", "shift_along", "slice_shift", "slice_shift_folded"]
@@ -63,7 +64,7 @@ def slice_shift_folded(
     itself, its moving channels moved in slice chunks of at most
     :data:`~monai_ext.networks.blocks.folded.CHUNK_BYTES` through a small temporary."""
     ns, c, a, b = x.shape
-    if torch.jit.is_tracing() or inplace:
+    if capturing() or inplace:
         memory = x.permute(0, 2, 3, 1).reshape(batch, ns // batch, a, b, c)  # a view of channels-last x
         if inplace:
             _shift_in_place(memory, fold_div, placement, directions)

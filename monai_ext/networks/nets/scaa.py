@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from monai_ext.networks.blocks.context_encoder import ContextEncoder3D, GlobalDescriptor
 from monai_ext.networks.blocks.folded import can_overwrite, instance_norm_folded
 from monai_ext.networks.blocks.msfa import MultiSliceFeatureAggregation
+from monai_ext.networks.capture import capturing
 from monai_ext.networks.checks import check_input
 from monai_ext.networks.layout import DEFAULT_SPATIAL_DIM, check_spatial_dim, tensor_dim
 from monai_ext.networks.precision import half_precision
@@ -80,7 +81,7 @@ class _SliceInstanceNorm(nn.InstanceNorm2d):
             self.weight, self.bias = norm.weight, norm.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_tracing():  # the exporters' graph: ONNX InstanceNormalization
+        if capturing():  # a trace or compiled graph: the plain instance norm (ONNX InstanceNormalization)
             return F.instance_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
         copied = not x.is_contiguous(memory_format=torch.channels_last)
         if copied:
@@ -203,6 +204,10 @@ class SpatialContextAwareNet(nn.Module):
             called, for a wrong rank, channel count or size (:func:`~monai_ext.networks.checks.check_input`), or slice
             indices of the wrong shape or out of range.
     """
+
+    compile_methods = ("forward", "encode_context", "forward_slices")
+    """What :func:`~monai_ext.networks.compile_network` compiles: ``forward`` and the two steps
+    :class:`~monai_ext.inferers.ContextSliceInferer` calls."""
 
     def __init__(
         self,

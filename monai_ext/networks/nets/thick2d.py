@@ -101,6 +101,10 @@ class Thickened2DNet(nn.Module):
 
     __constants__ = ["use_link"]
 
+    compile_methods = ("forward", "early_features", "forward_from_early")
+    """What :func:`~monai_ext.networks.compile_network` compiles: ``forward`` and the two halves the sharing inferer
+    calls."""
+
     def __init__(
         self,
         in_channels: int = 1,
