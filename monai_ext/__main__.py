@@ -63,6 +63,7 @@ def bench(
     budget_s: float = 120.0,
     threads: int | None = None,
     amp: bool = False,
+    compile: bool = False,
     task: str = "vessels_oblique",
     recipe: str = "bundle",
     jobs: int = 1,
@@ -83,7 +84,9 @@ def bench(
     runs only when asked). ``--networks dynunet_3d,ssh_unet`` picks efficiency / accuracy rows by registry name
     (default: every main entry). When ``output_dir`` holds both efficiency.json and accuracy.json,
     ``flops_vs_dice.png`` is drawn. ``--amp``: efficiency's forward and whole-volume passes under autocast (bf16 on
-    the CPU, fp16 on CUDA). ``--device cuda`` without CUDA measures on the CPU, and says so.
+    the CPU, fp16 on CUDA). ``--compile``: efficiency's forward and whole-volume passes run the network compiled
+    (:func:`monai_ext.networks.compile_network`; each row takes a few minutes more). ``--device cuda`` without
+    CUDA measures on the CPU, and says so.
     """
     import monai_ext.bench as b
     from monai_ext.bench.report import plot_from_dir
@@ -94,7 +97,8 @@ def bench(
         raise ValueError(f"suite must be one of {sorted(suites)}, got {suite!r}.")
     rows = [str(n).strip() for n in _as_list(networks)] if networks else None
     if suite in ("efficiency", "all"):
-        b.run_efficiency(device=device, quick=quick, output_dir=output_dir, networks=rows, threads=threads, amp=amp)
+        kw = {"threads": threads, "amp": amp, "compile": compile}
+        b.run_efficiency(device=device, quick=quick, output_dir=output_dir, networks=rows, **kw)
     for name in cpu_only:
         if suite in (name, "all"):
             if device != "cpu":

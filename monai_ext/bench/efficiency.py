@@ -5,11 +5,13 @@ The rows are the registry's networks (:mod:`monai_ext.bench.rows`). Each row is 
 the machine's fp32 matmul rate (:func:`matmul_peak`) and the rate of a dense 3^3 Conv3d (:func:`conv_peak`) are
 measured the same way. Ratios to DynUNet 3D (:data:`~monai_ext.bench.rows.REFERENCE`) are taken within one allocator
 setting of one run. With ``amp``, forward and whole-volume passes (and the conv rate) run under autocast (bf16 on
-the CPU, fp16 on CUDA: :func:`monai_ext.inferers.autocast`); training steps stay fp32.
+the CPU, fp16 on CUDA: :func:`monai_ext.inferers.autocast`); training steps stay fp32. With ``compile``, they run
+the network compiled by :func:`monai_ext.networks.compile_network` (weights frozen); training steps stay eager.
 """
 
 from __future__ import annotations
 
+import copy
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +27,7 @@ from monai_ext.bench.rows import REFERENCE
 from monai_ext.bench.stats import ratio, spread
 from monai_ext.bundles import ALLOCATOR_ENV
 from monai_ext.inferers.autocast import AMP_DTYPES, autocast
-from monai_ext.networks import get_network_entry
+from monai_ext.networks import compile_network, get_network_entry
 
 __all__ = [
     "ALLOCATORS",
@@ -61,17 +63,24 @@ def measure(
     device: str,
     repeats: int,
     forward: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] | None = None,
+    timed: torch.nn.Module | None = None,
 ) -> dict:
     """Count parameters and FLOPs (2 x multiply-adds) and time ``repeats`` forward passes after one warm-up.
 
     ``forward(net, x)`` (default ``net(x)``) is how the network consumes the ``shape`` input, e.g. slice by slice.
+    ``timed``: the module timed instead of ``net`` (e.g. its compiled copy; the FLOPs are counted on ``net``); its
+    warm-up pass (compilation included) is timed too, as ``first_s``.
     """
     forward = forward or (lambda n, t: n(t))
     gflop = _flops(net, forward, shape, device)  # also the warm-up pass
     x = torch.randn(*shape, device=device)
+    row = {"params": sum(p.numel() for p in net.parameters()), "gflop": gflop}
     with torch.inference_mode():
-        times = [_timed(lambda: forward(net, x), device) for _ in range(repeats)]
-    return {"params": sum(p.numel() for p in net.parameters()), "gflop": gflop, "latency_s": spread(times)}
+        if timed is not None:
+            row["first_s"] = _timed(lambda: forward(timed.eval(), x), device)
+        run = net if timed is None else timed
+        row["latency_s"] = spread([_timed(lambda: forward(run, x), device) for _ in range(repeats)])
+    return row
 
 
 def _flops(net: torch.nn.Module, forward: Callable, shape: tuple[int, ...], device: str) -> float:
@@ -99,6 +108,7 @@ def measure_row(
     threads: int | None = None,
     out_channels: int = 14,
     amp: bool = False,
+    compile: bool = False,
 ) -> dict:
     """Every efficiency figure of registry entry ``name``, in this process.
 
@@ -118,7 +128,10 @@ def measure_row(
     - ``peak_memory_gib``: the process's peak over the whole measurement, training step included.
 
     ``amp``: the forward and whole-volume passes run under :func:`monai_ext.inferers.autocast` (bf16 on the CPU,
-    fp16 on CUDA); the training step stays fp32.
+    fp16 on CUDA); the training step stays fp32. ``compile``: the forward and whole-volume passes run a copy of the
+    network compiled by :func:`monai_ext.networks.compile_network` (``freeze=True``); its first pass on the patch and
+    on the volume (compilation included) are reported as ``first_s`` and ``volume_first_s``, and the timed passes
+    follow them. The FLOPs are counted, and the training step is taken, on the eager network.
     """
     if threads is not None:
         torch.set_num_threads(threads)
@@ -127,8 +140,10 @@ def measure_row(
     torch.manual_seed(0)
     net = rows.build(entry, 1, out_channels, size["patch"]).to(device)
     inferer = rows.inferer(entry, size["patch"])
+    run = compile_network(copy.deepcopy(net).eval(), freeze=True) if compile else net
     with autocast(device, amp):
-        row = measure(net, (1, 1, *size["patch"]), device, size["repeats"], lambda n, t: inferer(t, n))
+        timed = run if compile else None
+        row = measure(net, (1, 1, *size["patch"]), device, size["repeats"], lambda n, t: inferer(t, n), timed)
     row["gflops_achieved"] = row["gflop"] / row["latency_s"]["median"]
     row["gflop_own_patch"] = None
     if not quick and entry.patch is not None:
@@ -137,11 +152,14 @@ def measure_row(
         del own
 
     volume = torch.randn(1, 1, *size["volume"], device=device)
+    if compile:  # compiled for the shapes of the volume's windows or slices before its timed pass
+        with torch.inference_mode(), autocast(device, amp):
+            row["volume_first_s"] = _timed(lambda: inferer(volume, run), device)
     before = peak_bytes(device)[0]  # the FLOP counts and forward timings; the peak restarts for the whole volume
     reset = reset_peak(device)
     with torch.inference_mode(), autocast(device, amp):
         # the network is warm from the forward timings; one run of a whole volume is long enough to time
-        row["volume_s"] = _timed(lambda: inferer(volume, net), device)
+        row["volume_s"] = _timed(lambda: inferer(volume, run), device)
     row["inference_peak_gib"] = peak_bytes(device)[0] / _GIB if reset else None
 
     image = torch.randn(1, 1, *size["patch"], device=device)
@@ -217,12 +235,13 @@ def run_efficiency(
     threads: int | None = None,
     fresh_process: bool = True,
     amp: bool = False,
+    compile: bool = False,
 ) -> list[dict]:
     """Measure every main entry of the registry (or ``networks``, registry names) under each allocator setting,
     each in a fresh process.
 
     Returns one record per (network, allocator) with :func:`measure_row`'s figures, the allocator, the precision
-    (``amp``, ``precision``), the machine (:func:`machine_info`), ratios to DynUNet 3D in the same setting
+    (``amp``, ``precision``, ``compiled``), the machine (:func:`machine_info`), ratios to DynUNet 3D in the same setting
     (``*_vs_reference``), the share of the measured fp32 matmul rate (``peak_fraction``) and of the dense Conv3d
     rate measured in the same precision (``conv_fraction``). Prints a Markdown table per setting; with
     ``output_dir``, writes ``efficiency.json`` and ``efficiency.md`` there. ``fresh_process=False`` measures in this
@@ -255,14 +274,14 @@ def run_efficiency(
     records = []
     for entry in entries:  # the settings interleave per network, so drifting machine load hits both alike
         for allocator in allocators:
-            what = f"{allocator} allocator, {device}, {threads} threads, {prec}"
+            what = f"{allocator} allocator, {device}, {threads} threads, {prec}{', compiled' if compile else ''}"
             print(f"measuring {entry.name} ({what}) ...", flush=True)
-            row = call(measure_row, settings | {"name": entry.name, "amp": amp}, allocator)
+            row = call(measure_row, settings | {"name": entry.name, "amp": amp, "compile": compile}, allocator)
             row["peak_fraction"] = row["gflops_achieved"] / peaks[allocator]["gflops"]
             row["conv_fraction"] = row["gflops_achieved"] / convs[allocator]["gflops"]
             records.append(
                 {"network": entry.name, "family": entry.family, "kind": entry.kind, "allocator": allocator}
-                | {"amp": amp, "precision": prec}
+                | {"amp": amp, "precision": prec, "compiled": bool(compile)}
                 | row
                 | {"matmul_gflops": peaks[allocator]["gflops"], "conv3d_gflops": convs[allocator]["gflops"]}
                 | {"conv3d_shape": convs[allocator]["shape"], "machine": info}

@@ -63,7 +63,8 @@ def efficiency_table(records: Sequence[dict]) -> str:
         conv = "x".join(map(str, first["conv3d_shape"]))
         lines += [
             f"\n{allocator} allocator, {machine['device']} ({machine['threads']} threads), forward and whole volume "
-            f"in {first['precision']}{' (autocast)' if first['amp'] else ''}; matmul {first['matmul_gflops']:.0f} "
+            f"in {first['precision']}{' (autocast)' if first['amp'] else ''}"
+            f"{', compiled (torch.compile)' if first.get('compiled') else ''}; matmul {first['matmul_gflops']:.0f} "
             f"GFLOP/s (fp32), dense 3^3 Conv3d {first['conv3d_gflops']:.0f} GFLOP/s ({conv}, {first['precision']})",
             "",
             "| network | params (M) | GFLOP (patch) | GFLOP (own patch) | forward s, median [min, max] | vs DynUNet 3D "

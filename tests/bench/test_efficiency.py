@@ -11,7 +11,7 @@ from monai.inferers import SliceInferer, SlidingWindowInferer
 
 from monai_ext.bench import efficiency, measure, run_efficiency
 from monai_ext.bench.efficiency import conv_peak
-from monai_ext.networks import NetworkEntry
+from monai_ext.networks import NetworkEntry, compile_network
 from monai_ext.networks import registry as network_registry
 
 
@@ -137,6 +137,24 @@ def test_amp_runs_forward_and_volume_in_bf16_and_training_in_fp32(tiny_rows, mon
     first_fp32 = dtypes.index(torch.float32)
     assert first_fp32 >= 4 and set(dtypes[:first_fp32]) == {torch.bfloat16}
     assert dtypes[first_fp32:] == [torch.float32] * 2
+
+
+def test_compile_times_a_compiled_copy_after_its_first_passes(tiny_rows, monkeypatch, tmp_path):
+    compiled = []
+
+    def spy(net, freeze=False):
+        compiled.append((net, freeze))
+        return compile_network(net, freeze=freeze)
+
+    monkeypatch.setattr(efficiency, "compile_network", spy)
+    kw = {"networks": ["dynunet_3d"], "allocators": ["default"], "threads": 1, "fresh_process": False}
+    (r,) = run_efficiency(quick=True, compile=True, output_dir=str(tmp_path), **kw)
+    ((net, freeze),) = compiled
+    assert freeze and net._compiled_methods == {"forward"}
+    assert r["compiled"] is True and r["first_s"] > 0 and r["volume_first_s"] > 0 and r["volume_s"] > 0
+    assert "fp32, compiled (torch.compile)" in (tmp_path / "efficiency.md").read_text()
+    (plain,) = run_efficiency(quick=True, **kw)
+    assert plain["compiled"] is False and "first_s" not in plain and "volume_first_s" not in plain
 
 
 def test_run_efficiency_refuses_unknown_rows_and_settings(tiny_rows):
