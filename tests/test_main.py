@@ -129,7 +129,15 @@ def test_cli_bench_runs_the_chosen_suites(monkeypatch, tmp_path):
         (
             "efficiency",
             (),
-            {"device": "cpu", "quick": True, "output_dir": out, "networks": None, "threads": None, "amp": False},
+            {
+                "device": "cpu",
+                "quick": True,
+                "output_dir": out,
+                "networks": None,
+                "threads": None,
+                "amp": False,
+                "compile": False,
+            },
         ),
         ("attention", (), {"quick": True, "output_dir": out}),
         ("deformable", (), {"quick": True, "output_dir": out}),
