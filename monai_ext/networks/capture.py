@@ -33,14 +33,26 @@ def compiled_methods(network: nn.Module) -> tuple[str, ...]:
     return tuple(getattr(network, "compile_methods", ("forward",)))
 
 
-def _frozen(fn: Callable) -> Callable:
-    """``fn`` (compiled) run with inductor's freezing on: weights are folded into the graph when it is compiled."""
+def _plain(value):
+    """A tensor subclass (MONAI's ``MetaTensor``) as a plain tensor, anything else as is."""
+    if isinstance(value, torch.Tensor) and type(value) is not torch.Tensor:
+        return value.as_subclass(torch.Tensor)
+    return value
+
+
+def _compiled(fn: Callable, freeze: bool) -> Callable:
+    """``fn`` compiled, called with plain tensors (the compiled kernels take no tensor subclass such as MONAI's
+    ``MetaTensor``; the inferers put the metadata back), under inductor's freezing when ``freeze``."""
+    compiled = torch.compile(fn, dynamic=False)
 
     def call(*args, **kwargs):
+        args, kwargs = [_plain(a) for a in args], {k: _plain(v) for k, v in kwargs.items()}
+        if not freeze:
+            return compiled(*args, **kwargs)
         from torch._inductor import config
 
         with config.patch(freezing=True):
-            return fn(*args, **kwargs)
+            return compiled(*args, **kwargs)
 
     return call
 
@@ -85,7 +97,6 @@ def compile_network(network: nn.Module, freeze: bool = False, methods: Sequence[
     done = network.__dict__.setdefault("_compiled_methods", set())
     for name in names:
         if name not in done:
-            fn = torch.compile(getattr(network, name), dynamic=False)
-            setattr(network, name, _frozen(fn) if freeze else fn)
+            setattr(network, name, _compiled(getattr(network, name), freeze))
             done.add(name)
     return network

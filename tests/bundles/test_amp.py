@@ -42,8 +42,12 @@ def case(request) -> Case:
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, case) -> tuple[Path, Path]:
+    return tiny_bundle(tmp_path_factory, case)
+
+
+def tiny_bundle(tmp_path_factory, case: Case) -> tuple[Path, Path]:
     """(bundle_root holding the tiny network's random weights as models/model.pt, dataset folder)."""
-    tmp = tmp_path_factory.mktemp(f"{case.name}_amp")
+    tmp = tmp_path_factory.mktemp(f"{case.name}_bundle")
     write_msd_dataset(tmp / "data", num_train=1, num_test=1, shape=(32, 32, 32), seed=1, **case.data)
     parser = ConfigParser()
     parser.read_config(str(case.configs_dir / "inference.json"))
@@ -55,9 +59,10 @@ def bundle(tmp_path_factory, case) -> tuple[Path, Path]:
     return tmp / "bundle", tmp / "data"
 
 
-def _infer(case: Case, root: Path, data: Path, amp: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, probabilities) of the one test case, checked to be saved as uint8 and float32."""
-    out = root.parent / f"pred_amp_{amp}"
+def infer(case: Case, root: Path, data: Path, **overrides) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, probabilities) of the one test case with the inference ``overrides`` (``amp="true"``, ...), checked to
+    be saved as uint8 and float32."""
+    out = root.parent / ("pred_" + "_".join(f"{k}_{v}" for k, v in overrides.items()))
     ok(
         case.run(
             "run",
@@ -66,7 +71,7 @@ def _infer(case: Case, root: Path, data: Path, amp: bool) -> tuple[np.ndarray, n
             dataset_dir=data,
             output_dir=out,
             save_probabilities=True,
-            amp=str(amp).lower(),
+            **overrides,
         )
     )
     (seg,), (prob,) = sorted(out.glob("*_seg.nii.gz")), sorted(out.glob("*_prob.nii.gz"))
@@ -76,8 +81,8 @@ def _infer(case: Case, root: Path, data: Path, amp: bool) -> tuple[np.ndarray, n
 
 
 def test_amp_inference_writes_what_fp32_writes(case, bundle):
-    labels, probs = _infer(case, *bundle, amp=False)
-    labels_amp, probs_amp = _infer(case, *bundle, amp=True)
+    labels, probs = infer(case, *bundle, amp="false")
+    labels_amp, probs_amp = infer(case, *bundle, amp="true")
     assert probs_amp.shape == probs.shape and labels_amp.shape == labels.shape
     diff = np.abs(probs_amp - probs)
     assert diff.max() > 0, "amp changed nothing: autocast did not run"

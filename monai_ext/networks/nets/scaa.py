@@ -392,6 +392,8 @@ class SpatialContextAwareNet(nn.Module):
                 f"slice_indices must be (S,) or (B, S) = ({x.shape[0]}, S) with S >= 1, "
                 f"got {list(torch.as_tensor(slice_indices).shape)}."
             )
+        if capturing():  # the range check reads values, which a compiled graph cannot branch on (indexing still fails)
+            return indices
         if int(indices.min()) < 0 or int(indices.max()) >= depth:
             raise ValueError(
                 f"slice_indices must lie in [0, {depth}) (slices along spatial_dim={self.spatial_dim}), got values in "

@@ -1,0 +1,27 @@
+"""``--compile true`` runs a bundle's inference with the network compiled (``monai_ext.networks.compile_network``,
+weights frozen): the checkpoint must be loaded before the first compiled call, and the outputs are the eager ones.
+
+Run for the two bundles whose docs recommend it (thickened 2D and SCAA: where compiling pays on a CPU); the others
+share the same config line. The weights are the tiny network's random initialisation, as in test_amp.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.bundles.test_amp import infer, tiny_bundle
+from tests.bundles.test_bundles import CASES
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.name in ("thick2d", "scaa")], ids=lambda c: c.name)
+def test_compiled_inference_writes_what_eager_inference_writes(case, tmp_path_factory):
+    root, data = tiny_bundle(tmp_path_factory, case)
+    labels, probs = infer(case, root, data)
+    labels_c, probs_c = infer(case, root, data, compile="true")
+    assert probs_c.shape == probs.shape and labels_c.shape == labels.shape
+    # frozen before the checkpoint loaded, the graph would hold other (random) weights: far beyond round-off
+    assert np.abs(probs_c - probs).max() < 1e-3
+    assert np.mean(labels_c == labels) >= 0.999
