@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import types
 from collections.abc import Callable, Sequence
 
 import torch
@@ -41,18 +42,19 @@ def _plain(value):
 
 
 def _compiled(fn: Callable, freeze: bool) -> Callable:
-    """``fn`` compiled, called with plain tensors (the compiled kernels take no tensor subclass such as MONAI's
-    ``MetaTensor``; the inferers put the metadata back), under inductor's freezing when ``freeze``."""
+    """The class function ``fn`` (the module its first argument) compiled, called with plain tensors (compiled
+    kernels take no tensor subclass such as MONAI's ``MetaTensor``; the inferers put the metadata back), under
+    inductor's freezing when ``freeze``."""
     compiled = torch.compile(fn, dynamic=False)
 
-    def call(*args, **kwargs):
+    def call(module, *args, **kwargs):
         args, kwargs = [_plain(a) for a in args], {k: _plain(v) for k, v in kwargs.items()}
         if not freeze:
-            return compiled(*args, **kwargs)
+            return compiled(module, *args, **kwargs)
         from torch._inductor import config
 
         with config.patch(freezing=True):
-            return compiled(*args, **kwargs)
+            return compiled(module, *args, **kwargs)
 
     return call
 
@@ -77,7 +79,8 @@ def compile_network(network: nn.Module, freeze: bool = False, methods: Sequence[
     shape; it pays where many windows or volumes of one size follow (a whole volume, a dataset of one protocol, a
     server). On a CPU, inductor fuses each norm, activation and residual sum into few vectorised passes, which the
     eager bf16 kernels here do not manage: thickened 2D and SCAA then run bf16 several times faster than fp32 eager
-    (docs/benchmarks.md). A network compiled twice is compiled once.
+    (docs/benchmarks.md). A network compiled twice is compiled once; a deep copy of a compiled network runs its own
+    weights (its methods compile again for it).
 
     Args:
         network: the network, its weights on the device it will run on.
@@ -90,13 +93,14 @@ def compile_network(network: nn.Module, freeze: bool = False, methods: Sequence[
         AttributeError: for a name in ``methods`` that ``network`` does not have.
     """
     names = tuple(methods) if methods is not None else compiled_methods(network)
-    missing = [n for n in names if not callable(getattr(network, n, None))]
+    missing = [n for n in names if not callable(getattr(type(network), n, None))]
     if missing:
         raise AttributeError(f"compile_network: {type(network).__name__} has no method {missing}.")
     _check_compiler(network)
     done = network.__dict__.setdefault("_compiled_methods", set())
     for name in names:
         if name not in done:
-            setattr(network, name, _compiled(getattr(network, name), freeze))
+            # bound to the instance: a deep copy is bound to the copy (and compiles its own graph)
+            setattr(network, name, types.MethodType(_compiled(getattr(type(network), name), freeze), network))
             done.add(name)
     return network

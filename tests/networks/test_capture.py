@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -58,6 +60,17 @@ def test_ssh_unet_compiles_as_one_graph():
         expected = net(x)
         out = torch.compile(net, fullgraph=True, dynamic=False)(x)
     torch.testing.assert_close(out, expected, atol=2e-4, rtol=1e-4)
+
+
+def test_a_deep_copy_of_a_compiled_network_runs_its_own_weights():
+    net = compile_network(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3)).eval(), freeze=True)
+    x = torch.randn(1, 1, 8, 8)
+    with torch.no_grad():
+        first = net(x)
+        twin = copy.deepcopy(net)
+        twin[0].bias.add_(1.0)
+        torch.testing.assert_close(twin(x), first + 1.0)
+        torch.testing.assert_close(net(x), first)
 
 
 def test_compile_network_compiles_each_method_once():
