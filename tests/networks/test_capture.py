@@ -2,6 +2,7 @@ import copy
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from monai_ext.networks import capture, capturing, compile_network, create_network, get_network_entry
 from monai_ext.networks.capture import compiled_methods
@@ -44,7 +45,9 @@ def test_a_compiled_network_gives_the_eager_output(name, kwargs, shape):
         expected = inferer(x, net)
         compiled = compile_network(net, freeze=True)
         assert compiled is net and list(net.state_dict()) == keys
+        counters.clear()
         out = inferer(x, net)
+    assert counters["stats"]["unique_graphs"] >= 2  # the inferer's two steps ran compiled, not eager
     assert out.shape == expected.shape
     torch.testing.assert_close(out, expected, atol=2e-4, rtol=1e-4)
     assert not torch.equal(out, torch.zeros_like(out))
