@@ -97,10 +97,8 @@ def compile_network(network: nn.Module, freeze: bool = False, methods: Sequence[
     if missing:
         raise AttributeError(f"compile_network: {type(network).__name__} has no method {missing}.")
     _check_compiler(network)
-    done = network.__dict__.setdefault("_compiled_methods", set())
     for name in names:
-        if name not in done:
+        if name not in network.__dict__:  # an instance attribute of that name is its compiled form already
             # bound to the instance: a deep copy is bound to the copy (and compiles its own graph)
             setattr(network, name, types.MethodType(_compiled(getattr(type(network), name), freeze), network))
-            done.add(name)
     return network
