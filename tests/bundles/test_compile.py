@@ -2,8 +2,8 @@
 weights frozen): the checkpoint must be loaded before the first compiled call, and the outputs are the eager ones.
 
 Run for SCAA, whose inferer calls two compiled methods and hands them MONAI's ``MetaTensor``; the other bundles share
-the same config line, and each network's compiled outputs are compared with its eager ones in
-tests/networks/test_capture.py. The weights are the tiny network's random initialisation, as in test_amp.
+the same config line (thickened 2D's and SSH-UNet's compiled outputs are compared with their eager ones in
+tests/networks/test_capture.py). The weights are the tiny network's random initialisation, as in test_amp.
 """
 
 from __future__ import annotations
