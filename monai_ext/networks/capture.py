@@ -80,9 +80,9 @@ def compile_network(network: nn.Module, freeze: bool = False, methods: Sequence[
     server). On a CPU, inductor fuses each norm, activation and residual sum into few vectorised passes, which the
     eager bf16 kernels here do not manage: thickened 2D and SCAA then run bf16 several times faster than fp32 eager
     (docs/benchmarks.md). A compiled graph allocates its intermediate maps afresh at every call: on Linux, run it
-    with ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736`` in the environment, or glibc maps and faults in
-    every block above 32 MB anew (SSH-UNet's bf16 volume 16.3 s without, 10.6 s with). A network compiled twice is
-    compiled once; a deep copy of a compiled network runs its own weights (its methods compile again for it).
+    with :data:`monai_ext.bundles.ALLOCATOR_ENV` in the environment, or glibc maps and faults in every block above
+    32 MB anew (SSH-UNet's bf16 volume 16.3 s without, 10.6 s with). A network compiled twice is compiled once; a
+    deep copy of a compiled network runs its own weights (its methods compile again for it).
 
     Args:
         network: the network, its weights on the device it will run on.
