@@ -284,7 +284,7 @@ def conv_transpose_folded(
 def _moments(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and biased variance over axis 1 of ``rows`` ``(N, M, C)``, each ``(N, 1, C)``, as accurate as
     ``InstanceNorm3d`` (PyTorch's channels-last batch and group norm kernels take one pass and lose about 1e-3 at
-    96^3 voxels): the sums of ``x - c`` and ``(x - c)^2`` over blocks (:func:`_block_rows`) about a shift ``c``
+    96^3 voxels): the sums of ``x - c`` and ``(x - c)^2`` over blocks (:func:`_blocks`) about a shift ``c``
     near the mean (the shifted-data algorithm). For float32 and float64 rows ``c`` is the mean (two passes, the
     first sum zero and not taken); bf16 or fp16 rows give float32 statistics. PyTorch takes a bf16 mean by
     converting the rows whole, so for bf16 ``c`` is the mean of every ``k``-th row (at most 16 Ki rows, a bf16 sum
@@ -298,24 +298,41 @@ def _moments(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     else:
         sample = rows[:, :: max(1, m // 16384)]
         shift = sample.sum(1, keepdim=True).float() / sample.shape[1]
-    first = torch.zeros_like(shift)
-    squares = torch.zeros_like(shift)
-    for block in rows.split(_block_rows(rows), dim=1):
-        deviation = block.float().sub_(shift) if low else block - shift
+    centre = shift.unsqueeze(1)  # (N, 1, 1, C) against the blocks' (N, P, k, C)
+    blocks = _blocks(rows)
+    first = shift.new_zeros(blocks[0].shape[0], blocks[0].shape[1], 1, rows.shape[2])  # per part: (N, P, 1, C)
+    squares = torch.zeros_like(first)
+    for block in blocks:
+        deviation = block.float().sub_(centre) if low else block - centre
         if not exact:
-            first += deviation.sum(1, keepdim=True)
-        squares += deviation.square_().sum(1, keepdim=True)
+            first += deviation.sum(2, keepdim=True)
+        squares += deviation.square_().sum(2, keepdim=True)
     if exact:
-        return shift, squares / m
-    offset = first / m  # the mean less c
-    return shift + offset, squares / m - offset.square()
+        return shift, squares.sum(1) / m
+    offset = first.sum(1) / m  # the mean less c
+    return shift + offset, squares.sum(1) / m - offset.square()
 
 
-def _block_rows(rows: torch.Tensor) -> int:
-    """Rows of ``rows`` ``(N, M, C)`` per block over all ``N``: 256 Ki values (1 MB of float32), or 1 Mi values of
-    bf16 / fp16, whose blocks take an extra step (their conversion) and are faster in fewer, larger blocks."""
+def _blocks(rows: torch.Tensor) -> list[torch.Tensor]:
+    """``rows`` ``(N, M, C)`` as blocks ``(N, P, k, C)`` of about 256 Ki values (1 MB of float32), or 1 Mi values of
+    bf16 / fp16 (whose blocks take an extra step, their conversion, and are faster in fewer, larger blocks): block
+    ``j`` holds rows ``j * k`` to ``(j + 1) * k`` of each of ``P`` equal, contiguous parts of ``M``, one part per
+    thread (:func:`_parts`). Summed over its axis 2, a block then gives each thread the part it wrote itself:
+    summed over axis 1 of ``(N, k, C)`` instead, a block's elementwise result and its sum split the values
+    differently between two threads, and the reductions took 2-3x as long as on one thread (2 threads here)."""
+    n, m, c = rows.shape
+    parts = 1 if torch.jit.is_scripting() else _parts(m)
     values = 1048576 if rows.element_size() == 2 else 262144
-    return max(1, values // (rows.shape[2] * rows.shape[0]))
+    return list(rows.reshape(n, parts, m // parts, c).split(max(1, values // (c * n * parts)), dim=2))
+
+
+@torch.jit.unused
+def _parts(m: int) -> int:
+    """The largest divisor of ``m`` not above the number of threads."""
+    parts = max(1, torch.get_num_threads())
+    while m % parts != 0:
+        parts -= 1
+    return parts
 
 
 def _affine(
@@ -376,10 +393,11 @@ class _InstanceNormFolded(torch.autograd.Function):
         m = rows.shape[1]
         centered = rows - mean
         grad_sum = grad.sum(1, keepdim=True)  # (N, 1, C)
-        size = _block_rows(rows)
-        dot = torch.zeros_like(grad_sum)  # sum of grad * (x - mean), in blocks
-        for g, d in zip(grad.split(size, dim=1), centered.split(size, dim=1)):
-            dot += (g * d).sum(1, keepdim=True)
+        blocks = list(zip(_blocks(grad), _blocks(centered)))
+        dot = grad_sum.new_zeros(blocks[0][0].shape[0], blocks[0][0].shape[1], 1, c)  # per part: (N, P, 1, C)
+        for g, d in blocks:  # the sum of grad * (x - mean)
+            dot += (g * d).sum(2, keepdim=True)
+        dot = dot.sum(1)
         gain = rstd if weight is None else rstd * weight
         # d x = gain * (grad - mean(grad) - xhat * mean(grad * xhat)), xhat = (x - mean) * rstd
         slope = -gain * rstd.square() * dot / m

@@ -25,6 +25,15 @@ def _channels_last(x: torch.Tensor) -> bool:
     return x.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.fixture(params=[1, 2, 3])
+def threads(request):
+    """Run with 1, 2 and 3 torch threads (the norms sum their statistics in one part per thread), then restore."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 def test_fold_puts_each_slice_in_the_batch_channels_last():
     x = torch.randn(2, 3, 4, 5, 6)  # (N, C, A, B, S)
     folded = to_folded(x)
@@ -75,7 +84,7 @@ def test_instance_norm_is_over_the_whole_volume(affine, inplace, size):
 
 
 @pytest.mark.parametrize("affine", [True, False])
-def test_instance_norm_gradients_equal_those_of_instance_norm_3d(affine):
+def test_instance_norm_gradients_equal_those_of_instance_norm_3d(affine, threads):
     # the hand-written backward against autograd through InstanceNorm3d, in float64, with an in-place activation
     # after the norm (as in SSH-UNet's blocks) and an upstream gradient that is not channels-last
     torch.manual_seed(0)
@@ -105,7 +114,7 @@ def test_instance_norm_keeps_fp32_accuracy_on_a_large_volume():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("mean", [2.0, 100.0])
-def test_statistics_are_float32_accurate_for_every_dtype(dtype, mean):
+def test_statistics_are_float32_accurate_for_every_dtype(dtype, mean, threads):
     # bf16 takes one pass about the mean of a bf16 sum (within 2^-9 of the mean): exact in float32 even far from zero
     torch.manual_seed(0)
     rows = (torch.randn(2, 70000, 8) * (torch.rand(1, 1, 8) + 0.5) * 3 + mean).to(dtype)  # bf16: c from every 4th row
@@ -115,6 +124,17 @@ def test_statistics_are_float32_accurate_for_every_dtype(dtype, mean):
     assert got_mean.dtype == got_var.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     assert ((got_mean.double() - exact.mean(1, keepdim=True)).abs() / sd).max() < 1e-5
     assert ((got_var.double() / sd.square() - 1).abs()).max() < 1e-5
+
+
+@pytest.mark.parametrize("rows", [70000, 70001])  # 70001 = 7 * 10001: one part for 2 or 3 threads
+def test_blocks_cover_each_row_once_in_one_part_per_thread(rows, threads):
+    x = torch.randn(2, rows, 8)
+    blocks = folded._blocks(x)
+    parts = blocks[0].shape[1]
+    assert parts == (1 if rows == 70001 else {1: 1, 2: 2, 3: 2}[threads])  # the largest divisor up to the threads
+    assert all(block.shape[:2] == (2, parts) and block[0, 0, 0].shape == (8,) for block in blocks)
+    assert sum(block.numel() for block in blocks) == x.numel()
+    torch.testing.assert_close(torch.cat(blocks, dim=2).reshape(2, rows, 8), x, atol=0, rtol=0)
 
 
 def test_what_cannot_be_folded():
