@@ -129,11 +129,11 @@ def test_statistics_are_float32_accurate_for_every_dtype(dtype, mean, threads):
 @pytest.mark.parametrize("rows", [70000, 70001])  # 70001 = 7 * 10001: one part for 2 or 3 threads
 def test_blocks_cover_each_row_once_in_one_part_per_thread(rows, threads):
     x = torch.randn(2, rows, 8)
-    blocks = folded._blocks(x)
-    parts = blocks[0].shape[1]
-    assert parts == (1 if rows == 70001 else {1: 1, 2: 2, 3: 2}[threads])  # the largest divisor up to the threads
-    assert all(block.shape[:2] == (2, parts) and block[0, 0, 0].shape == (8,) for block in blocks)
-    assert sum(block.numel() for block in blocks) == x.numel()
+    parted = folded._parted(x)
+    parts = 1 if rows == 70001 else {1: 1, 2: 2, 3: 2}[threads]  # the largest divisor up to the threads
+    assert parted.shape == (2, parts, rows // parts, 8) and parted.data_ptr() == x.data_ptr()  # a view
+    blocks = folded._blocks(parted)
+    assert len(blocks) > 1 and all(block.shape[:2] == (2, parts) and block.shape[3] == 8 for block in blocks)
     torch.testing.assert_close(torch.cat(blocks, dim=2).reshape(2, rows, 8), x, atol=0, rtol=0)
 
 
