@@ -398,8 +398,8 @@ class _InstanceNormFolded(torch.autograd.Function):
         rows, grad = _rows(x, ctx.batch), _rows(grad, ctx.batch)
         m = rows.shape[1]
         centered = rows - mean
-        grad_sum = grad.sum(1, keepdim=True)  # (N, 1, C)
         grad_parts = _parted(grad)
+        grad_sum = grad_parts.sum(2, keepdim=True).sum(1)  # (N, 1, C)
         dot = grad_sum.new_zeros(grad_parts.shape[0], grad_parts.shape[1], 1, c)  # per part: (N, P, 1, C)
         for g, d in zip(_blocks(grad_parts), _blocks(_parted(centered))):  # the sum of grad * (x - mean)
             dot += (g * d).sum(2, keepdim=True)
