@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from monai_ext.networks.blocks.adaptive_pool import adaptive_avg_pool_by_matrices
 from monai_ext.networks.checks import check_input
 from monai_ext.networks.layout import DEFAULT_SPATIAL_DIM, check_spatial_dim, tensor_dim
+from monai_ext.networks.precision import one_dtype
 
 __all__ = ["MSFA", "MultiSliceFeatureAggregation", "aggregate_slices"]
 
@@ -41,6 +42,7 @@ def aggregate_slices(
 def _aggregate(attention: torch.Tensor, volume: torch.Tensor) -> torch.Tensor:
     """:func:`aggregate_slices` of a depth-first ``volume`` ``(B, C, d, h, w)``."""
     b, s, m = attention.shape[0], attention.shape[1], attention.shape[2]
+    attention, volume = one_dtype(attention, volume)  # under autocast, e.g. float32 weights and a bf16 volume
     agg = torch.einsum("bsmd,bcdhw->bsmchw", attention, volume)  # (B, S, M, C, h, w)
     return agg.reshape(b * s, m * volume.shape[1], volume.shape[3], volume.shape[4])
 
@@ -185,6 +187,7 @@ class MultiSliceFeatureAggregation(nn.Module):
         q = q.reshape(b, s, m, -1)  # (B, S, M, L), L = E * p * p
         k = _pool_in_plane(self.key(x3d), p)  # (B, M * E, d, p, p): every depth slice pooled
         k = k.reshape(b, m, self.embed_channels, d, p * p).permute(0, 1, 3, 2, 4).reshape(b, m, d, -1)  # (B, M, d, L)
+        q, k = one_dtype(q, k)  # under autocast the keys are float32 (avg_pool3d), the queries bf16 / fp16
         logits = torch.einsum("bsml,bmdl->bsmd", q, k) / math.sqrt(q.shape[-1])  # (B, S, M, d)
         if valid_depth is not None and valid_depth < d:  # padded depth slices take no attention
             logits = logits.masked_fill(torch.arange(d, device=logits.device) >= valid_depth, float("-inf"))

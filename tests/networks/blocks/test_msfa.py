@@ -4,6 +4,7 @@ import pytest
 import torch
 from monai.networks.nets import DynUNet
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from monai_ext.networks import attach_block
 from monai_ext.networks.blocks import MSFA, ContextEncoder3D, MultiSliceFeatureAggregation, aggregate_slices
@@ -206,6 +207,22 @@ def test_padded_depth_slices_are_masked_out(spatial_dim):
     torch.testing.assert_close(block(x2d, padded, valid_depth=7), unmasked)  # all valid: nothing masked
     with pytest.raises(ValueError, match="valid_depth must lie in"):
         block(x2d, padded, valid_depth=0)
+
+
+@pytest.mark.parametrize("mode", ["attention", "center"])
+def test_flops_are_counted_under_autocast(mode):
+    # under autocast the pooled keys are float32 (avg_pool3d) and the queries bf16; FlopCounterMode in inference mode
+    # decomposes einsum below autocast, so the block hands the products one dtype itself (the benchmark counts FLOPs
+    # under --amp)
+    x2d, x3d = _inputs()
+    block = MultiSliceFeatureAggregation(6, 5, num_heads=2, pool_size=2, mode=mode).eval()
+    positions = torch.tensor([[0, 3, 1], [2, 2, 0]])
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):  # as the benchmark (no_grad does not fail)
+        expected = block(x2d, x3d, positions)
+        with FlopCounterMode(display=False) as counter:
+            out = block(x2d, x3d, positions)
+    assert counter.get_total_flops() > 0
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("mode", ["attention", "center"])
