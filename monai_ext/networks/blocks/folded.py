@@ -317,7 +317,8 @@ def _parted(rows: torch.Tensor) -> torch.Tensor:
     """``rows`` ``(N, M, C)`` viewed as ``(N, P, M / P, C)``: ``P`` equal, contiguous parts of ``M``, one per thread
     (:func:`_parts`). Reduced over axis 2, each thread sums the part that it also wrote in the elementwise step
     before; reduced over axis 1 of ``(N, M, C)``, the two steps split the values differently between the threads.
-    Measured here (2 threads): 1 MB blocks summed 2-3x faster, a whole 96^3 x 32 map's sum 2x."""
+    Measured here, a 96^3 x 32 map, 2 threads: the statistics' block loop 11.9 -> 4.0 ms (6.1 ms on one thread), the
+    mean 2.1 -> 1.1 ms."""
     n, m, c = rows.shape
     parts = 1 if torch.jit.is_scripting() else _parts(m)
     return rows.reshape(n, parts, m // parts, c)
