@@ -102,23 +102,46 @@ class SharedEarlyStage:
             for m, key in enumerate(missing):
                 self.cache[key] = features[m].clone()  # its own storage, freed when evicted
             del slices, features
-        early = self._stack([self.cache[key] for row in keys for key in row]).unflatten(0, (len(keys), -1))
+        early = self._stack([[self.cache[key] for key in row] for row in keys])
         last = keys[-1][0]
         self.cache = {key: value for key, value in self.cache.items() if key > last}
         size = None if self.low_resolution else windows.shape[2:4]
         return self.network.forward_from_early(early, size)  # (n, O, H, W, k), or (n, O, h, w, k)
 
-    def _stack(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        """``maps`` stacked ``(len(maps), ...)`` into storage kept from call to call: a fresh stack of a call's maps
-        (37.7 MB for 4 groups of 4 maps 256 x 48 x 48) would be mapped and faulted in anew every time."""
-        first, n = maps[0], len(maps)
+    def _stack(self, maps: list[list[torch.Tensor]]) -> torch.Tensor:
+        """The maps ``(E, *s)`` of each window's ``G`` mini-groups stacked ``(n, G, E, *s)`` into storage kept from call
+        to call: a fresh stack of a call's maps (37.7 MB for 4 groups of 4 maps 256 x 48 x 48) would be mapped and
+        faulted in anew every time. Each window's ``G`` maps lie side by side around their channels, in the maps'
+        own layout otherwise (channels-last from the early stage's convolutions: memory ``(n, *s, G, E)``), so
+        that the network's ``(n, G * E, *s)`` view of them needs no copy and the maps' copies into the stack no
+        transposing. A contiguous stack took both: thickened 2D's whole 192x192x96 volume spent 0.36 s in them
+        against 0.17 s now (2 threads)."""
+        first, n, g = maps[0][0], len(maps), len(maps[0])
         buffer = self.stacked
         if (
             buffer is None
             or buffer.shape[0] < n
-            or buffer.shape[1:] != first.shape
+            or buffer.shape[1:] != (g, *first.shape)
+            or list(buffer.stride()) != _stack_strides(first, list(buffer.shape))
             or buffer.dtype != first.dtype
             or buffer.device != first.device
         ):
-            buffer = self.stacked = torch.empty((n, *first.shape), dtype=first.dtype, device=first.device)
-        return torch.stack(maps, out=buffer[:n])
+            shape = [n, g, *first.shape]
+            buffer = torch.empty_strided(shape, _stack_strides(first, shape), dtype=first.dtype, device=first.device)
+            self.stacked = buffer
+        for i, row in enumerate(maps):
+            for j, m in enumerate(row):
+                buffer[i, j].copy_(m)
+        return buffer[:n]
+
+
+def _stack_strides(first: torch.Tensor, shape: list[int]) -> list[int]:
+    """Dense strides of a stack ``shape = (n, G, *first.shape)`` laid out as ``first`` is, with the mini-group axis
+    ``G`` just outside ``first``'s channel axis (axis 2 of the stack)."""
+    order = [d + 2 for d in sorted(range(first.dim()), key=lambda d: -first.stride(d))]  # outermost first
+    order.insert(order.index(2), 1)
+    strides, step = [0] * len(shape), 1
+    for d in reversed([0, *order]):
+        strides[d] = step
+        step *= shape[d]
+    return strides

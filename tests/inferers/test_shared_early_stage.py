@@ -157,6 +157,14 @@ def test_the_cache_stays_bounded_and_windows_out_of_order_are_recomputed():
         _assert_same(shared, plain)
         assert len(sizes) == 9 and max(sizes) == 6 - 3  # 25 groups, 3 per call; the last window's later ones kept
         assert len({t.data_ptr() for t in stacked}) == 1  # every call stacks its maps into the same storage
+        # laid out as the cached maps (channels-last from the early stage's convolutions), each window's mini-groups
+        # side by side around the channels: the network's (n, G * E, H, W) view of them is channels-last, no copy
+        cached = next(iter(predictor.cache.values()))
+        e, h, w = cached.shape
+        assert cached.stride() == (1, w * e, e)
+        g = net.num_slices // net.group_size  # mini-groups per window
+        assert stacked[0].shape[1:] == (g, e, h, w) and stacked[0].stride()[1:] == (e, 1, w * g * e, g * e)
+        assert stacked[0].flatten(1, 2).is_contiguous(memory_format=torch.channels_last)
         # the windows of one call in reverse order, then an earlier window: all recomputed as needed
         windows = torch.stack([x[0, :, :, :, s : s + 6] for s in (12, 3, 0)])
         locations = [[slice(0, 1), slice(None), slice(0, 32), slice(0, 32), slice(s, s + 6)] for s in (12, 3, 0)]
