@@ -199,6 +199,9 @@ class Thickened2DNet(nn.Module):
         self.link = link
         self.group_proj = group_proj
         self.head = nn.Conv2d(decoder_channels, self.slices_per_head * out_channels, kernel_size=1)
+        # the maps run channels-last (the slices stacked as channels come that way): with weights in another layout
+        # every convolution converts its weight at every call
+        self.to(memory_format=torch.channels_last)
         if pretrained_path is not None:
             load_torchvision_resnet(self, pretrained_path)
 
