@@ -7,7 +7,9 @@ the parity tests into silent skips.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -69,10 +71,26 @@ def meta_schema(shared_dir) -> Path:
     return shared_file(shared_dir, "schemas/meta_schema_20240725.json", "bundle metadata schema")
 
 
+@contextlib.contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    """Run the body with ``count`` torch threads, then restore the number before it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture
 def one_thread():
     """Run the test with one torch thread (timings and batch-size round-off alike in every run), then restore."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with _torch_threads(1):
+        yield
+
+
+@pytest.fixture(params=[1, 2, 3])
+def threads(request) -> Iterator[int]:
+    """Run the test with 1, 2 and 3 torch threads (e.g. code that splits its work per thread), then restore."""
+    with _torch_threads(request.param):
+        yield request.param

@@ -25,15 +25,6 @@ def _channels_last(x: torch.Tensor) -> bool:
     return x.is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.fixture(params=[1, 2, 3])
-def threads(request):
-    """Run with 1, 2 and 3 torch threads (the norms sum their statistics in one part per thread), then restore."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 def test_fold_puts_each_slice_in_the_batch_channels_last():
     x = torch.randn(2, 3, 4, 5, 6)  # (N, C, A, B, S)
     folded = to_folded(x)
