@@ -10,12 +10,14 @@ from torch import nn
 
 from monai_ext.networks.blocks.folded import (
     ELEMENTWISE_ACTIVATIONS,
+    add_projection,
     can_overwrite,
     conv_folded,
     conv_transpose_folded,
     foldable_conv,
     foldable_norm,
     instance_norm_folded,
+    one_channel_projection,
     release_buffer,
     take_buffer,
 )
@@ -171,24 +173,42 @@ class SliceShiftResBlock(nn.Module):
         if not self.shift_before and written is None:
             out = self.shift.forward_folded(out, batch, pooled)
         residual = inp
+        projection: tuple[torch.Tensor, torch.Tensor] | None = None
         if self.conv3 is not None:
             conv3 = self.conv3.conv
-            over: torch.Tensor | None = None
-            if pooled and consume and conv3.stride == (1, 1, 1) and conv3.kernel_size == (1, 1, 1):
-                over = inp[:, : conv3.out_channels]
-            residual = conv_folded(
-                residual, batch, conv3.weight, conv3.bias, conv3.stride, conv3.padding, pool if pooled else None,
-                False, over,
-            )  # fmt: skip
-        if self.norm3 is not None:
-            norm3 = self.norm3
-            residual = instance_norm_folded(residual, batch, norm3.weight, norm3.bias, norm3.eps, inplace)
+            pointwise = conv3.stride == (1, 1, 1) and conv3.kernel_size == (1, 1, 1)
+            if inplace and pointwise and conv3.in_channels == 1:  # a per-channel affine map of the input
+                norm3 = self.norm3
+                if norm3 is not None:
+                    projection = one_channel_projection(
+                        inp, batch, conv3.weight, conv3.bias, norm3.weight, norm3.bias, norm3.eps
+                    )
+                else:
+                    projection = one_channel_projection(inp, batch, conv3.weight, conv3.bias, None, None, 0.0, False)
+            else:
+                over: torch.Tensor | None = None
+                if pooled and consume and pointwise:
+                    over = inp[:, : conv3.out_channels]
+                residual = conv_folded(
+                    residual, batch, conv3.weight, conv3.bias, conv3.stride, conv3.padding, pool if pooled else None,
+                    False, over,
+                )  # fmt: skip
+                if self.norm3 is not None:
+                    norm3 = self.norm3
+                    residual = instance_norm_folded(residual, batch, norm3.weight, norm3.bias, norm3.eps, inplace)
         if self.residual_before_norm:
-            out = out.add_(residual) if inplace else out + residual
+            if projection is not None:  # without its constant per channel, which norm2 removes
+                out = add_projection(out, inp, batch, projection[0], None)
+            else:
+                out = out.add_(residual) if inplace else out + residual
             out = self.lrelu(instance_norm_folded(out, batch, norm2.weight, norm2.bias, norm2.eps, inplace))
         else:
-            out = self.lrelu(instance_norm_folded(out, batch, norm2.weight, norm2.bias, norm2.eps, inplace) + residual)
-        if pooled and self.conv3 is not None and not consume:
+            out = instance_norm_folded(out, batch, norm2.weight, norm2.bias, norm2.eps, inplace)
+            if projection is not None:
+                out = self.lrelu(add_projection(out, inp, batch, projection[0], projection[1]))
+            else:
+                out = self.lrelu(out + residual)
+        if pooled and self.conv3 is not None and projection is None and not consume:
             release_buffer(pool, residual)
         return out
 

@@ -13,7 +13,14 @@ from monai.inferers import Inferer, SlidingWindowInferer
 from monai.networks.nets import DynUNet
 from torch import nn
 
-from monai_ext.networks.blocks.folded import can_overwrite, release_buffer, take_buffer, to_folded, unfold
+from monai_ext.networks.blocks.folded import (
+    can_overwrite,
+    release_buffer,
+    take_buffer,
+    to_folded,
+    unfold,
+    unfold_contiguous,
+)
 from monai_ext.networks.blocks.multi_view import (
     MULTI_VIEW_ORDER,
     MultiViewFuse,
@@ -270,7 +277,7 @@ class SSHUNet(nn.Module):
             decoded = self._trunk_folded(to_folded(to_view(x, s)), batch, keep, pool)
             self._add_view(fused, decoded, s, batch, pool)
         logits = self.output_block.head_folded(fused[keep - 1], batch, pool)
-        outputs = [unfold(logits, batch).clone(memory_format=torch.contiguous_format)]
+        outputs = [unfold_contiguous(logits, batch)]
         for i, head in enumerate(self.deep_supervision_heads):
             if i < num_heads:
                 outputs.append(unfold(head.head_folded(fused[keep - 2 - i], batch), batch).contiguous())

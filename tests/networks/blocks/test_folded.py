@@ -7,15 +7,18 @@ from torch import nn
 
 from monai_ext.networks.blocks import SliceShift, folded
 from monai_ext.networks.blocks.folded import (
+    add_projection,
     conv_folded,
     conv_transpose_folded,
     foldable_conv,
     foldable_norm,
     instance_norm_folded,
+    one_channel_projection,
     release_buffer,
     take_buffer,
     to_folded,
     unfold,
+    unfold_contiguous,
 )
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
@@ -287,3 +290,42 @@ def test_instance_norm_in_place_on_the_first_channels_of_a_buffer():
         torch.testing.assert_close(unfold(both[:, :3], 2), norm(x[:, :3]), **TOL)
     assert out.data_ptr() == both.data_ptr()
     torch.testing.assert_close(unfold(both[:, 3:], 2), x[:, 3:], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("norm", ["affine", "plain", "none"])
+def test_a_projection_of_one_channel_is_an_affine_map_per_channel(norm):
+    conv = nn.Conv3d(1, 6, 1)
+    nn.init.normal_(conv.weight)
+    conv.weight.data[2] = 0.0  # a channel the convolution zeroes: its norm is the bias alone
+    instance = nn.InstanceNorm3d(6, affine=norm == "affine")
+    if norm == "affine":
+        nn.init.normal_(instance.weight)
+        nn.init.normal_(instance.bias)
+    x = torch.randn(2, 1, 6, 7, 5, dtype=torch.float64) * 4 + 30  # far from zero: no cancellation allowed
+    conv, instance = conv.double(), instance.double()
+    residual = conv(x) if norm == "none" else instance(conv(x))
+    base = torch.randn(2, 6, 6, 7, 5, dtype=torch.float64)
+    out = to_folded(base.clone())
+    with torch.no_grad():
+        scale, shift = one_channel_projection(
+            to_folded(x), 2, conv.weight, conv.bias, instance.weight, instance.bias, instance.eps, norm != "none"
+        )
+        assert scale.shape == shift.shape == (2, 1, 6)
+        got = add_projection(out, to_folded(x), 2, scale, shift)
+    assert got.data_ptr() == out.data_ptr() and _channels_last(got)
+    torch.testing.assert_close(unfold(got, 2), base + residual)
+    with torch.no_grad():  # without the shift: the same up to a constant per sample and channel
+        bare = unfold(add_projection(to_folded(base.clone()), to_folded(x), 2, scale, None), 2)
+    torch.testing.assert_close(
+        bare - bare.mean((2, 3, 4), keepdim=True), (base + residual) - (base + residual).mean((2, 3, 4), keepdim=True)
+    )
+
+
+@pytest.mark.parametrize("size", [(96, 96, 7), (5, 6, 3), (40, 30, 200)])  # blocks of 8, of every slice, of 1 slice
+def test_unfold_contiguous_copies_in_blocks_of_slices(size):
+    folded_x = to_folded(torch.randn(2, 14, *size))
+    out = unfold_contiguous(folded_x, 2)
+    assert out.is_contiguous() and out.data_ptr() != folded_x.data_ptr()
+    assert torch.equal(out, unfold(folded_x, 2))
+    traced = torch.jit.trace(lambda t: unfold_contiguous(t, 2), folded_x)  # one recorded copy of its input
+    assert torch.equal(traced(folded_x * 2), unfold(folded_x, 2) * 2)

@@ -2,8 +2,10 @@ import pytest
 import torch
 from monai.networks.blocks.dynunet_block import UnetResBlock
 from monai.networks.nets import DynUNet
+from torch import nn
 
 from monai_ext.networks.blocks import SliceShift, SliceShiftResBlock, SliceShiftUpBlock, add_slice_shift
+from monai_ext.networks.blocks.folded import to_folded, unfold
 
 NORM = ("INSTANCE", {"affine": True})
 KERNEL = (3, 3, 1)  # 2D convs, slices on the last axis
@@ -114,3 +116,19 @@ def test_add_slice_shift_on_a_single_block():
 def test_add_slice_shift_needs_res_blocks():
     with pytest.raises(ValueError, match="res_block=True"):
         add_slice_shift(_stock_dynunet(res_block=False))
+
+
+@pytest.mark.parametrize("residual_before_norm", [True, False])
+@pytest.mark.parametrize("pooled", [True, False])
+def test_folded_block_of_a_one_channel_input_in_inference(residual_before_norm, pooled):
+    """The residual projection of a one-channel input runs as an affine map per channel (no convolution, no norm
+    over its output); the block still computes what its 3D modules compute."""
+    block = SliceShiftResBlock(3, 1, 8, KERNEL, 1, NORM, shift=SliceShift(), residual_before_norm=residual_before_norm)
+    for p in block.parameters():
+        nn.init.normal_(p)
+    block.eval()
+    x = torch.randn(2, 1, 8, 6, 5) * 3 + 10
+    with torch.no_grad():
+        expected = block(x)
+        got = block.forward_folded(to_folded(x), 2, [] if pooled else None)
+    torch.testing.assert_close(unfold(got, 2), expected, atol=1e-5, rtol=1e-5)
