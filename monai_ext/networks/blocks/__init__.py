@@ -1,3 +1,4 @@
+from monai_ext.networks.blocks.channels_last import ChannelsLastConv2d, conv2d_channels_last
 from monai_ext.networks.blocks.context_encoder import ContextEncoder3D, GlobalDescriptor
 from monai_ext.networks.blocks.deformable_attention import (
     MSDeformableAttention,
@@ -38,6 +39,7 @@ from monai_ext.networks.blocks.slice_shift import SliceShift, shift_along, slice
 from monai_ext.networks.blocks.slice_shift_block import SliceShiftResBlock, SliceShiftUpBlock, add_slice_shift
 
 __all__ = [
+    "ChannelsLastConv2d",
     "ConcatLink",
     "ContextEncoder3D",
     "DeTransEncoder",
@@ -67,6 +69,7 @@ __all__ = [
     "aggregate_slices",
     "channel_affinity",
     "channel_attention",
+    "conv2d_channels_last",
     "deformable_attention_core",
     "deformable_attention_grid_sample",
     "deformable_reference_points",

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from monai_ext.networks.blocks.channels_last import conv2d_channels_last
 from monai_ext.networks.capture import capturing
 from monai_ext.networks.precision import half_precision
 
@@ -168,7 +169,7 @@ def conv_folded(
     weight2d = weight.squeeze(-1)
     in_plane, pad = [stride[0], stride[1]], [padding[0], padding[1]]
     if pool is None and out is None:
-        return F.conv2d(x, weight2d, bias, in_plane, pad)
+        return conv2d_channels_last(x, weight2d, bias, in_plane, pad, [1, 1])
     weight2d = _chunk_weight(weight2d, x)
     ns, _, a, b = x.shape
     shape = [ns, weight.shape[0], (a + 2 * pad[0] - weight.shape[2]) // in_plane[0] + 1]
@@ -185,7 +186,7 @@ def conv_folded(
         held: torch.Tensor | None = None  # the previous chunk's output: its last slice moves into this chunk's first
         for lo in range(0, slices, step):
             hi = min(lo + step, slices)
-            part = F.conv2d(x.narrow(0, first + lo, hi - lo), weight2d, bias, in_plane, pad)
+            part = conv2d_channels_last(x.narrow(0, first + lo, hi - lo), weight2d, bias, in_plane, pad, [1, 1])
             if out is None:  # the output takes the first chunk's dtype (bf16 / fp16 under autocast)
                 reuse = inplace and shape == list(x.shape) and x.dtype == part.dtype
                 out = x if reuse else take_buffer(pool, shape, part)
