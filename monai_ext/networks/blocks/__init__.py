@@ -1,5 +1,11 @@
-from monai_ext.networks.blocks.channels_last import ChannelsLastConv2d, conv2d_channels_last
 from monai_ext.networks.blocks.context_encoder import ContextEncoder3D, GlobalDescriptor
+from monai_ext.networks.blocks.cpu_conv import (
+    ChannelsLastConv2d,
+    OneDNNConv3d,
+    conv2d_channels_last,
+    conv3d_onednn,
+    fast_cpu_convs,
+)
 from monai_ext.networks.blocks.deformable_attention import (
     MSDeformableAttention,
     deformable_attention_core,
@@ -54,6 +60,7 @@ __all__ = [
     "MultiSliceFeatureAggregation",
     "MultiViewFuse",
     "MultiViewStack",
+    "OneDNNConv3d",
     "RSA",
     "RSA_PAPER_ORDER",
     "RecurrentSliceAttention",
@@ -70,9 +77,11 @@ __all__ = [
     "channel_affinity",
     "channel_attention",
     "conv2d_channels_last",
+    "conv3d_onednn",
     "deformable_attention_core",
     "deformable_attention_grid_sample",
     "deformable_reference_points",
+    "fast_cpu_convs",
     "from_view",
     "plane_axes",
     "shift_along",

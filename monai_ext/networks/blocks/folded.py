@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from monai_ext.networks.blocks.channels_last import conv2d_channels_last
+from monai_ext.networks.blocks.cpu_conv import conv2d_channels_last
 from monai_ext.networks.capture import capturing
 from monai_ext.networks.precision import half_precision
 

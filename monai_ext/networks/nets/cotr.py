@@ -10,6 +10,7 @@ from monai.networks.layers.factories import Conv
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
+from monai_ext.networks.blocks.cpu_conv import fast_cpu_convs
 from monai_ext.networks.blocks.detrans import DeTransEncoder
 from monai_ext.networks.checks import check_input
 from monai_ext.networks.compat import load_cotr_release
@@ -208,6 +209,7 @@ class CoTr(nn.Module):
         self.final_upsample = nn.Upsample(scale_factor=tuple(float(s) for s in stem_strides), mode="trilinear")
         self.out_conv = conv(encoder_channels[0], out_channels, kernel_size=1)
         self._init_convolutions()
+        fast_cpu_convs(self)  # small deep maps on oneDNN (same layers, keys and values)
 
     def _init_convolutions(self) -> None:
         """The release's initialisation: Kaiming-normal (fan out) convolutions, norms at weight 1 and bias 0."""

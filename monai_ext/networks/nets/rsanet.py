@@ -12,6 +12,7 @@ from monai.networks.blocks.dynunet_block import UnetBasicBlock
 from monai.networks.layers.utils import get_dropout_layer
 from torch import nn
 
+from monai_ext.networks.blocks.cpu_conv import fast_cpu_convs
 from monai_ext.networks.blocks.slice_attention import RecurrentSliceAttention
 from monai_ext.networks.checks import check_input
 from monai_ext.networks.registry import NetworkEntry, register_network
@@ -150,6 +151,7 @@ class RSANet(nn.Module):
         self.rsa_encoder = rsa(filters[-2], rsa_placement[0])
         self.rsa_bottleneck = rsa(filters[-1], rsa_placement[1])
         self.rsa_decoder = rsa(filters[-2], rsa_placement[2])
+        fast_cpu_convs(self)  # small deep maps on oneDNN (same layers, keys and values)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():  # the checks are plain Python; a scripted network skips them

@@ -12,8 +12,8 @@ from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetUpBlock
 from torch import nn
 from torch.nn import functional as F
 
-from monai_ext.networks.blocks.channels_last import ChannelsLastConv2d
 from monai_ext.networks.blocks.context_encoder import ContextEncoder3D, GlobalDescriptor
+from monai_ext.networks.blocks.cpu_conv import fast_cpu_convs
 from monai_ext.networks.blocks.folded import can_overwrite, instance_norm_folded
 from monai_ext.networks.blocks.msfa import MultiSliceFeatureAggregation
 from monai_ext.networks.capture import capturing
@@ -61,7 +61,7 @@ class _SliceInstanceNorm(nn.InstanceNorm2d):
     :func:`~monai_ext.networks.blocks.folded.instance_norm_folded` with every slice a sample: two passes (mean, then
     the variance of the centred values) keep the round-off of aten's; PyTorch's channels-last group norm, though
     faster, loses ~1e-4. An NCHW input (the network's own convolutions give channels-last maps, a one-channel input
-    included: :class:`~monai_ext.networks.blocks.channels_last.ChannelsLastConv2d`) is copied to channels-last once,
+    included: :class:`~monai_ext.networks.blocks.cpu_conv.ChannelsLastConv2d`) is copied to channels-last once,
     here rather than by the next convolution.
 
     A bf16 or fp16 input (autocast) takes its statistics in float32; the output is float32, or the input's dtype
@@ -292,20 +292,19 @@ class SpatialContextAwareNet(nn.Module):
         self.head = nn.Conv2d(head_in, out_channels, kernel_size=1)
         self.aux_head = nn.Conv3d(context_channels[-1], out_channels, kernel_size=1)
         self._channels_last_2d()
+        fast_cpu_convs(self)  # the one-channel 2D convolution, and the 3D context encoder's small maps, on oneDNN
 
     def _channels_last_2d(self) -> None:
-        """Lay the 2D path out channels-last, where CPU convolutions run fastest: 2D conv weights stored channels-last,
-        a convolution of a one-channel input (whose input and weight are layout-ambiguous) as a
-        :class:`~monai_ext.networks.blocks.channels_last.ChannelsLastConv2d` (channels-last output), and instance
-        norms computed in that layout (:class:`_SliceInstanceNorm`). Values and state-dict keys unchanged;
-        ``load_state_dict`` copies into the channels-last weights."""
+        """Lay the 2D path out channels-last, where CPU convolutions run fastest: 2D conv weights stored channels-last
+        (the first convolution, of a one-channel input, gives channels-last maps as a
+        :class:`~monai_ext.networks.blocks.cpu_conv.ChannelsLastConv2d`: :func:`fast_cpu_convs` at construction),
+        and instance norms computed in that layout (:class:`_SliceInstanceNorm`). Values and state-dict keys
+        unchanged; ``load_state_dict`` copies into the channels-last weights."""
         for part in (self.encoders, self.msfa, self.decoders, self.head):
             for module in part.modules():
                 if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
                     module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
                 for name, child in module.named_children():
-                    if type(child) is nn.Conv2d and child.in_channels == 1 and child.groups == 1:
-                        setattr(module, name, ChannelsLastConv2d.from_conv(child))
                     if type(child) is nn.InstanceNorm2d and not child.track_running_stats:
                         setattr(module, name, _SliceInstanceNorm(child, isinstance(module, UnetBasicBlock)))
 

@@ -162,8 +162,8 @@ def test_torchscript_equals_eager(settings, tmp_path):
     x = torch.randn(1, 1, 32, 32, 16)
     torch.jit.save(torch.jit.script(net), tmp_path / "net.ts")
     scripted = torch.jit.load(tmp_path / "net.ts")
-    with torch.no_grad():
-        torch.testing.assert_close(scripted(x), net(x), rtol=0, atol=0)
+    with torch.no_grad():  # eager runs small maps on oneDNN (OneDNNConv3d), TorchScript on aten's dispatch: round-off
+        torch.testing.assert_close(scripted(x), net(x), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(scripted(torch.randn(1, 1, 16, 48, 8)).shape, (1, 3, 16, 48, 8))  # any size
     net.train()
     scripted.train()
@@ -181,7 +181,7 @@ def test_torchscript_with_the_release_axes():
         torch.nn.init.normal_(layer.self_attn.sampling_offsets.weight, std=0.1)  # offsets that depend on the query
     x = torch.randn(1, 1, 32, 32, 16)
     with torch.no_grad():
-        torch.testing.assert_close(torch.jit.script(net)(x), net(x), rtol=0, atol=0)
+        torch.testing.assert_close(torch.jit.script(net)(x), net(x), rtol=1e-4, atol=1e-5)  # round-off: OneDNNConv3d
 
 
 def test_onnx_export_runs_in_onnxruntime(tmp_path):

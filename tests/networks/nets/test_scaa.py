@@ -237,13 +237,14 @@ def test_torchscript_equals_eager(configuration, tmp_path):
     x = torch.rand(1, 1, 64, 64, 64)
     torch.jit.save(torch.jit.script(net), tmp_path / "net.ts")
     scripted = torch.jit.load(tmp_path / "net.ts")
+    # eager runs the context encoder's small maps on oneDNN (OneDNNConv3d), TorchScript on aten's dispatch: round-off
     with torch.no_grad():
-        torch.testing.assert_close(scripted(x), net(x), rtol=0, atol=0)
+        torch.testing.assert_close(scripted(x), net(x), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(scripted(x, valid_size=[64, 64, 40]), net(x, valid_size=[64, 64, 40]))
         x = torch.rand(1, 1, 64, 96, 32)  # another size: nothing is fixed at export
         idx = torch.tensor([[1, 30]])
         for got, want in zip(scripted(x, idx), net(x, idx)):  # the training call: [slice logits, aux logits]
-            torch.testing.assert_close(got, want, rtol=0, atol=0)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_onnx_export_with_dynamic_sizes_runs_in_onnxruntime(tmp_path):
