@@ -28,6 +28,7 @@ from monai_ext.bench.stats import ratio, spread
 from monai_ext.bundles import ALLOCATOR_ENV
 from monai_ext.inferers.autocast import AMP_DTYPES, autocast
 from monai_ext.networks import compile_network, get_network_entry
+from monai_ext.networks.blocks.cpu_conv import plain_convolutions
 
 __all__ = [
     "ALLOCATORS",
@@ -85,7 +86,7 @@ def measure(
 
 def _flops(net: torch.nn.Module, forward: Callable, shape: tuple[int, ...], device: str) -> float:
     """GFLOP (2 x multiply-adds) of one forward pass of ``net`` (moved to ``device``, eval mode) on ``shape``."""
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+    with torch.inference_mode(), plain_convolutions(), FlopCounterMode(display=False) as counter:
         forward(net.to(device).eval(), torch.randn(*shape, device=device))
     return counter.get_total_flops() / 1e9
 

@@ -19,6 +19,7 @@ from monai_ext.bench.report import malloc_env, save_json, suite_meta
 from monai_ext.bench.stats import ratio, spread
 from monai_ext.inferers import MultiViewInferer
 from monai_ext.networks import get_network_entry
+from monai_ext.networks.blocks.cpu_conv import plain_convolutions
 
 __all__ = ["CONTENDERS", "REFERENCE", "build_contenders", "run_slice_groups"]
 
@@ -84,7 +85,7 @@ def _calls_and_flops(
         inferer(torch.zeros(*volume), stand_in)
         flops = 0.0
         for shape in sorted(set(seen)):
-            with FlopCounterMode(display=False) as counter:
+            with plain_convolutions(), FlopCounterMode(display=False) as counter:
                 net(torch.zeros(1, *shape))
             flops += counter.get_total_flops() * seen.count(shape)
     return len(seen), flops

@@ -180,3 +180,15 @@ def test_a_real_row_in_a_fresh_process_with_the_tuned_allocator():
     assert r["params"] == 10_705_134 and r["allocator"] == "tuned"
     assert r["peak_memory_source"] == "VmHWM" and 0.1 < r["peak_memory_gib"] < 8
     assert 0.1 < r["inference_peak_gib"] <= r["peak_memory_gib"]
+
+
+def test_flops_count_the_fast_cpu_layers_as_the_convolutions_they_compute():
+    from torch import nn
+
+    from monai_ext.bench.efficiency import _flops
+    from monai_ext.networks.blocks.cpu_conv import fast_cpu_convs
+
+    net = nn.Sequential(nn.Conv3d(4, 8, 3, padding=1), nn.Conv3d(8, 2, 1))
+    plain = _flops(net, lambda n, x: n(x), (1, 4, 6, 6, 6), "cpu")
+    fast_cpu_convs(net)  # a small single-sample map: oneDNN's direct call, which FlopCounterMode does not count
+    assert _flops(net, lambda n, x: n(x), (1, 4, 6, 6, 6), "cpu") == plain == 2 * 6**3 * (27 * 4 * 8 + 8 * 2) / 1e9

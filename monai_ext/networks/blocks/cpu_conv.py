@@ -18,10 +18,14 @@ Two cases, measured here (AMD EPYC, AVX-512, 2 threads):
 
 :func:`fast_cpu_convs` swaps both layers into a network in place; parameters are shared, so state-dict keys and
 values do not change. Traces and compiled graphs record the plain convolution (:func:`capturing`), TorchScript runs
-it too.
+it too, and so does everything within :func:`plain_convolutions` (the benchmark's FLOP counts).
 """
 
 from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -29,11 +33,42 @@ from torch import nn
 
 from monai_ext.networks.capture import capturing
 
-__all__ = ["ChannelsLastConv2d", "OneDNNConv3d", "conv2d_channels_last", "conv3d_onednn", "fast_cpu_convs"]
+__all__ = [
+    "ChannelsLastConv2d",
+    "OneDNNConv3d",
+    "conv2d_channels_last",
+    "conv3d_onednn",
+    "fast_cpu_convs",
+    "plain_convolutions",
+]
 
 NATIVE_CONV3D_LIMIT = 20480
 """aten runs a 3D convolution on its native kernel, not oneDNN's, when ``N * C * D * H`` of the input is at most
 this (torch 2.x, ``ConvParams::use_mkldnn``)."""
+
+
+class _Plain(threading.local):
+    depth = 0
+
+
+_PLAIN = _Plain()
+
+
+@contextlib.contextmanager
+def plain_convolutions() -> Iterator[None]:
+    """Within this context (this thread), :func:`conv2d_channels_last` and :func:`conv3d_onednn` call ``F.conv2d`` and
+    ``F.conv3d`` as written, e.g. for a FLOP count (``FlopCounterMode`` counts aten's convolutions, not oneDNN's
+    direct call, and would count the zero channel's multiply-adds)."""
+    _PLAIN.depth += 1
+    try:
+        yield
+    finally:
+        _PLAIN.depth -= 1
+
+
+@torch.jit.unused
+def _plain_wanted() -> bool:
+    return capturing() or _PLAIN.depth > 0
 
 
 def conv2d_channels_last(
@@ -51,8 +86,11 @@ def conv2d_channels_last(
     Shapes:
         ``x`` ``(N, C_in, H, W)``, ``weight`` ``(C_out, C_in, kh, kw)`` -> ``(N, C_out, H', W')``.
     """
-    if capturing() or x.shape[1] != 1 or weight.shape[1] != 1:
+    if x.shape[1] != 1 or weight.shape[1] != 1:
         return F.conv2d(x, weight, bias, stride, padding, dilation)
+    if not torch.jit.is_scripting():  # TorchScript compiles this branch out
+        if _plain_wanted():
+            return F.conv2d(x, weight, bias, stride, padding, dilation)
     x = torch.cat([x, torch.zeros_like(x)], 1).contiguous(memory_format=torch.channels_last)
     weight = torch.cat([weight, torch.zeros_like(weight)], 1).contiguous(memory_format=torch.channels_last)
     return F.conv2d(x, weight, bias, stride, padding, dilation)
@@ -81,7 +119,7 @@ def conv3d_onednn(
 
 def _native_would_run(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether aten would convolve ``x`` on its native kernel where oneDNN takes the same float32 operands."""
-    if capturing() or x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
+    if _plain_wanted() or x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
         return False
     if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return False

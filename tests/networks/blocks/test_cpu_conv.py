@@ -132,3 +132,19 @@ def test_fast_cpu_convs_swaps_layers_in_place_keeping_keys_and_values():
     fast_cpu_convs(image_net)
     assert [type(m).__name__ for m in image_net] == ["ChannelsLastConv2d", "Conv2d"]  # only the one-channel layer
     torch.testing.assert_close(torch.jit.script(net)(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_plain_convolutions_count_the_flops_of_the_layers_as_written():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = fast_cpu_convs(nn.Sequential(nn.Conv3d(4, 8, 3, padding=1), nn.Conv3d(8, 8, 3, padding=1)))
+    image_net = fast_cpu_convs(nn.Sequential(nn.Conv2d(1, 8, 3, padding=1)))
+    x, image = torch.randn(1, 4, 6, 6, 6), torch.randn(2, 1, 8, 8)
+    expected = 2 * 6**3 * 27 * (4 * 8 + 8 * 8) + 2 * 2 * 8 * 8 * 9 * 8  # 2 x multiply-adds, one input channel
+    with torch.no_grad(), cpu_conv.plain_convolutions(), FlopCounterMode(display=False) as counter:
+        assert not cpu_conv._native_would_run(x, net[0].weight)
+        net(x)
+        out = image_net(image)
+    assert counter.get_total_flops() == expected
+    assert out.is_contiguous()  # aten's NCHW output: the zero channel is not added
+    assert cpu_conv._native_would_run(x, net[0].weight)  # outside the context again
