@@ -522,7 +522,11 @@ def add_projection(
     its one-channel folded input, ``scale`` and ``shift`` from :func:`one_channel_projection`; ``shift=None`` leaves
     it out (before an instance norm, which removes a constant per channel). Returns ``out``."""
     rows = _rows(out, batch)
-    rows.addcmul_(_rows(x, batch), scale.to(rows.dtype))
+    x_rows, scale = _rows(x, batch).to(rows.dtype), scale.to(rows.dtype)  # one dtype: a mixed addcmul_ is 10x slower
+    if half_precision(rows.dtype):  # a rank-one product: 1.0 ms on a bf16 96^3 x 32 map, the broadcast addcmul_ 4.0
+        rows.baddbmm_(x_rows, scale)
+    else:  # float32: 1.6 ms, against 3.2 for the product
+        rows.addcmul_(x_rows, scale)
     if shift is not None:
         rows.add_(shift.to(rows.dtype))
     return out

@@ -329,3 +329,15 @@ def test_unfold_contiguous_copies_in_blocks_of_slices(size):
     assert torch.equal(out, unfold(folded_x, 2))
     traced = torch.jit.trace(lambda t: unfold_contiguous(t, 2), folded_x)  # one recorded copy of its input
     assert torch.equal(traced(folded_x * 2), unfold(folded_x, 2) * 2)
+
+
+def test_a_projection_into_a_bf16_map_stays_bf16_and_rounds_once():
+    x = torch.randn(1, 1, 8, 8, 6) * 3 + 5
+    conv, norm = nn.Conv3d(1, 4, 1), nn.InstanceNorm3d(4, affine=True)
+    out = to_folded(torch.randn(1, 4, 8, 8, 6)).to(torch.bfloat16)
+    with torch.no_grad():
+        scale, _ = one_channel_projection(to_folded(x), 1, conv.weight, conv.bias, norm.weight, norm.bias, norm.eps)
+        expected = unfold(out, 1).float() + x * scale.view(1, 4, 1, 1, 1)  # in float32
+        got = add_projection(out, to_folded(x), 1, scale, None)
+    assert got.dtype == torch.bfloat16 and got.data_ptr() == out.data_ptr()
+    torch.testing.assert_close(unfold(got, 1).float(), expected, atol=0.02, rtol=0.02)  # bf16: 8 bits of mantissa

@@ -82,7 +82,8 @@ def test_one_axial_view():
     x = torch.randn(1, 1, 16, 24, 8)
     with torch.no_grad():
         y = net(x)
-        torch.testing.assert_close(y, net.output_block.fuse_views([net._trunk(x)[-1]]))  # the volume as it is
+        expected = net.output_block.fuse_views([net._trunk(x)[-1]])  # the volume as it is, by the 3D modules
+        torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-4)  # the folded path: fp32 round-off
     assert y.shape == (1, 3, 16, 24, 8)
 
 
