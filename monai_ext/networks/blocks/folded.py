@@ -481,31 +481,25 @@ def one_channel_projection(
     x: torch.Tensor,
     batch: int,
     weight: torch.Tensor,
-    bias: torch.Tensor | None,
     norm_weight: torch.Tensor | None,
     norm_bias: torch.Tensor | None,
     eps: float,
-    normalise: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A ``1x1x1`` ``Conv3d`` of a one-channel map, and the ``InstanceNorm3d`` after it, as one affine map per channel:
     ``x * scale + shift``, each ``(N, 1, C_out)``.
 
     The convolution gives ``w_c x + b_c``, and instance norm of that is ``g_c w_c (x - mean) / sqrt(w_c^2 var + eps) +
-    beta_c`` with the input's own mean and variance over the volume: a rank-one map that needs the statistics of one
-    channel instead of a convolution and a norm over ``C_out`` (a residual projection of a single-channel image, e.g.
-    a U-Net's input block). Apply it with :func:`add_projection`.
+    beta_c`` with the input's own mean and variance over the volume (the convolution's bias cancels): a rank-one map
+    that needs the statistics of one channel instead of a convolution and a norm over ``C_out`` (a residual projection
+    of a single-channel image, e.g. a U-Net's input block). Apply it with :func:`add_projection`.
 
     Args:
         x: folded one-channel input ``(N * S, 1, A, B)``. batch: ``N``.
-        weight, bias: the Conv3d's, ``(C_out, 1, 1, 1, 1)`` and ``(C_out,)`` or None.
-        norm_weight, norm_bias, eps: the InstanceNorm3d's (affine parameters ``(C_out,)`` or None), used when
-            ``normalise``; without it the map is the convolution alone.
+        weight: the Conv3d's, ``(C_out, 1, 1, 1, 1)``.
+        norm_weight, norm_bias, eps: the InstanceNorm3d's (affine parameters ``(C_out,)`` or None).
     """
+    mean, var = _moments(_rows(x, batch))  # (N, 1, 1), float32 for a bf16 / fp16 x
     scale = weight.reshape(1, 1, -1)
-    if not normalise:
-        shift = torch.zeros_like(scale) if bias is None else bias.reshape(1, 1, -1)
-        return scale.expand(batch, 1, scale.shape[2]), shift.expand(batch, 1, scale.shape[2])
-    mean, var = _moments(_rows(x, batch))  # (N, 1, 1), float32 for a bf16 / fp16 x; the conv's bias cancels
     scale = scale * torch.rsqrt(scale.square() * var + eps)
     if norm_weight is not None:
         scale = scale * norm_weight

@@ -174,17 +174,12 @@ class SliceShiftResBlock(nn.Module):
             out = self.shift.forward_folded(out, batch, pooled)
         residual = inp
         projection: tuple[torch.Tensor, torch.Tensor] | None = None
+        norm3 = self.norm3
         if self.conv3 is not None:
             conv3 = self.conv3.conv
             pointwise = conv3.stride == (1, 1, 1) and conv3.kernel_size == (1, 1, 1)
-            if inplace and pointwise and conv3.in_channels == 1:  # a per-channel affine map of the input
-                norm3 = self.norm3
-                if norm3 is not None:
-                    projection = one_channel_projection(
-                        inp, batch, conv3.weight, conv3.bias, norm3.weight, norm3.bias, norm3.eps
-                    )
-                else:
-                    projection = one_channel_projection(inp, batch, conv3.weight, conv3.bias, None, None, 0.0, False)
+            if inplace and pointwise and conv3.in_channels == 1 and norm3 is not None:  # an affine map of the input
+                projection = one_channel_projection(inp, batch, conv3.weight, norm3.weight, norm3.bias, norm3.eps)
             else:
                 over: torch.Tensor | None = None
                 if pooled and consume and pointwise:
@@ -193,8 +188,7 @@ class SliceShiftResBlock(nn.Module):
                     residual, batch, conv3.weight, conv3.bias, conv3.stride, conv3.padding, pool if pooled else None,
                     False, over,
                 )  # fmt: skip
-                if self.norm3 is not None:
-                    norm3 = self.norm3
+                if norm3 is not None:
                     residual = instance_norm_folded(residual, batch, norm3.weight, norm3.bias, norm3.eps, inplace)
         if self.residual_before_norm:
             if projection is not None:  # without its constant per channel, which norm2 removes
