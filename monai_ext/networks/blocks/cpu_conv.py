@@ -128,13 +128,28 @@ def _native_would_run(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return x.shape[1] * x.shape[2] * x.shape[3] <= NATIVE_CONV3D_LIMIT
 
 
-def _check_plain(conv: nn.Module, groups_ok: bool) -> None:
+def _unfit(conv: nn.Module, groups_ok: bool) -> str | None:
+    """Why ``conv`` cannot become a fast CPU layer (groups only where ``groups_ok``, numeric zero padding), or None."""
     if (conv.groups != 1 and not groups_ok) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         needs = "numeric zero padding" if groups_ok else "numeric zero padding and groups=1"
-        raise ValueError(
+        return (
             f"the fast CPU layer for {type(conv).__name__} needs {needs}, got groups={conv.groups}, "
             f"padding={conv.padding!r}, padding_mode={conv.padding_mode!r}."
         )
+    return None
+
+
+def _take_over(cls: type, conv: nn.Module, groups_ok: bool) -> nn.Module:
+    """``conv`` as a ``cls`` layer with the same parameters (not copies) and mode; raises ValueError if unfit."""
+    reason = _unfit(conv, groups_ok)
+    if reason is not None:
+        raise ValueError(reason)
+    layer = cls(
+        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups,
+        bias=conv.bias is not None, device="meta",
+    )  # fmt: skip
+    layer.weight, layer.bias = conv.weight, conv.bias
+    return layer.train(conv.training)
 
 
 class ChannelsLastConv2d(nn.Conv2d):
@@ -153,18 +168,10 @@ class ChannelsLastConv2d(nn.Conv2d):
         Raises:
             ValueError: for grouped convolutions or a padding mode other than zeros.
         """
-        _check_plain(conv, groups_ok=False)
-        layer = cls(
-            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-            bias=conv.bias is not None, device="meta",
-        )  # fmt: skip
-        layer.weight, layer.bias = conv.weight, conv.bias
-        return layer.train(conv.training)
+        return _take_over(cls, conv, groups_ok=False)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 (nn.Conv2d's argument name)
-        stride = [int(self.stride[0]), int(self.stride[1])]
-        dilation = [int(self.dilation[0]), int(self.dilation[1])]
-        padding = [int(self.padding[0]), int(self.padding[1])]
+        stride, padding, dilation = [int(s) for s in self.stride], [int(p) for p in self.padding], list(self.dilation)
         return conv2d_channels_last(input, self.weight, self.bias, stride, padding, dilation)
 
 
@@ -183,18 +190,10 @@ class OneDNNConv3d(nn.Conv3d):
         Raises:
             ValueError: for a padding mode other than zeros.
         """
-        _check_plain(conv, groups_ok=True)
-        layer = cls(
-            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-            conv.groups, bias=conv.bias is not None, device="meta",
-        )  # fmt: skip
-        layer.weight, layer.bias = conv.weight, conv.bias
-        return layer.train(conv.training)
+        return _take_over(cls, conv, groups_ok=True)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 (nn.Conv3d's argument name)
-        stride = [int(s) for s in self.stride]
-        dilation = [int(d) for d in self.dilation]
-        padding = [int(p) for p in self.padding]
+        stride, padding, dilation = [int(s) for s in self.stride], [int(p) for p in self.padding], list(self.dilation)
         return conv3d_onednn(input, self.weight, self.bias, stride, padding, dilation, self.groups)
 
 
@@ -207,10 +206,9 @@ def fast_cpu_convs(network: nn.Module) -> nn.Module:
     for parent in list(network.modules()):
         for name, child in list(parent.named_children()):
             if id(child) not in swapped:
-                plain = getattr(child, "padding_mode", None) == "zeros" and not isinstance(child.padding, str)
-                if type(child) is nn.Conv3d and plain:
+                if type(child) is nn.Conv3d and _unfit(child, groups_ok=True) is None:
                     swapped[id(child)] = OneDNNConv3d.from_conv(child)
-                elif type(child) is nn.Conv2d and plain and child.in_channels == 1 and child.groups == 1:
+                elif type(child) is nn.Conv2d and child.in_channels == 1 and _unfit(child, groups_ok=False) is None:
                     swapped[id(child)] = ChannelsLastConv2d.from_conv(child)
             if id(child) in swapped:
                 setattr(parent, name, swapped[id(child)])
