@@ -17,12 +17,11 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from monai_ext.bench.flops import counting_flops
 from monai_ext.bench.process import peak_bytes, reset_peak, run_fresh
 from monai_ext.bench.report import malloc_env, save_json, suite_meta
 from monai_ext.bench.stats import ratio, spread
-from monai_ext.networks.blocks.cpu_conv import plain_convolutions
 from monai_ext.networks.blocks.slice_attention import RecurrentSliceAttention
 from monai_ext.networks.nets.rsanet import RSANet
 
@@ -140,11 +139,7 @@ _CUSTOM_FLOPS = {_CPU_SDPA: _sdpa_flops} if _CPU_SDPA is not None else {}
 
 def count_flops(module: nn.Module, x: torch.Tensor) -> dict[str, int]:
     """FLOPs (2 x MAC) of one forward pass: ``total`` and ``attention`` (everything but the convolutions)."""
-    with (
-        torch.inference_mode(),
-        plain_convolutions(),
-        FlopCounterMode(display=False, custom_mapping=_CUSTOM_FLOPS) as counter,
-    ):
+    with torch.inference_mode(), counting_flops(_CUSTOM_FLOPS) as counter:
         module(x)
     counts = counter.get_flop_counts().get("Global", {})
     conv = sum(n for op, n in counts.items() if "convolution" in str(op))

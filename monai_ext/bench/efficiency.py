@@ -18,17 +18,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from monai_ext.bench import protocol, rows
 from monai_ext.bench.device import resolve_device
+from monai_ext.bench.flops import counting_flops
 from monai_ext.bench.process import peak_bytes, reset_peak, run_fresh
 from monai_ext.bench.rows import REFERENCE
 from monai_ext.bench.stats import ratio, spread
 from monai_ext.bundles import ALLOCATOR_ENV
 from monai_ext.inferers.autocast import AMP_DTYPES, autocast
 from monai_ext.networks import compile_network, get_network_entry
-from monai_ext.networks.blocks.cpu_conv import plain_convolutions
 
 __all__ = [
     "ALLOCATORS",
@@ -86,7 +85,7 @@ def measure(
 
 def _flops(net: torch.nn.Module, forward: Callable, shape: tuple[int, ...], device: str) -> float:
     """GFLOP (2 x multiply-adds) of one forward pass of ``net`` (moved to ``device``, eval mode) on ``shape``."""
-    with torch.inference_mode(), plain_convolutions(), FlopCounterMode(display=False) as counter:
+    with torch.inference_mode(), counting_flops() as counter:
         forward(net.to(device).eval(), torch.randn(*shape, device=device))
     return counter.get_total_flops() / 1e9
 

@@ -12,14 +12,13 @@ from collections.abc import Sequence
 
 import torch
 from monai.inferers import Inferer
-from torch.utils.flop_counter import FlopCounterMode
 
 from monai_ext.bench import rows
+from monai_ext.bench.flops import counting_flops
 from monai_ext.bench.report import malloc_env, save_json, suite_meta
 from monai_ext.bench.stats import ratio, spread
 from monai_ext.inferers import MultiViewInferer
 from monai_ext.networks import get_network_entry
-from monai_ext.networks.blocks.cpu_conv import plain_convolutions
 
 __all__ = ["CONTENDERS", "REFERENCE", "build_contenders", "run_slice_groups"]
 
@@ -85,7 +84,7 @@ def _calls_and_flops(
         inferer(torch.zeros(*volume), stand_in)
         flops = 0.0
         for shape in sorted(set(seen)):
-            with plain_convolutions(), FlopCounterMode(display=False) as counter:
+            with counting_flops() as counter:
                 net(torch.zeros(1, *shape))
             flops += counter.get_total_flops() * seen.count(shape)
     return len(seen), flops

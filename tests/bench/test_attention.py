@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from monai_ext.bench import NonLocalBlock, attention, run_attention
 from monai_ext.bench.attention import (
@@ -66,7 +67,7 @@ def test_flops_by_hand():
 
 def test_sdpa_variant_uses_the_fused_kernel():
     """3D (B, N, C') inputs send the CPU dispatch to the math path, which builds the map with bmm."""
-    with torch.inference_mode(), attention.FlopCounterMode(display=False, custom_mapping=attention._CUSTOM_FLOPS) as c:
+    with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=attention._CUSTOM_FLOPS) as c:
         build_variant("non-local sdpa", 4)(torch.randn(*SHAPE))
     ops = {str(op) for op in c.get_flop_counts()["Global"]}
     assert "aten.bmm" not in ops and any("scaled_dot_product" in op for op in ops), ops

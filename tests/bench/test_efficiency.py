@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from monai.inferers import SliceInferer, SlidingWindowInferer
+from torch.utils.flop_counter import FlopCounterMode
 
 from monai_ext.bench import efficiency, measure, run_efficiency
 from monai_ext.bench.efficiency import conv_peak
@@ -112,7 +113,7 @@ def test_run_efficiency_records_ratios_and_reports(tiny_rows, tmp_path, capsys):
 def test_conv_peak_counts_the_flops_torch_counts():
     r = conv_peak(quick=True, threads=1)
     conv = torch.nn.Conv3d(32, 32, 3, padding=1, bias=False)
-    with torch.inference_mode(), efficiency.FlopCounterMode(display=False) as counter:
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         conv(torch.randn(*r["shape"]))
     assert r["shape"] == [1, 32, 32, 32, 32]
     assert r["gflop"] == pytest.approx(counter.get_total_flops() / 1e9, rel=1e-12) == 2 * 32 * 32 * 27 * 32**3 / 1e9

@@ -5,6 +5,7 @@ from monai_ext.networks.blocks.cpu_conv import (
     conv2d_channels_last,
     conv3d_onednn,
     fast_cpu_convs,
+    plain_convolutions,
 )
 from monai_ext.networks.blocks.deformable_attention import (
     MSDeformableAttention,
@@ -83,6 +84,7 @@ __all__ = [
     "deformable_reference_points",
     "fast_cpu_convs",
     "from_view",
+    "plain_convolutions",
     "plane_axes",
     "shift_along",
     "sine_position_encoding",
